@@ -1,0 +1,37 @@
+"""The `jaxbench` console script: `jaxbench <command> [flags]`; each command is also
+`python -m jaxbench.<command>`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("jaxbench.train", "one training run (absl flags + an ml_collections config file)"),
+    "peak": ("jaxbench.peak", "measure this machine's matmul peak (TFLOP/s per device)"),
+}
+
+
+def usage() -> str:
+  lines = ["usage: jaxbench <command> [flags]   (jaxbench <command> --help for its flags)", "",
+           "commands:"]
+  lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    return 0
+  name = argv[1]
+  if name not in COMMANDS:
+    print(f"jaxbench: bad input: unknown command {name!r}; allowed: {', '.join(COMMANDS)}",
+          file=sys.stderr)
+    return 2
+  module = importlib.import_module(COMMANDS[name][0])
+  return module.main([f"jaxbench {name}", *argv[2:]])
+
+
+if __name__ == "__main__":
+  sys.exit(main())

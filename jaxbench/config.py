@@ -1,0 +1,270 @@
+"""The run configuration: defaults for every key, and the checks that run before anything compiles.
+
+Config files (configs/mpt.py, configs/llama.py) start from `base_config()` and fill in a preset.
+Every key is documented here, once. `validate()` turns any inconsistency into a `ConfigError`
+naming the key and what is allowed; the command line turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import ml_collections
+
+from jaxbench.errors import ConfigError
+
+# Names the rest of the code accepts; validate() quotes these lists in its messages.
+FAMILIES = ("mpt", "llama")
+FRAMEWORKS = ("jax",)
+DTYPES = ("bfloat16", "float32")
+ATTENTIONS = ("auto", "xla", "jax", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+POSITIONS = ("learned", "alibi", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+SYNTHETIC = ("markov", "uniform")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "mpt.py") + ":tiny"
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a run reads, with its default. Config files override what their preset changes."""
+  c = ml_collections.ConfigDict()
+  # Which implementation trains: `jax` (this package).
+  c.framework = "jax"
+  # Model family and preset name, set by the config file (recorded in run.json).
+  c.family = "mpt"
+  c.preset = "tiny"
+  # Optimizer steps to run.
+  c.steps = 100
+  # Steps left out of the timing summary (compile time is always apart).
+  c.warmup_steps_excluded = 3
+  # Global batch in sequences per optimizer step, over all devices and microbatches.
+  c.batch_size = 8
+  # Gradient-accumulation microbatches per optimizer step (a scan inside the jitted step).
+  c.microbatches = 1
+  # Tokens per training sequence.
+  c.seq_len = 128
+  # One seed for parameter init and the data.
+  c.seed = 0
+  # Compute dtype of activations and matmuls; parameters and optimizer state stay float32.
+  c.dtype = "float32"
+  # Print a progress line every this many steps (0: only the first and last).
+  c.log_every = 10
+  # Per-device peak TFLOP/s for MFU; 0 = the built-in table, else the cache of `jaxbench peak`.
+  c.peak_tflops = 0.0
+
+  c.model = ml_collections.ConfigDict()
+  m = c.model
+  m.n_layers = 4
+  m.d_model = 128
+  m.n_heads = 4
+  # Key/value heads for grouped-query attention; must divide n_heads (= n_heads: plain MHA).
+  m.n_kv_heads = 4
+  # Hidden width of the MLP.
+  m.d_ff = 512
+  m.vocab_size = 512
+  # Longest sequence the model supports (size of the learned position table).
+  m.max_seq_len = 2048
+  # Position encoding: learned (MPT/GPT), alibi (MPT option), rope (Llama; half-split convention).
+  m.position = "learned"
+  # Rotary base frequency (rope only).
+  m.rope_theta = 10000.0
+  m.norm = "layernorm"
+  m.norm_eps = 1e-5
+  # MLP: gelu (exact GELU, MPT) or swiglu (Llama).
+  m.mlp = "gelu"
+  # Biases in linear layers and LayerNorm.
+  m.bias = False
+  # Output projection shares the token embedding matrix.
+  m.tie_embeddings = True
+  # Std of the normal init; residual output projections are scaled by 1/sqrt(2 n_layers).
+  m.init_std = 0.02
+  # Attention implementation: auto (best available on the backend), xla (einsum + softmax),
+  # jax (jax.nn.dot_product_attention, XLA path), cudnn (cuDNN fused attention, CUDA only).
+  m.attention = "auto"
+  # Rematerialization: none, full (save nothing), dots (save matmul outputs),
+  # dots_no_batch (save matmuls without batch dims: weights-side products).
+  m.remat = "none"
+  # nn.scan over layers: compile time independent of depth.
+  m.scan_layers = True
+
+  c.optimizer = ml_collections.ConfigDict()
+  o = c.optimizer
+  o.lr = 3e-3
+  o.warmup_steps = 10
+  # Cosine decay ends at lr * min_lr_ratio at the last step.
+  o.min_lr_ratio = 0.1
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.weight_decay = 0.1
+  # Apply weight decay to embeddings too (norm scales and biases are never decayed).
+  o.decay_embeddings = False
+  # Global-norm gradient clipping; 0 disables.
+  o.clip_norm = 1.0
+
+  c.data = ml_collections.ConfigDict()
+  # Synthetic tokens: markov (a fixed random successor table, learnable: loss falls towards
+  # ln(markov_branching)) or uniform (i.i.d. tokens, for pure throughput).
+  c.data.synthetic = "markov"
+  c.data.markov_branching = 4
+
+  c.mesh = ml_collections.ConfigDict()
+  # Device mesh axes; the product must equal the device count. One axis may be -1: the rest.
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path.py[:preset]` the way `--config` does, for tests and tools."""
+  path, _, arg = spec.partition(":")
+  path = resolve_config_path(path)
+  module_spec = importlib.util.spec_from_file_location("jaxbench_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def resolve_config_path(path: str) -> str:
+  """A config path as given, else the same name among the configs shipped with the package,
+  so `--config=configs/mpt.py:125m` works from any directory."""
+  if os.path.exists(path):
+    return path
+  for prefix in ("configs/", "./configs/"):
+    if path.startswith(prefix):
+      candidate = os.path.join(CONFIG_DIR, path[len(prefix):])
+      if os.path.exists(candidate):
+        return candidate
+  return path
+
+
+def unknown_preset(family: str, preset: str, presets) -> ConfigError:
+  return ConfigError("preset", f"unknown {family} preset {preset!r}; allowed: {', '.join(presets)}")
+
+
+def _choice(c, key: str, allowed) -> None:
+  value = _get(c, key)
+  if value not in allowed:
+    raise ConfigError(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def _positive(c, key: str) -> None:
+  value = _get(c, key)
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ConfigError(key, f"{value!r} must be a positive integer")
+
+
+def _get(c, key: str):
+  node = c
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def mesh_shape(c, n_devices: int) -> dict[str, int]:
+  """The mesh axis sizes for `n_devices`, filling the one -1 axis; ConfigError if impossible."""
+  sizes = {a: int(c.mesh[a]) for a in MESH_AXES}
+  for axis, size in sizes.items():
+    if size == 0 or size < -1:
+      raise ConfigError(f"mesh.{axis}", f"{size} must be a positive integer or -1 (the rest)")
+  fill = [a for a, s in sizes.items() if s == -1]
+  if len(fill) > 1:
+    raise ConfigError(f"mesh.{fill[1]}", f"only one mesh axis may be -1, got {', '.join(fill)}")
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if fill:
+    if n_devices % known:
+      raise ConfigError(f"mesh.{fill[0]}",
+                        f"cannot fill: {n_devices} devices are not divisible by the other axes' "
+                        f"product {known}")
+    sizes[fill[0]] = n_devices // known
+  product = math.prod(sizes.values())
+  if product != n_devices:
+    shape = " x ".join(f"{a}={s}" for a, s in sizes.items())
+    raise ConfigError("mesh", f"{shape} = {product} devices, but there are {n_devices}; "
+                              "the product must equal the device count (one axis may be -1)")
+  return sizes
+
+
+def validate(c, n_devices: int) -> dict[str, int]:
+  """Checks everything that can be checked without compiling; returns the mesh shape."""
+  _choice(c, "framework", FRAMEWORKS)
+  _choice(c, "family", FAMILIES)
+  _choice(c, "dtype", DTYPES)
+  for key in ("steps", "batch_size", "microbatches", "seq_len", "model.n_layers", "model.d_model",
+              "model.n_heads", "model.n_kv_heads", "model.d_ff", "model.vocab_size",
+              "model.max_seq_len"):
+    _positive(c, key)
+  if not isinstance(c.warmup_steps_excluded, int) or c.warmup_steps_excluded < 0:
+    raise ConfigError("warmup_steps_excluded", f"{c.warmup_steps_excluded!r} must be an integer >= 0")
+  if c.warmup_steps_excluded >= c.steps:
+    raise ConfigError("warmup_steps_excluded",
+                      f"{c.warmup_steps_excluded} leaves no timed step out of steps={c.steps}; "
+                      f"allowed: 0 .. {c.steps - 1}")
+  if c.log_every < 0:
+    raise ConfigError("log_every", f"{c.log_every} must be >= 0")
+  if c.peak_tflops < 0:
+    raise ConfigError("peak_tflops", f"{c.peak_tflops} must be >= 0 (0 = table or measured peak)")
+
+  m = c.model
+  _choice(c, "model.attention", ATTENTIONS)
+  _choice(c, "model.remat", REMAT_POLICIES)
+  _choice(c, "model.position", POSITIONS)
+  _choice(c, "model.norm", NORMS)
+  _choice(c, "model.mlp", MLPS)
+  if m.d_model % m.n_heads:
+    raise ConfigError("model.n_heads", f"{m.n_heads} does not divide model.d_model={m.d_model}; "
+                                       f"allowed: divisors of {m.d_model}")
+  if m.n_heads % m.n_kv_heads:
+    raise ConfigError("model.n_kv_heads", f"{m.n_kv_heads} does not divide model.n_heads={m.n_heads}; "
+                                          f"allowed: divisors of {m.n_heads}")
+  head_dim = m.d_model // m.n_heads
+  if m.position == "rope" and head_dim % 2:
+    raise ConfigError("model.position", f"rope needs an even head dim, got {head_dim}")
+  if c.seq_len > m.max_seq_len:
+    raise ConfigError("seq_len", f"{c.seq_len} exceeds model.max_seq_len={m.max_seq_len}; "
+                                 f"allowed: 1 .. {m.max_seq_len}")
+  if m.init_std <= 0:
+    raise ConfigError("model.init_std", f"{m.init_std} must be > 0")
+
+  if c.batch_size % c.microbatches:
+    raise ConfigError("microbatches", f"{c.microbatches} does not divide batch_size={c.batch_size}; "
+                                      f"allowed: divisors of {c.batch_size}")
+
+  o = c.optimizer
+  if o.lr <= 0:
+    raise ConfigError("optimizer.lr", f"{o.lr} must be > 0")
+  if not 0 <= o.warmup_steps:
+    raise ConfigError("optimizer.warmup_steps", f"{o.warmup_steps} must be >= 0")
+  if not 0 <= o.min_lr_ratio <= 1:
+    raise ConfigError("optimizer.min_lr_ratio", f"{o.min_lr_ratio} must be in [0, 1]")
+  for key in ("b1", "b2"):
+    if not 0 <= o[key] < 1:
+      raise ConfigError(f"optimizer.{key}", f"{o[key]} must be in [0, 1)")
+  if o.weight_decay < 0 or o.clip_norm < 0 or o.eps <= 0:
+    raise ConfigError("optimizer", "weight_decay and clip_norm must be >= 0, eps > 0")
+
+  _choice(c, "data.synthetic", SYNTHETIC)
+  if not 1 <= c.data.markov_branching <= m.vocab_size:
+    raise ConfigError("data.markov_branching",
+                      f"{c.data.markov_branching} must be in 1 .. model.vocab_size={m.vocab_size}")
+
+  shape = mesh_shape(c, n_devices)
+  batch_shards = shape["data"] * shape["fsdp"]
+  if c.batch_size % (batch_shards * c.microbatches):
+    raise ConfigError("batch_size",
+                      f"{c.batch_size} is not divisible by mesh.data*mesh.fsdp*microbatches = "
+                      f"{shape['data']}*{shape['fsdp']}*{c.microbatches} = "
+                      f"{batch_shards * c.microbatches}")
+  tensor = shape["tensor"]
+  for key, value in (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads),
+                     ("model.d_ff", m.d_ff), ("model.vocab_size", m.vocab_size)):
+    if value % tensor:
+      raise ConfigError(key, f"{value} is not divisible by mesh.tensor={tensor}")
+  return shape

@@ -1,0 +1,22 @@
+"""Exit codes of the contract and the exceptions that map onto them."""
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # flags, config or data: one line on stderr, nothing compiled
+EXIT_DIVERGED = 3  # non-finite loss: the step is named
+
+
+class ConfigError(ValueError):
+  """A bad input value: `key` is the dotted config key (or flag), the message says what is allowed."""
+
+  def __init__(self, key: str, message: str | None = None):
+    # One argument: re-raised by a library with the formatted text as its only argument.
+    super().__init__(key if message is None else f"{key}: {message}")
+    self.key = key if message is not None else None
+
+
+class Diverged(RuntimeError):
+  """The loss (or gradient norm) became non-finite at `step`."""
+
+  def __init__(self, step: int, loss: float, grad_norm: float):
+    super().__init__(f"training diverged at step {step}: loss={loss}, grad_norm={grad_norm}")
+    self.step = step

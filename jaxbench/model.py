@@ -1,0 +1,278 @@
+"""The decoder-only transformer (Flax linen), both families from one set of modules.
+
+Data flows top to bottom: ModelConfig, attention kernels, Attention, Mlp, Block, Transformer.
+MPT: LayerNorm, learned positions or ALiBi, GELU MLP, tied embeddings.
+Llama: RMSNorm, rotary embeddings (Hugging Face half-split), SwiGLU, grouped-query attention.
+
+Parameters are float32 and carry logical axis names (sharding.py maps them to the mesh); compute
+runs in `dtype`; layer norms, softmax and the loss run in float32. The model knows nothing of
+meshes: it only names axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxbench import sharding
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  max_seq_len: int
+  position: str  # learned | alibi | rope
+  norm: str  # layernorm | rmsnorm
+  mlp: str  # gelu | swiglu
+  bias: bool
+  tie_embeddings: bool
+  norm_eps: float
+  rope_theta: float
+  init_std: float
+  attention: str  # xla | jax | cudnn (auto is resolved before the model is built)
+  remat: str
+  scan_layers: bool
+  dtype: Any = jnp.float32
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @classmethod
+  def from_config(cls, c, attention: str) -> "ModelConfig":
+    m = c.model
+    return cls(vocab_size=m.vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
+               n_kv_heads=m.n_kv_heads, d_ff=m.d_ff, max_seq_len=m.max_seq_len,
+               position=m.position, norm=m.norm, mlp=m.mlp, bias=m.bias,
+               tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
+               init_std=m.init_std, attention=attention, remat=m.remat,
+               scan_layers=m.scan_layers, dtype=DTYPES[c.dtype])
+
+
+def param_count(cfg: ModelConfig) -> dict[str, int]:
+  """Analytic parameter counts, checked against the real tree by the tests and at start-up."""
+  d, h, k, hd, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+  attention = d * h * hd + 2 * d * k * hd + h * hd * d
+  mlp = (3 if cfg.mlp == "swiglu" else 2) * d * f
+  norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+  if cfg.bias:
+    attention += h * hd + 2 * k * hd + d
+    mlp += (2 * f if cfg.mlp == "swiglu" else f) + d
+  per_layer = attention + mlp + 2 * norm
+  embedding = cfg.vocab_size * d
+  lm_head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
+  position = cfg.max_seq_len * d if cfg.position == "learned" else 0
+  total = cfg.n_layers * per_layer + norm + embedding + lm_head + position
+  return {"total": total, "per_layer": per_layer, "embedding": embedding, "lm_head": lm_head,
+          "position": position}
+
+
+def _init(std: float, axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _zeros(axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros, axes)
+
+
+# --- attention kernels: q [B, S, H, D], k/v [B, S, K, D] -> [B, S, H, D] (causal) -------------
+
+def alibi_bias(n_heads: int, seq_len: int) -> jax.Array:
+  """ALiBi biases [H, S, S] in float32: -slope_h * (i - j) (Press et al. 2022; MPT's slopes,
+  alibi_bias_max 8, including its interleaving when n_heads is not a power of two)."""
+  padded = 2 ** math.ceil(math.log2(n_heads))
+  m = jnp.arange(1, padded + 1, dtype=jnp.float32) * (8.0 / padded)
+  slopes = 1.0 / jnp.power(2.0, m)
+  if padded != n_heads:
+    slopes = jnp.concatenate([slopes[1::2], slopes[::2]])[:n_heads]
+  pos = jnp.arange(seq_len, dtype=jnp.float32)
+  distance = pos[:, None] - pos[None, :]
+  return -slopes[:, None, None] * distance[None]
+
+
+def xla_attention(q, k, v, bias=None):
+  """Einsum attention; scores and softmax in float32, grouped-query heads without copies."""
+  b, s, h, d = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, s, kv, h // kv, d) * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+  scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
+  if bias is not None:
+    scores = scores + bias.reshape(kv, h // kv, s, s)
+  causal = jnp.tril(jnp.ones((s, s), dtype=bool))
+  scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+  return out.reshape(b, s, h, d)
+
+
+def dot_product_attention(q, k, v, bias=None, implementation="xla"):
+  """jax.nn.dot_product_attention: `xla` (its reference path) or `cudnn` (fused, CUDA)."""
+  if bias is not None:
+    bias = bias[None].astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True,
+                                      implementation=implementation)
+
+
+ATTENTION_KERNELS = {
+    "xla": xla_attention,
+    "jax": functools.partial(dot_product_attention, implementation="xla"),
+    "cudnn": functools.partial(dot_product_attention, implementation="cudnn"),
+}
+
+
+def rotary(x, positions, theta: float):
+  """Rotary embedding, Hugging Face convention: the head dim split in halves, not interleaved."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  angles = positions[:, :, None].astype(jnp.float32) * inv_freq  # [B, S, D/2]
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions):
+    c = self.cfg
+    dense = functools.partial(nn.DenseGeneral, use_bias=c.bias, dtype=c.dtype,
+                              param_dtype=jnp.float32)
+    q = dense((c.n_heads, c.head_dim), kernel_init=_init(c.init_std, ("embed", "heads", "head_dim")),
+              bias_init=_zeros(("heads", "head_dim")), name="query")(x)
+    k = dense((c.n_kv_heads, c.head_dim),
+              kernel_init=_init(c.init_std, ("embed", "kv_heads", "head_dim")),
+              bias_init=_zeros(("kv_heads", "head_dim")), name="key")(x)
+    v = dense((c.n_kv_heads, c.head_dim),
+              kernel_init=_init(c.init_std, ("embed", "kv_heads", "head_dim")),
+              bias_init=_zeros(("kv_heads", "head_dim")), name="value")(x)
+    q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
+    k = sharding.constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    v = sharding.constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    if c.position == "rope":
+      q = rotary(q, positions, c.rope_theta)
+      k = rotary(k, positions, c.rope_theta)
+    bias = alibi_bias(c.n_heads, x.shape[1]) if c.position == "alibi" else None
+    out = ATTENTION_KERNELS[c.attention](q, k, v, bias)
+    out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
+    return dense(c.d_model, axis=(-2, -1),
+                 kernel_init=_init(c.init_std / math.sqrt(2 * c.n_layers),
+                                   ("heads", "head_dim", "embed")),
+                 bias_init=_zeros(("embed",)), name="out")(out)
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    dense = functools.partial(nn.Dense, use_bias=c.bias, dtype=c.dtype, param_dtype=jnp.float32)
+    up = functools.partial(dense, c.d_ff, kernel_init=_init(c.init_std, ("embed", "mlp")),
+                           bias_init=_zeros(("mlp",)))
+    if c.mlp == "swiglu":
+      h = nn.silu(up(name="gate")(x)) * up(name="up")(x)
+    else:
+      h = nn.gelu(up(name="up")(x), approximate=False)
+    h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+    return dense(c.d_model, kernel_init=_init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
+                 bias_init=_zeros(("embed",)), name="down")(h)
+
+
+def norm(c: ModelConfig, name: str) -> nn.Module:
+  scale = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+  if c.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype, param_dtype=jnp.float32, scale_init=scale,
+                      name=name)
+  return nn.LayerNorm(epsilon=c.norm_eps, use_bias=c.bias, dtype=c.dtype, param_dtype=jnp.float32,
+                      scale_init=scale, bias_init=_zeros(("norm",)), name=name)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block. Returns (x, None) so nn.scan can carry x across layers."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions):
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = x + Attention(self.cfg, name="attention")(norm(self.cfg, "attention_norm")(x), positions)
+    x = x + Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x))
+    return x, None
+
+
+def block_class(c: ModelConfig):
+  if c.remat == "none":
+    return Block
+  # Under scan, prevent_cse=False is safe and lets XLA optimize across the loop (Flax docs).
+  return nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+
+
+class Transformer(nn.Module):
+  """tokens [B, S] int32 -> logits [B, S, vocab] float32."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens):
+    c = self.cfg
+    embedding = self.param("embedding", _init(c.init_std, ("vocab", "embed")),
+                           (c.vocab_size, c.d_model), jnp.float32)
+    x = jnp.take(embedding, tokens, axis=0).astype(c.dtype)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    if c.position == "learned":
+      table = self.param("position_embedding", _init(c.init_std, ("position", "embed")),
+                         (c.max_seq_len, c.d_model), jnp.float32)
+      x = x + table[: tokens.shape[1]].astype(c.dtype)[None]
+    block = block_class(c)
+    if c.scan_layers:
+      layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=nn.broadcast, length=c.n_layers,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = layers(c, name="layers")(x, positions)
+    else:
+      for i in range(c.n_layers):
+        x, _ = block(c, name=f"layers_{i}")(x, positions)
+    x = norm(c, "final_norm")(x)
+    if c.tie_embeddings:
+      head = embedding.astype(c.dtype).T
+    else:
+      head = self.param("lm_head", _init(c.init_std, ("embed", "vocab")),
+                        (c.d_model, c.vocab_size), jnp.float32).astype(c.dtype)
+    logits = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
+    return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def stack_layers(params, n_layers: int):
+  """Unrolled params (layers_0 .. layers_{n-1}) -> the scanned layout (layers, stacked on axis 0)."""
+  params = dict(params)
+  layers = [params.pop(f"layers_{i}") for i in range(n_layers)]
+  params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return params
+
+
+def unstack_layers(params, n_layers: int):
+  """The scanned layout -> unrolled params (layers_0 .. layers_{n-1})."""
+  params = dict(params)
+  stacked = params.pop("layers")
+  for i in range(n_layers):
+    params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return params

@@ -1,0 +1,80 @@
+"""The run directory: run.json (context), metrics.jsonl (a line per step), summary.json.
+
+Only process 0 writes. JSON files are replaced atomically; metrics lines are appended and flushed
+one at a time, so a crash never leaves a torn line that breaks a reader."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+
+def _clean(value):
+  """JSON has no NaN or Infinity: non-finite floats become null."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {str(k): _clean(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_clean(v) for v in value]
+  return value
+
+
+def write_json(path: str, obj) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(_clean(obj), f, indent=2, sort_keys=False, default=str)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def read_metrics(path: str) -> list[dict]:
+  """Reads metrics.jsonl; a torn last line (a crash mid-write) is ignored, not fatal."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
+
+
+class RunDir:
+
+  def __init__(self, path: str, writer: bool = True):
+    self.path = path
+    self.writer = writer
+    self._metrics = None
+    if writer:
+      os.makedirs(path, exist_ok=True)
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  def write(self, name: str, obj) -> None:
+    if self.writer:
+      write_json(self.file(name), obj)
+
+  def append_metrics(self, record: dict) -> None:
+    if not self.writer:
+      return
+    if self._metrics is None:
+      self._metrics = open(self.file("metrics.jsonl"), "a", buffering=1)
+    self._metrics.write(json.dumps(_clean(record)) + "\n")
+    self._metrics.flush()
+
+  def close(self) -> None:
+    if self._metrics is not None:
+      self._metrics.flush()
+      os.fsync(self._metrics.fileno())
+      self._metrics.close()
+      self._metrics = None

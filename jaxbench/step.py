@@ -1,0 +1,73 @@
+"""The train step: a pure function of (state, batch), jitted once, state donated.
+
+One call is one optimizer step: gradients of `microbatches` microbatches are accumulated by a
+scan inside the step, so the timed unit never depends on the accumulation setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng, seq_len: int,
+               unbox: bool = True) -> TrainState:
+  """Params and optimizer state; with unbox=False the params keep their logical-axis boxes (for
+  jax.eval_shape, to derive shardings without allocating anything)."""
+  params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+  if unbox:
+    params = nn.unbox(params)
+  opt_state = optimizer.init(nn.unbox(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+
+def cross_entropy(logits, targets):
+  """Mean next-token cross-entropy in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+
+
+def _global_norm(tree):
+  tree_lib = getattr(optax, "tree", None)  # optax >= 0.2.4 moved it; global_norm is deprecated
+  return tree_lib.norm(tree) if tree_lib is not None and hasattr(tree_lib, "norm") else optax.global_norm(tree)
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule):
+
+  def loss_fn(params, tokens):
+    logits = model.apply({"params": params}, tokens[:, :-1])
+    return cross_entropy(logits, tokens[:, 1:])
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def train_step(state: TrainState, batch: jax.Array):
+    """batch: int32 [microbatches, batch // microbatches, seq_len + 1]."""
+    n_micro = batch.shape[0]
+    if n_micro == 1:
+      loss, grads = grad_fn(state.params, batch[0])
+    else:
+      def accumulate(carry, tokens):
+        loss, grads = grad_fn(state.params, tokens)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(accumulate, zeros, batch)
+      # Equal-sized microbatches: the mean of their means is the mean over the whole batch.
+      loss, grads = jax.tree.map(lambda x: x / n_micro, (loss, grads))
+    grad_norm = _global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step

@@ -1,0 +1,103 @@
+"""The exact software and hardware stack of a run, for run.json: what a reader needs to trust or
+reproduce a number."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+
+import jax
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections",
+            "absl-py", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-cuda12-pjrt",
+            "jax-cuda13-pjrt", "jax-rocm7-plugin", "jax-rocm7-pjrt", "jax-rocm-plugin", "libtpu")
+ENV_PREFIXES = ("XLA_", "JAX_", "TF_CPP_", "NCCL_", "RCCL_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_",
+                "HSA_", "ROCM_", "MIOPEN_", "LIBTPU_", "TPU_", "OMP_", "MKL_", "OPENBLAS_",
+                "SLURM_JOB_", "SLURM_NNODES", "SLURM_NTASKS")
+
+
+def versions() -> dict[str, str]:
+  found = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return found
+
+
+def relevant_env() -> dict[str, str]:
+  return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+
+
+def git_commit() -> dict[str, object]:
+  """The commit of the jaxbench source tree (None outside a git checkout), and whether it is dirty."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    return {"commit": commit, "dirty": bool(dirty)}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": None, "dirty": None}
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def host() -> dict[str, object]:
+  return {"hostname": socket.gethostname(), "os": platform.platform(), "cpu": cpu_model(),
+          "cpu_count": os.cpu_count(), "argv": sys.argv}
+
+
+def backend(devices) -> dict[str, object]:
+  d = devices[0]
+  try:
+    platform_version = d.client.platform_version
+  except AttributeError:
+    platform_version = None
+  return {"backend": jax.default_backend(), "platform": d.platform,
+          "platform_version": platform_version, "device_kind": d.device_kind,
+          "n_devices": len(devices), "n_local_devices": jax.local_device_count(),
+          "process_count": jax.process_count(), "process_index": jax.process_index()}
+
+
+def now_iso() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def peak_memory_per_device(devices) -> tuple[int | None, str]:
+  """Peak bytes in use on the busiest local device, and where the figure comes from."""
+  peaks = []
+  for d in devices:
+    if d.process_index != jax.process_index():
+      continue
+    try:
+      stats = d.memory_stats()
+    except Exception:  # backends without allocator stats raise or return None
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  if peaks:
+    return max(peaks), "device allocator peak_bytes_in_use (max over local devices)"
+  # CPU: no allocator stats; the process's peak resident memory is the honest upper bound.
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+  local = max(1, jax.local_device_count())
+  if local == 1:
+    return rss, "process peak RSS (the device's memory and everything else the process holds)"
+  return rss // local, f"process peak RSS divided by {local} local devices (an estimate)"

@@ -1,0 +1,428 @@
+"""`jaxbench train`: one training run, timed honestly, written to a run directory.
+
+The path of a run, in order: config -> checks -> mesh -> sharded init -> compile (timed apart)
+-> timed steps -> run directory. Usage:
+
+  jaxbench train [--config=configs/mpt.py:tiny] [--config.KEY=VALUE ...] [--workdir=DIR]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import math
+import os
+import signal
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from absl import flags
+from ml_collections import config_flags
+
+from jaxbench import config as config_lib
+from jaxbench import data as data_lib
+from jaxbench import flops as flops_lib
+from jaxbench import model as model_lib
+from jaxbench import optim
+from jaxbench import peak as peak_lib
+from jaxbench import rundir as rundir_lib
+from jaxbench import sharding
+from jaxbench import step as step_lib
+from jaxbench import sysinfo
+from jaxbench import timing
+from jaxbench.errors import ConfigError, Diverged
+
+
+def choose_attention(c, platform: str) -> tuple[str, str]:
+  """The attention implementation that runs, and why (recorded in run.json)."""
+  requested = c.model.attention
+  head_dim = c.model.d_model // c.model.n_heads
+  cuda = platform in ("gpu", "cuda") and "NVIDIA" in _device_kind().upper()
+  if requested == "cudnn" and not cuda:
+    raise ConfigError("model.attention", f"cudnn needs an NVIDIA GPU with cuDNN; this backend is "
+                                         f"{platform}; allowed here: auto, xla, jax")
+  if requested != "auto":
+    return requested, "requested"
+  if not cuda:
+    return "xla", f"auto: cuDNN fused attention is CUDA-only; backend is {platform}"
+  if c.dtype != "bfloat16":
+    return "xla", "auto: cuDNN fused attention needs bfloat16/float16, dtype is " + c.dtype
+  if head_dim > 128 or head_dim % 8:
+    return "xla", f"auto: cuDNN fused attention needs head_dim <= 128 and a multiple of 8, got {head_dim}"
+  if c.model.position == "alibi":
+    return "xla", "auto: ALiBi bias runs on the XLA path"
+  problem = _cudnn_probe(head_dim, c.model.n_heads, c.model.n_kv_heads)
+  if problem:
+    return "xla", "auto: cuDNN attention did not lower here: " + problem
+  return "cudnn", "auto: cuDNN fused attention lowered for this shape"
+
+
+def _device_kind() -> str:
+  return jax.devices()[0].device_kind
+
+
+def _cudnn_probe(head_dim: int, n_heads: int, n_kv_heads: int) -> str | None:
+  q = jax.ShapeDtypeStruct((1, 128, n_heads, head_dim), jax.numpy.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 128, n_kv_heads, head_dim), jax.numpy.bfloat16)
+  try:
+    jax.jit(functools.partial(model_lib.dot_product_attention, implementation="cudnn")).lower(q, kv, kv)
+    return None
+  except Exception as e:  # any failure means: not available here; the reason is recorded
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def default_workdir(c, platform: str) -> str:
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  return os.path.join("runs", f"{stamp}-{c.family}-{c.preset}-{platform}")
+
+
+class _StopRequest:
+  """SIGTERM / SIGINT ask the loop to stop after the current step; a second SIGINT aborts."""
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave the handlers alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal_name is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    print(f"\n{self.signal_name} received: stopping after the current step", flush=True)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _cost_analysis(compiled) -> dict:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:
+    return {}
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return {k: float(v) for k, v in (cost or {}).items()
+          if k in ("flops", "bytes accessed", "transcendentals", "optimal_seconds")}
+
+
+def _memory_analysis(compiled) -> dict:
+  try:
+    mem = compiled.memory_analysis()
+  except Exception:
+    return {}
+  if mem is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "alias_size_in_bytes", "generated_code_size_in_bytes")
+  return {f: int(getattr(mem, f)) for f in fields if hasattr(mem, f)}
+
+
+def _state_shardings(model, optimizer, c, mesh):
+  """Shardings of the whole train state from the params' logical axis names, without allocating."""
+  boxed = jax.eval_shape(functools.partial(step_lib.init_state, model, optimizer, seq_len=c.seq_len,
+                                           unbox=False), jax.random.key(0))
+  params = sharding.param_shardings(boxed.params, mesh)
+  opt_state = optax.tree_map_params(
+      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, _unboxed(boxed.params)), params,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  return step_lib.TrainState(step=sharding.replicated(mesh), params=params, opt_state=opt_state), boxed
+
+
+def _unboxed(tree):
+  return nn.unbox(tree)
+
+
+def _fmt(n: float) -> str:
+  return f"{n:,.0f}" if n >= 100 else f"{n:.3g}"
+
+
+def run(c, workdir: str | None = None) -> dict:
+  """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
+  on bad input, Diverged on a non-finite loss."""
+  devices = jax.devices()
+  mesh_shape = config_lib.validate(c, len(devices))
+  platform = devices[0].platform
+  attention, attention_reason = choose_attention(c, platform)
+  model_cfg = model_lib.ModelConfig.from_config(c, attention)
+  model = model_lib.Transformer(model_cfg)
+  counts = model_lib.param_count(model_cfg)
+  optimizer = optim.make_optimizer(c)
+  lr_schedule = optim.schedule(c)
+  mesh = sharding.make_mesh(mesh_shape)
+  state_shardings, boxed = _state_shardings(model, optimizer, c, mesh)
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(_unboxed(boxed.params)))
+  if n_params != counts["total"]:
+    raise RuntimeError(f"parameter tree has {n_params:,} params, the analytic count is "
+                       f"{counts['total']:,}: a bug in model.param_count or the model")
+  flops = flops_lib.flops_per_token(model_cfg, c.seq_len)
+  is_writer = jax.process_index() == 0
+  workdir = workdir or default_workdir(c, platform)
+  if os.path.exists(os.path.join(workdir, "run.json")):
+    raise ConfigError("--workdir", f"{workdir} already holds a run; choose a new directory")
+
+  m = c.model
+  say = print if is_writer else (lambda *a, **k: None)
+  say(f"jaxbench: {c.family}:{c.preset}  d_model={m.d_model} n_layers={m.n_layers} "
+      f"n_heads={m.n_heads} n_kv_heads={m.n_kv_heads} d_ff={m.d_ff} vocab={m.vocab_size} "
+      f"seq_len={c.seq_len}")
+  say(f"  params {n_params:,} ({n_params / 1e6:.1f}M)  FLOPs/token {flops['flops_per_token']:,} "
+      f"({flops['formula']})")
+  say(f"  {len(devices)} x {devices[0].device_kind} ({platform}), mesh "
+      + " x ".join(f"{a}={s}" for a, s in mesh_shape.items())
+      + f", dtype {c.dtype}, attention {attention}, remat {m.remat}, scan {m.scan_layers}")
+  say(f"  batch {c.batch_size} x {c.seq_len} tokens in {c.microbatches} microbatch(es), "
+      f"{c.steps} steps, first {c.warmup_steps_excluded} not timed")
+
+  if platform == "cpu" and c.peak_tflops == 0 and peak_lib.cached_peak(jax.local_devices(), c.dtype) is None:
+    say("  measuring this CPU's matmul peak for MFU (cached for later runs) ...", flush=True)
+  peak = peak_lib.resolve_peak(jax.local_devices(), c.dtype, c.peak_tflops)
+  peak_text = f"{peak.tflops:.4g} TFLOP/s" if peak.tflops is not None else "unknown"
+  say(f"  peak per device: {peak_text} ({peak.source}: {peak.detail})")
+
+  out = rundir_lib.RunDir(workdir, writer=is_writer)
+  say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
+  run_info = {
+      "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
+      **sysinfo.backend(devices), "mesh": mesh_shape,
+      "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
+      "param_partition_specs": sharding.describe_param_specs(state_shardings.params),
+      "attention": {"implementation": attention, "reason": attention_reason},
+      "n_params": n_params, "param_counts": counts, **flops,
+      "peak": dataclasses.asdict(peak),
+      "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
+      "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
+      "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+  }
+  out.write("run.json", run_info)
+
+  summary = {}
+  progress = {"steps": 0, "final_loss": None}  # what a failed run's summary can still say
+  try:
+    summary = _train(c, model, optimizer, lr_schedule, mesh, state_shardings, devices, flops, peak,
+                     out, run_info, progress, say)
+  except Diverged as e:
+    summary = {**progress, "status": "diverged", "error": str(e)}
+    raise
+  except BaseException as e:
+    summary = {**progress, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+    raise
+  finally:
+    summary = {**_summary_context(devices, n_params, run_info), **summary}
+    out.write("summary.json", summary)
+    out.close()
+  return summary
+
+
+def _summary_context(devices, n_params, run_info) -> dict:
+  return {"backend": run_info["backend"], "device_kind": devices[0].device_kind,
+          "n_devices": len(devices), "n_params": n_params}
+
+
+def _train(c, model, optimizer, lr_schedule, mesh, state_shardings, devices, flops, peak, out,
+           run_info, progress, say) -> dict:
+  data = data_lib.SyntheticData(c)
+  batch_sharding = sharding.batch_sharding(mesh)
+  tokens_per_step = c.batch_size * c.seq_len
+  n_devices = len(devices)
+
+  def put(batch: np.ndarray):
+    return jax.device_put(batch, batch_sharding)
+
+  t0 = time.perf_counter()
+  init = jax.jit(functools.partial(step_lib.init_state, model, optimizer, seq_len=c.seq_len),
+                 out_shardings=state_shardings)
+  with sharding.activation_mesh(mesh):
+    state = init(jax.random.key(c.seed))
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+
+  train_step = step_lib.make_train_step(model, optimizer, lr_schedule)
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  batch = put(data.batch(0))
+  say("  compiling the train step ...", flush=True)
+  t0 = time.perf_counter()
+  with sharding.activation_mesh(mesh):
+    lowered = jitted.lower(state, batch)
+  lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  cost = _cost_analysis(compiled)
+  memory = _memory_analysis(compiled)
+  run_info["compile"] = {"lower_s": lower_s, "compile_s": compile_s, "init_s": init_s,
+                         "xla_cost_analysis": cost, "xla_memory_analysis": memory,
+                         "xla_flops_per_step_per_device": cost.get("flops"),
+                         "model_flops_per_step": flops["flops_per_token"] * tokens_per_step}
+  out.write("run.json", run_info)
+  say(f"  compiled in {lower_s + compile_s:.1f}s (lower {lower_s:.1f}s + compile {compile_s:.1f}s)",
+      flush=True)
+
+  step_times, losses = [], []
+  status = "finished"
+  last_loss = None
+  start = time.perf_counter()
+  with _StopRequest() as stop:
+    t_prev = time.perf_counter()
+    pending = compiled(state, batch)
+    for i in range(c.steps):
+      state, metrics = pending
+      # A stop request is honoured between steps: the step in flight is finished and recorded.
+      stopping = stop.signal_name is not None
+      next_batch = put(data.batch(i + 1)) if i + 1 < c.steps and not stopping else None
+      metrics = jax.device_get(metrics)  # waits for this step's outputs
+      t_now = time.perf_counter()
+      step_time = t_now - t_prev
+      t_prev = t_now
+      loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+      finite = math.isfinite(loss) and math.isfinite(grad_norm)
+      if next_batch is not None and finite:
+        pending = compiled(state, next_batch)  # the device works while we write this step down
+      record = _step_record(i + 1, loss, grad_norm, float(metrics["lr"]), step_time,
+                            tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
+      out.append_metrics(record)
+      if i >= c.warmup_steps_excluded:
+        step_times.append(step_time)
+      losses.append(loss)
+      last_loss = loss
+      progress.update(steps=i + 1, final_loss=last_loss)
+      if not finite:
+        say(_progress_line(record, c.steps, None))
+        raise Diverged(i + 1, loss, grad_norm)
+      done = i + 1 == c.steps
+      if done or i == 0 or (c.log_every and (i + 1) % c.log_every == 0) or stopping:
+        eta = (time.perf_counter() - start) / (i + 1) * (c.steps - i - 1)
+        say(_progress_line(record, c.steps, eta), flush=True)
+      if stopping and not done:
+        status = f"stopped ({stop.signal_name})"
+        break
+  jax.block_until_ready(state)
+
+  stats = timing.summarize(step_times)
+  median = stats["step_time_s_median"]
+  tokens_per_s_per_device = tokens_per_step / median / n_devices if median else None
+  tflops = (flops["flops_per_token"] * tokens_per_s_per_device / 1e12
+            if tokens_per_s_per_device else None)
+  peak_bytes, peak_source = sysinfo.peak_memory_per_device(devices)
+  summary = {
+      "status": status, "steps": len(losses), "timed_steps": len(step_times),
+      "compile_s": lower_s + compile_s, "lower_s": lower_s, "init_s": init_s, **stats,
+      "tokens_per_s_per_device_median": tokens_per_s_per_device,
+      "tflops_per_s_per_device_median": tflops,
+      "mfu_median": tflops / peak.tflops if tflops and peak.tflops else None,
+      "peak_tflops_per_device": peak.tflops, "peak_source": peak.source,
+      "final_loss": last_loss, "peak_memory_bytes_per_device": peak_bytes,
+      "peak_memory_source": peak_source,
+  }
+  mfu = f"{summary['mfu_median']:.1%}" if summary["mfu_median"] is not None else "unknown"
+  if median:
+    say(f"done: {status}. median {median * 1e3:.1f} ms/step "
+        f"(p10 {stats['step_time_s_p10'] * 1e3:.1f}, p90 {stats['step_time_s_p90'] * 1e3:.1f}), "
+        f"{_fmt(tokens_per_s_per_device)} tokens/s/device, {tflops:.3g} TFLOP/s/device, MFU {mfu}, "
+        f"final loss {last_loss:.4f}")
+  else:
+    say(f"done: {status} after {len(losses)} steps, before any timed step")
+  say(f"run directory: {os.path.abspath(out.path)}")
+  return summary
+
+
+def _step_record(step, loss, grad_norm, lr, step_time, tokens_per_step, n_devices, flops_per_token,
+                 peak_tflops) -> dict:
+  tokens_per_s = tokens_per_step / step_time
+  per_device = tokens_per_s / n_devices
+  tflops = flops_per_token * per_device / 1e12
+  return {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time,
+          "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+          "tflops_per_s_per_device": tflops,
+          "mfu": tflops / peak_tflops if peak_tflops else None}
+
+
+def _progress_line(r: dict, steps: int, eta: float | None) -> str:
+  mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+  width = len(str(steps))
+  line = (f"step {r['step']:>{width}}/{steps}  loss {r['loss']:.4f}  grad_norm {r['grad_norm']:.3g}  "
+          f"lr {r['lr']:.2e}  {r['step_time_s'] * 1e3:.1f} ms/step  "
+          f"{_fmt(r['tokens_per_s_per_device'])} tok/s/dev  MFU {mfu}")
+  if eta is not None and r["step"] < steps:
+    line += f"  eta {timing.format_duration(eta)}"
+  return line
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _bad_input(message: str) -> int:
+  print(f"jaxbench train: bad input: {message}", file=sys.stderr)
+  return 2
+
+
+def parse_args(argv: list[str]):
+  """absl flags + the config file -> (config, workdir); every bad flag or value raises ConfigError.
+
+  The flags live in a FlagValues of their own, defined per call: config_flags reads the overrides
+  (--config.KEY=VALUE) from the argv it is given, and main() stays callable more than once."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path, sep, preset = arg[len("--config="):].partition(":")
+      resolved = config_lib.resolve_config_path(path)
+      if not os.path.isfile(resolved):
+        shipped = ", ".join(sorted(f for f in os.listdir(config_lib.CONFIG_DIR) if f.endswith(".py")))
+        raise ConfigError("--config", f"no config file {path!r}; shipped: configs/{{{shipped}}}")
+      argv[i] = "--config=" + resolved + sep + preset
+      config_lib.load_config_file(argv[i][len("--config="):])  # an unknown preset fails here, clearly
+  fv = flags.FlagValues()
+  try:
+    config = config_flags.DEFINE_config_file(
+        "config", config_lib.DEFAULT_CONFIG, "Config file and preset, e.g. configs/mpt.py:125m; "
+        "override keys with --config.KEY=VALUE.", flag_values=fv, sys_argv=argv)
+    workdir = flags.DEFINE_string("workdir", None, "Run directory (default: "
+                                  "runs/<time>-<family>-<preset>-<platform>).", flag_values=fv)
+    rest = fv(argv)
+    c = config.value
+    c.keys()  # a config file that failed to load raises here
+  except ConfigError:
+    raise
+  except (KeyError, AttributeError) as e:
+    raise ConfigError("--config", f"unknown config key {str(e).strip(chr(34))}; the keys are in "
+                                  "jaxbench/config.py") from None
+  except (flags.Error, ValueError, TypeError, OSError, ImportError, SyntaxError) as e:
+    cause = e.__cause__ or e
+    text = str(cause).strip() or type(cause).__name__
+    raise ConfigError("flags", " ".join(text.split())[:400]) from None
+  if len(rest) > 1:
+    raise ConfigError("flags", f"unexpected arguments {rest[1:]}")
+  return c, workdir.value
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__.strip())
+    print("\nConfig keys and their meaning: jaxbench/config.py; presets: configs/mpt.py, configs/llama.py")
+    return 0
+  try:
+    c, workdir = parse_args(argv)
+    run(c, workdir)
+  except ConfigError as e:
+    return _bad_input(str(e))
+  except Diverged as e:
+    print(f"jaxbench train: {e}", file=sys.stderr)
+    return 3
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,176 @@
+"""The model: parameter counts, causality, layouts (scan / unrolled, remat), attention kernels."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbench import config, flops, model
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+MPT_PRESETS = ["nano", "tiny", "small", "125m", "350m", "760m", "1b", "3b", "7b", "13b", "30b", "70b"]
+LLAMA_PRESETS = ["nano", "tiny", "small", "1b", "3b", "8b"]
+
+
+def make(family="mpt", preset="nano", attention="xla", **model_overrides):
+  c = config.load_config_file(f"configs/{family}.py:{preset}")
+  for key, value in model_overrides.items():
+    if key == "dtype":
+      c.dtype = value
+    else:
+      c.model[key] = value
+  return model.ModelConfig.from_config(c, attention)
+
+
+def init(cfg, seq=16, seed=0):
+  tokens = jnp.zeros((1, seq), jnp.int32)
+  return nn.unbox(jax.jit(model.Transformer(cfg).init)(jax.random.key(seed), tokens)["params"])
+
+
+@pytest.mark.parametrize("family,preset", [("mpt", p) for p in MPT_PRESETS]
+                         + [("llama", p) for p in LLAMA_PRESETS])
+def test_param_count_matches_tree(family, preset):
+  cfg = make(family, preset)
+  shapes = jax.eval_shape(lambda: model.Transformer(cfg).init(jax.random.key(0),
+                                                               jnp.zeros((1, 8), jnp.int32)))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes["params"])))
+  assert n == model.param_count(cfg)["total"]
+
+
+def test_param_counts_of_known_models():
+  # MPT-125m as LLM Foundry builds it (no biases, learned positions, tied embeddings).
+  assert model.param_count(make("mpt", "125m"))["total"] == 125_209_344
+  # Llama 3.1 8B's published count: 8,030,261,248 parameters.
+  assert model.param_count(make("llama", "8b"))["total"] == 8_030_261_248
+  # Llama 3.2 1B (1,235,814,400 with tied embeddings; our preset unties them).
+  tied = make("llama", "1b", tie_embeddings=True)
+  assert model.param_count(tied)["total"] == 1_235_814_400
+
+
+def test_flops_per_token_convention():
+  cfg = make("mpt", "125m")
+  f = flops.flops_per_token(cfg, 2048)
+  n = 125_209_344 - 2048 * 768  # without the learned position table
+  assert f["n_matmul_params"] == n
+  assert f["flops_per_token"] == 6 * n + 12 * 12 * 768 * 2048
+  untied = make("llama", "8b")
+  # Untied: the input embedding is a lookup, the lm_head a matmul.
+  assert flops.matmul_params(untied) == 8_030_261_248 - 128256 * 4096
+
+
+@pytest.mark.parametrize("family,position", [("mpt", "learned"), ("mpt", "alibi"),
+                                             ("llama", "rope")])
+def test_causal(family, position):
+  cfg = make(family, position=position)
+  params = init(cfg)
+  apply = jax.jit(model.Transformer(cfg).apply)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, cfg.vocab_size, (2, 16)).astype(np.int32)
+  changed = tokens.copy()
+  changed[:, 10:] = rng.integers(0, cfg.vocab_size, (2, 6))
+  a = apply({"params": params}, tokens)
+  b = apply({"params": params}, changed)
+  np.testing.assert_allclose(a[:, :10], b[:, :10], rtol=1e-6, atol=1e-6)
+  assert np.abs(np.asarray(a[:, 10:] - b[:, 10:])).max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_scan_equals_unrolled(family):
+  unrolled = make(family, scan_layers=False)
+  scanned = make(family, scan_layers=True)
+  params = init(unrolled)
+  stacked = model.stack_layers(params, unrolled.n_layers)
+  tokens = np.random.default_rng(1).integers(0, unrolled.vocab_size, (2, 16)).astype(np.int32)
+
+  def loss(cfg, p):
+    logits = model.Transformer(cfg).apply({"params": p}, tokens[:, :-1])
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  l1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(unrolled, p)))(params)
+  l2, g2 = jax.jit(jax.value_and_grad(lambda p: loss(scanned, p)))(stacked)
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  g2 = model.unstack_layers(g2, unrolled.n_layers)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
+  assert jax.tree.structure(model.unstack_layers(stacked, unrolled.n_layers)) == jax.tree.structure(params)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_remat_policies_same_gradients(scan):
+  base = make("llama", scan_layers=scan)
+  params = init(base)
+  tokens = np.random.default_rng(2).integers(0, base.vocab_size, (2, 17)).astype(np.int32)
+
+  def grads(remat):
+    cfg = make("llama", scan_layers=scan, remat=remat)
+    def loss(p):
+      logits = model.Transformer(cfg).apply({"params": p}, tokens[:, :-1])
+      return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+          logits, tokens[:, 1:, None], -1)[..., 0])
+    return jax.jit(jax.grad(loss))(params)
+
+  reference = grads("none")
+  for policy in ("full", "dots", "dots_no_batch"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 reference, grads(policy))
+
+
+@pytest.mark.parametrize("family,position", [("mpt", "learned"), ("mpt", "alibi"),
+                                             ("llama", "rope")])
+def test_attention_kernels_agree(family, position):
+  xla = make(family, position=position, attention="xla")
+  params = init(xla)
+  tokens = np.random.default_rng(3).integers(0, xla.vocab_size, (2, 16)).astype(np.int32)
+  a = jax.jit(model.Transformer(xla).apply)({"params": params}, tokens)
+  b = jax.jit(model.Transformer(make(family, position=position, attention="jax")).apply)(
+      {"params": params}, tokens)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_xla_attention_matches_naive_reference():
+  rng = np.random.default_rng(4)
+  b, s, h, k, d = 2, 8, 4, 2, 16
+  q = rng.normal(size=(b, s, h, d)).astype(np.float32)
+  kk = rng.normal(size=(b, s, k, d)).astype(np.float32)
+  v = rng.normal(size=(b, s, k, d)).astype(np.float32)
+  out = np.asarray(model.xla_attention(q, kk, v))
+  for head in range(h):
+    kv = head // (h // k)  # grouped-query: consecutive query heads share a kv head
+    scores = np.einsum("bsd,btd->bst", q[:, :, head], kk[:, :, kv]) / np.sqrt(d)
+    scores = np.where(np.tril(np.ones((s, s), bool)), scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out[:, :, head], np.einsum("bst,btd->bsd", p, v[:, :, kv]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_is_hugging_face_half_split():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(1, 4, 2, 8)).astype(np.float32)
+  positions = np.arange(4)[None]
+  out = np.asarray(model.rotary(jnp.asarray(x), jnp.asarray(positions), 10000.0))
+  inv_freq = 1.0 / 10000 ** (np.arange(0, 8, 2) / 8)
+  for pos in range(4):
+    ang = pos * inv_freq
+    cos, sin = np.cos(np.concatenate([ang, ang])), np.sin(np.concatenate([ang, ang]))
+    v = x[0, pos]
+    rotated = np.concatenate([-v[:, 4:], v[:, :4]], axis=-1)
+    np.testing.assert_allclose(out[0, pos], v * cos + rotated * sin, rtol=1e-5, atol=1e-6)
+
+
+def test_alibi_slopes_follow_mpt():
+  bias = np.asarray(model.alibi_bias(8, 4))
+  # 8 heads: slopes 2^-1 .. 2^-8; bias[h, i, j] = -slope_h * (i - j).
+  np.testing.assert_allclose(bias[0, 3, 0], -3 * 2.0 ** -1)
+  np.testing.assert_allclose(bias[7, 2, 1], -1 * 2.0 ** -8)
+  odd = np.asarray(model.alibi_bias(6, 2))[:, 1, 0]  # non-power of two: MPT's interleave of 8
+  np.testing.assert_allclose(-odd, 1.0 / 2 ** np.array([2, 4, 6, 8, 1, 3]))
+
+
+def test_bfloat16_compute_float32_params():
+  cfg = make("llama", dtype="bfloat16")
+  params = init(cfg)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  logits = jax.jit(model.Transformer(cfg).apply)({"params": params}, jnp.zeros((1, 8), jnp.int32))
+  assert logits.dtype == jnp.float32

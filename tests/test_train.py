@@ -1,0 +1,213 @@
+"""The training loop: the step function, the run directory contract, and the exit codes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import cli_env, read_json
+
+from jaxbench import config, data, model, optim, rundir, step, train
+
+METRIC_FIELDS = {"step", "loss", "grad_norm", "lr", "step_time_s", "tokens_per_s",
+                 "tokens_per_s_per_device", "tflops_per_s_per_device", "mfu"}
+SUMMARY_FIELDS = {"steps", "compile_s", "step_time_s_median", "step_time_s_p10", "step_time_s_p90",
+                  "tokens_per_s_per_device_median", "mfu_median", "final_loss",
+                  "peak_memory_bytes_per_device", "backend", "device_kind", "n_devices", "n_params",
+                  "status"}
+RUN_FIELDS = {"config", "versions", "backend", "platform_version", "device_kind", "n_devices",
+              "process_count", "env", "git", "host", "started_at", "n_params", "flops_per_token",
+              "formula", "peak", "attention", "mesh", "compile"}
+
+
+def nano(family="mpt", **overrides):
+  c = config.load_config_file(f"configs/{family}.py:nano")
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def test_microbatch_accumulation_equals_one_big_batch():
+  c = nano("llama", batch_size=8)
+  with jax.default_matmul_precision("highest"):
+    m = model.Transformer(model.ModelConfig.from_config(c, "xla"))
+    tx = optim.make_optimizer(c)
+    state = step.init_state(m, tx, jax.random.key(0), c.seq_len)
+    train_step = jax.jit(step.make_train_step(m, tx, optim.schedule(c)))
+    batch = data.SyntheticData(c).batch(0)  # [1, 8, seq + 1]
+    one, m1 = train_step(state, batch)
+    four, m4 = train_step(state, batch.reshape(4, 2, -1))
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               one.params, four.params)
+
+
+def test_synthetic_data_is_a_pure_function_of_seed_and_step():
+  c = nano(microbatches=2)
+  a, b = data.SyntheticData(c), data.SyntheticData(c)
+  np.testing.assert_array_equal(a.batch(7), b.batch(7))
+  assert a.batch(7).shape == (2, 4, c.seq_len + 1)
+  assert not np.array_equal(a.batch(7), a.batch(8))
+  other = data.SyntheticData(nano(seed=1))
+  assert not np.array_equal(a.batch(7).reshape(-1), other.batch(7).reshape(-1))
+  tokens = a.batch(3).reshape(-1, c.seq_len + 1)
+  assert tokens.min() >= 0 and tokens.max() < c.model.vocab_size
+  # Markov: every next token is one of its predecessor's successors.
+  assert all(tokens[r, t + 1] in a.successors[tokens[r, t]] for r in range(3) for t in range(20))
+
+
+def test_optimizer_decays_only_matrices():
+  c = nano()
+  params = {"embedding": 1.0, "layers": {"mlp": {"up": {"kernel": 1.0, "bias": 1.0}},
+                                         "attention_norm": {"scale": 1.0}}}
+  mask = optim.decay_mask(params, decay_embeddings=False)
+  assert mask == {"embedding": False, "layers": {"mlp": {"up": {"kernel": True, "bias": False}},
+                                                  "attention_norm": {"scale": False}}}
+  sched = optim.schedule(c)
+  assert float(sched(0)) == 0.0
+  assert float(sched(c.optimizer.warmup_steps)) == pytest.approx(c.optimizer.lr)
+  assert float(sched(c.steps)) == pytest.approx(c.optimizer.lr * c.optimizer.min_lr_ratio)
+
+
+def test_loss_falls_on_learnable_data(tmp_path):
+  c = nano(steps=150, peak_tflops=1.0, log_every=0)
+  summary = train.run(c, str(tmp_path / "run"))
+  records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+  first, last = records[0]["loss"], summary["final_loss"]
+  floor = data.SyntheticData(c).entropy_floor()
+  assert first == pytest.approx(np.log(c.model.vocab_size), rel=0.05)  # starts near uniform
+  assert last < first - 0.6 * (first - floor), (first, last, floor)  # covers most of the gap
+  assert [r["step"] for r in records] == list(range(1, 151))
+
+
+def test_default_run_writes_the_contract_files(tmp_path):
+  """`jaxbench train` with no flags at all: the README's first command."""
+  proc = subprocess.run([sys.executable, "-m", "jaxbench", "train"], cwd=tmp_path,
+                        env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  runs = os.listdir(tmp_path / "runs")
+  assert len(runs) == 1
+  run_dir = tmp_path / "runs" / runs[0]
+  assert str(run_dir) in proc.stdout and "MFU" in proc.stdout and "compiled in" in proc.stdout
+
+  info = read_json(run_dir / "run.json")
+  assert RUN_FIELDS <= set(info)
+  assert info["n_params"] == model.param_count(
+      model.ModelConfig.from_config(config.load_config_file("configs/mpt.py:tiny"), "xla"))["total"]
+  assert info["peak"]["source"] == "measured" and info["peak"]["tflops"] > 0
+  assert info["compile"]["compile_s"] > 0 and info["versions"]["jax"] == jax.__version__
+
+  records = rundir.read_metrics(str(run_dir / "metrics.jsonl"))
+  steps = info["config"]["steps"]
+  assert [r["step"] for r in records] == list(range(1, steps + 1))
+  for r in records:
+    assert METRIC_FIELDS <= set(r)
+    assert r["mfu"] > 0 and r["step_time_s"] > 0 and np.isfinite(r["loss"])
+    assert r["tokens_per_s_per_device"] == pytest.approx(r["tokens_per_s"])  # one device
+    assert r["tflops_per_s_per_device"] == pytest.approx(
+        info["flops_per_token"] * r["tokens_per_s_per_device"] / 1e12)
+
+  summary = read_json(run_dir / "summary.json")
+  assert SUMMARY_FIELDS <= set(summary)
+  assert summary["status"] == "finished" and summary["steps"] == steps
+  assert summary["timed_steps"] == steps - info["config"]["warmup_steps_excluded"]
+  assert 0 < summary["mfu_median"] < 1
+  assert summary["mfu_median"] == pytest.approx(
+      summary["tflops_per_s_per_device_median"] / info["peak"]["tflops"])
+  timed = sorted(r["step_time_s"] for r in records[info["config"]["warmup_steps_excluded"]:])
+  assert summary["step_time_s_median"] == pytest.approx(float(np.median(timed)))
+  assert summary["final_loss"] == records[-1]["loss"]
+  assert summary["final_loss"] < records[0]["loss"] - 1.0
+  assert summary["peak_memory_bytes_per_device"] > 0
+
+
+BAD_INPUTS = [
+    (["--config=configs/mpt.py:nope"], "preset"),
+    (["--config=configs/nope.py"], "no config file"),
+    (["--config.model.n_heads=5"], "model.n_heads"),
+    (["--config.model.n_kv_heads=3"], "model.n_kv_heads"),
+    (["--config.microbatches=3"], "microbatches"),
+    (["--config.model.attention=flash"], "model.attention"),
+    (["--config.model.attention=cudnn"], "model.attention"),
+    (["--config.model.remat=sometimes"], "model.remat"),
+    (["--config.seq_len=4096"], "seq_len"),
+    (["--config.dtype=float16"], "dtype"),
+    (["--config.mesh.data=3"], "mesh"),
+    (["--config.nonexistent=1"], "unknown config key"),
+    (["--config.steps=abc"], "config.steps"),
+    (["--config=configs/llama.py:nano", "--config.model.n_kv_heads=3"], "model.n_kv_heads"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+  proc = subprocess.run([sys.executable, "-m", "jaxbench.train", *args, "--workdir=run"],
+                        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert needle in lines[0] and lines[0].startswith("jaxbench train: bad input:")
+  assert not (tmp_path / "run").exists()  # nothing ran, nothing compiled
+
+
+def test_nonfinite_loss_exits_3_naming_the_step(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
+                         "--config.steps=5", "--config.model.init_std=1e30",
+                         "--config.peak_tflops=1", "--workdir=run"],
+                        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  assert "diverged at step 1" in proc.stderr
+  summary = read_json(tmp_path / "run" / "summary.json")
+  assert summary["status"] == "diverged" and summary["steps"] == 1
+  records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+  assert records[-1]["step"] == 1 and records[-1]["loss"] is None  # NaN is written as null
+
+
+def test_sigterm_stops_cleanly_after_a_step(tmp_path):
+  proc = subprocess.Popen([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
+                           "--config.steps=100000", "--config.peak_tflops=1", "--workdir=run",
+                           "--config.log_every=1"],
+                          cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  for line in proc.stdout:
+    if line.startswith("step") and "/100000" in line and line.split()[1].startswith("5/"):
+      break
+    assert time.time() < deadline
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert "SIGTERM received" in out
+  summary = read_json(tmp_path / "run" / "summary.json")
+  assert summary["status"] == "stopped (SIGTERM)"
+  records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+  assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
+
+
+def test_existing_workdir_is_refused(tmp_path):
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "run.json").write_text("{}")
+  assert train.main(["jaxbench train", "--config=configs/mpt.py:nano",
+                     f"--workdir={tmp_path / 'run'}"]) == 2
+
+
+def test_json_writer_never_writes_nan(tmp_path):
+  rundir.write_json(str(tmp_path / "x.json"), {"a": float("nan"), "b": [float("inf"), 1.5]})
+  assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5]}
+  d = rundir.RunDir(str(tmp_path / "r"))
+  d.append_metrics({"step": 1, "loss": 2.0})
+  with open(d.file("metrics.jsonl"), "a") as f:
+    f.write('{"step": 2, "lo')  # a torn line, as a crash mid-write would leave
+  assert rundir.read_metrics(d.file("metrics.jsonl")) == [{"step": 1, "loss": 2.0}]
