@@ -307,6 +307,7 @@ def resolve_peak(devices, dtype: str, override_tflops: float = 0.0, *,
 
 # --- `jaxbench peak` ----------------------------------------------------------------------------------
 def main(argv=None) -> int:
+  """argv as sys.argv: the program name first (the convention of every jaxbench command)."""
   parser = argparse.ArgumentParser(
       prog="jaxbench peak", description="Measure the matmul peak TFLOP/s per device, cached for MFU.")
   parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated: bfloat16,float32")
@@ -314,7 +315,7 @@ def main(argv=None) -> int:
   parser.add_argument("--size", type=int, default=None, help="square matmul size (default: per platform)")
   parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
   parser.add_argument("--no_cache", action="store_true", help="measure only; do not write the cache")
-  args = parser.parse_args(argv)
+  args = parser.parse_args((sys.argv if argv is None else argv)[1:])
   if args.seconds <= 0 or (args.size is not None and args.size <= 0):
     parser.error("--seconds and --size must be positive")
   dtypes = [t.strip() for t in args.dtypes.split(",") if t.strip()]

@@ -229,7 +229,7 @@ def test_measure_is_per_device_when_devices_share_a_host():
 
 def test_main_json_with_corrupt_cache(capsys, cache_dir):
   (cache_dir / "peaks.json").write_text("\x00garbage")
-  assert peak.main(["--dtypes=float32", "--seconds=0.3", "--size=256", "--json"]) == 0
+  assert peak.main(["jaxbench peak", "--dtypes=float32", "--seconds=0.3", "--size=256", "--json"]) == 0
   out = json.loads(capsys.readouterr().out)
   (r,) = out["results"]
   assert r["dtype"] == "float32" and r["platform"] == "cpu" and r["n_devices"] == len(jax.local_devices())
@@ -239,9 +239,9 @@ def test_main_json_with_corrupt_cache(capsys, cache_dir):
 
 
 def test_main_table_output_and_no_cache(capsys, cache_dir):
-  assert peak.main(["--dtypes=float32", "--seconds=0.2", "--size=128", "--no_cache"]) == 0
+  assert peak.main(["jaxbench peak", "--dtypes=float32", "--seconds=0.2", "--size=128", "--no_cache"]) == 0
   out = capsys.readouterr().out
   assert "float32" in out and "TFLOP/s per device" in out and "not written" in out
   assert not (cache_dir / "peaks.json").exists()
   with pytest.raises(SystemExit):
-    peak.main(["--dtypes=float16"])
+    peak.main(["jaxbench peak", "--dtypes=float16"])
