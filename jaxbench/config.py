@@ -209,8 +209,11 @@ def validate(c, n_devices: int) -> dict[str, int]:
                       f"allowed: 0 .. {c.steps - 1}")
   if c.log_every < 0:
     raise ConfigError("log_every", f"{c.log_every} must be >= 0")
-  if c.peak_tflops < 0:
-    raise ConfigError("peak_tflops", f"{c.peak_tflops} must be >= 0 (0 = table or measured peak)")
+  if not math.isfinite(c.peak_tflops) or c.peak_tflops < 0:
+    raise ConfigError("peak_tflops", f"{c.peak_tflops} must be a finite number >= 0 "
+                                     "(0 = table or measured peak)")
+  if not isinstance(c.seed, int) or c.seed < 0:
+    raise ConfigError("seed", f"{c.seed!r} must be an integer >= 0")
 
   m = c.model
   _choice(c, "model.attention", ATTENTIONS)
@@ -230,14 +233,18 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if c.seq_len > m.max_seq_len:
     raise ConfigError("seq_len", f"{c.seq_len} exceeds model.max_seq_len={m.max_seq_len}; "
                                  f"allowed: 1 .. {m.max_seq_len}")
-  if m.init_std <= 0:
-    raise ConfigError("model.init_std", f"{m.init_std} must be > 0")
+  for key in ("init_std", "norm_eps", "rope_theta"):
+    if not math.isfinite(m[key]) or m[key] <= 0:
+      raise ConfigError(f"model.{key}", f"{m[key]} must be a finite number > 0")
 
   if c.batch_size % c.microbatches:
     raise ConfigError("microbatches", f"{c.microbatches} does not divide batch_size={c.batch_size}; "
                                       f"allowed: divisors of {c.batch_size}")
 
   o = c.optimizer
+  for key in ("lr", "min_lr_ratio", "b1", "b2", "eps", "weight_decay", "clip_norm"):
+    if not math.isfinite(o[key]):
+      raise ConfigError(f"optimizer.{key}", f"{o[key]} must be a finite number")
   if o.lr <= 0:
     raise ConfigError("optimizer.lr", f"{o.lr} must be > 0")
   if not 0 <= o.warmup_steps:
@@ -262,6 +269,8 @@ def validate(c, n_devices: int) -> dict[str, int]:
                       f"{c.batch_size} is not divisible by mesh.data*mesh.fsdp*microbatches = "
                       f"{shape['data']}*{shape['fsdp']}*{c.microbatches} = "
                       f"{batch_shards * c.microbatches}")
+  if m.d_model % shape["fsdp"]:
+    raise ConfigError("model.d_model", f"{m.d_model} is not divisible by mesh.fsdp={shape['fsdp']}")
   tensor = shape["tensor"]
   for key, value in (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads),
                      ("model.d_ff", m.d_ff), ("model.vocab_size", m.vocab_size)):

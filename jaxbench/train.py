@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,6 +28,7 @@ from ml_collections import config_flags
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
 from jaxbench import flops as flops_lib
+from jaxbench import hlo
 from jaxbench import model as model_lib
 from jaxbench import optim
 from jaxbench import peak as peak_lib
@@ -43,22 +45,26 @@ def choose_attention(c, platform: str) -> tuple[str, str]:
   requested = c.model.attention
   head_dim = c.model.d_model // c.model.n_heads
   cuda = platform in ("gpu", "cuda") and "NVIDIA" in _device_kind().upper()
-  if requested == "cudnn" and not cuda:
-    raise ConfigError("model.attention", f"cudnn needs an NVIDIA GPU with cuDNN; this backend is "
-                                         f"{platform}; allowed here: auto, xla, jax")
+  # What jax.nn.dot_product_attention's cuDNN path accepts (jax/_src/cudnn/fused_attention_stablehlo.py).
+  problem = None
+  if not cuda:
+    problem = f"cuDNN fused attention needs an NVIDIA GPU; this backend is {platform}"
+  elif c.dtype != "bfloat16":
+    problem = f"cuDNN fused attention needs bfloat16 (or float16), dtype is {c.dtype}"
+  elif head_dim > 128 or head_dim % 8:
+    problem = f"cuDNN fused attention needs head_dim <= 128 and a multiple of 8, got {head_dim}"
+  elif c.model.position == "alibi":
+    problem = "ALiBi runs on the XLA path (its float32 bias)"
+  if requested == "cudnn" and problem:
+    raise ConfigError("model.attention", f"cudnn: {problem}; allowed here: auto, xla, jax")
   if requested != "auto":
     return requested, "requested"
-  if not cuda:
-    return "xla", f"auto: cuDNN fused attention is CUDA-only; backend is {platform}"
-  if c.dtype != "bfloat16":
-    return "xla", "auto: cuDNN fused attention needs bfloat16/float16, dtype is " + c.dtype
-  if head_dim > 128 or head_dim % 8:
-    return "xla", f"auto: cuDNN fused attention needs head_dim <= 128 and a multiple of 8, got {head_dim}"
-  if c.model.position == "alibi":
-    return "xla", "auto: ALiBi bias runs on the XLA path"
-  problem = _cudnn_probe(head_dim, c.model.n_heads, c.model.n_kv_heads)
+  if problem is None:
+    problem = _cudnn_probe(head_dim, c.model.n_heads, c.model.n_kv_heads)
+    if problem:
+      problem = "cuDNN attention did not lower here: " + problem
   if problem:
-    return "xla", "auto: cuDNN attention did not lower here: " + problem
+    return "xla", "auto: " + problem
   return "cudnn", "auto: cuDNN fused attention lowered for this shape"
 
 
@@ -149,25 +155,76 @@ def _fmt(n: float) -> str:
   return f"{n:,.0f}" if n >= 100 else f"{n:.3g}"
 
 
-def run(c, workdir: str | None = None) -> dict:
-  """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
-  on bad input, Diverged on a non-finite loss."""
-  devices = jax.devices()
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything a run derives from its config before anything is allocated or compiled."""
+  config: Any
+  devices: list
+  mesh_shape: dict
+  mesh: Any
+  attention: str
+  attention_reason: str
+  model_cfg: model_lib.ModelConfig
+  model: model_lib.Transformer
+  optimizer: optax.GradientTransformation
+  lr_schedule: Any
+  state_shardings: step_lib.TrainState
+  batch_sharding: Any
+  n_params: int
+  param_counts: dict
+  flops: dict
+
+
+def build(c, devices=None) -> Setup:
+  """Config -> checks -> mesh -> model -> shardings. Raises ConfigError on bad input."""
+  devices = list(devices or jax.devices())
   mesh_shape = config_lib.validate(c, len(devices))
-  platform = devices[0].platform
-  attention, attention_reason = choose_attention(c, platform)
+  attention, attention_reason = choose_attention(c, devices[0].platform)
   model_cfg = model_lib.ModelConfig.from_config(c, attention)
   model = model_lib.Transformer(model_cfg)
   counts = model_lib.param_count(model_cfg)
   optimizer = optim.make_optimizer(c)
-  lr_schedule = optim.schedule(c)
-  mesh = sharding.make_mesh(mesh_shape)
+  mesh = sharding.make_mesh(mesh_shape, devices)
   state_shardings, boxed = _state_shardings(model, optimizer, c, mesh)
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(_unboxed(boxed.params)))
   if n_params != counts["total"]:
     raise RuntimeError(f"parameter tree has {n_params:,} params, the analytic count is "
                        f"{counts['total']:,}: a bug in model.param_count or the model")
-  flops = flops_lib.flops_per_token(model_cfg, c.seq_len)
+  return Setup(config=c, devices=devices, mesh_shape=mesh_shape, mesh=mesh, attention=attention,
+               attention_reason=attention_reason, model_cfg=model_cfg, model=model,
+               optimizer=optimizer, lr_schedule=optim.schedule(c), state_shardings=state_shardings,
+               batch_sharding=sharding.batch_sharding(mesh), n_params=n_params,
+               param_counts=counts, flops=flops_lib.flops_per_token(model_cfg, c.seq_len))
+
+
+def init_state(s: Setup) -> step_lib.TrainState:
+  """The train state, created sharded: no parameter is ever whole on one device."""
+  init = jax.jit(functools.partial(step_lib.init_state, s.model, s.optimizer,
+                                   seq_len=s.config.seq_len), out_shardings=s.state_shardings)
+  with sharding.activation_mesh(s.mesh):
+    return init(jax.random.key(s.config.seed))
+
+
+def jit_step(s: Setup):
+  """The jitted train step with its shardings; the state is donated."""
+  train_step = step_lib.make_train_step(s.model, s.optimizer, s.lr_schedule)
+  return jax.jit(train_step, in_shardings=(s.state_shardings, s.batch_sharding),
+                 out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
+
+
+def lower_step(s: Setup, state, batch):
+  """Traces and lowers the step (activation constraints need the mesh while tracing)."""
+  with sharding.activation_mesh(s.mesh):
+    return jit_step(s).lower(state, batch)
+
+
+def run(c, workdir: str | None = None) -> dict:
+  """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
+  on bad input, Diverged on a non-finite loss."""
+  setup = build(c)
+  devices, mesh_shape, attention = setup.devices, setup.mesh_shape, setup.attention
+  platform = devices[0].platform
+  n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
   is_writer = jax.process_index() == 0
   workdir = workdir or default_workdir(c, platform)
   if os.path.exists(os.path.join(workdir, "run.json")):
@@ -198,8 +255,8 @@ def run(c, workdir: str | None = None) -> dict:
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
       **sysinfo.backend(devices), "mesh": mesh_shape,
       "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
-      "param_partition_specs": sharding.describe_param_specs(state_shardings.params),
-      "attention": {"implementation": attention, "reason": attention_reason},
+      "param_partition_specs": sharding.describe_param_specs(setup.state_shardings.params),
+      "attention": {"implementation": attention, "reason": setup.attention_reason},
       "n_params": n_params, "param_counts": counts, **flops,
       "peak": dataclasses.asdict(peak),
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
@@ -208,135 +265,159 @@ def run(c, workdir: str | None = None) -> dict:
   }
   out.write("run.json", run_info)
 
-  summary = {}
-  progress = {"steps": 0, "final_loss": None}  # what a failed run's summary can still say
-  try:
-    summary = _train(c, model, optimizer, lr_schedule, mesh, state_shardings, devices, flops, peak,
-                     out, run_info, progress, say)
-  except Diverged as e:
-    summary = {**progress, "status": "diverged", "error": str(e)}
-    raise
-  except BaseException as e:
-    summary = {**progress, "status": "failed", "error": f"{type(e).__name__}: {e}"}
-    raise
-  finally:
-    summary = {**_summary_context(devices, n_params, run_info), **summary}
-    out.write("summary.json", summary)
-    out.close()
+  progress = _Progress()
+  with _StopRequest() as stop:
+    try:
+      _train(setup, peak, out, run_info, progress, stop, say)
+    except Diverged as e:
+      progress.status, progress.error = "diverged", str(e)
+      raise
+    except BaseException as e:
+      progress.status, progress.error = "failed", f"{type(e).__name__}: {e}"
+      raise
+    finally:
+      summary = _summary(setup, peak, progress, run_info["backend"])
+      out.write("summary.json", summary)
+      out.close()
+  _say_done(summary, say)
+  say(f"run directory: {os.path.abspath(out.path)}")
   return summary
 
 
-def _summary_context(devices, n_params, run_info) -> dict:
-  return {"backend": run_info["backend"], "device_kind": devices[0].device_kind,
-          "n_devices": len(devices), "n_params": n_params}
+@dataclasses.dataclass
+class _Progress:
+  """What the run has done so far: enough for summary.json however the run ends."""
+  status: str = "starting"
+  steps: int = 0
+  step_times: list = dataclasses.field(default_factory=list)  # the timed (post-warmup) steps
+  final_loss: float | None = None
+  lower_s: float | None = None
+  compile_s: float | None = None
+  init_s: float | None = None
+  error: str | None = None
 
 
-def _train(c, model, optimizer, lr_schedule, mesh, state_shardings, devices, flops, peak, out,
-           run_info, progress, say) -> dict:
-  data = data_lib.SyntheticData(c)
-  batch_sharding = sharding.batch_sharding(mesh)
-  tokens_per_step = c.batch_size * c.seq_len
-  n_devices = len(devices)
-
-  def put(batch: np.ndarray):
-    return jax.device_put(batch, batch_sharding)
-
-  t0 = time.perf_counter()
-  init = jax.jit(functools.partial(step_lib.init_state, model, optimizer, seq_len=c.seq_len),
-                 out_shardings=state_shardings)
-  with sharding.activation_mesh(mesh):
-    state = init(jax.random.key(c.seed))
-  jax.block_until_ready(state)
-  init_s = time.perf_counter() - t0
-
-  train_step = step_lib.make_train_step(model, optimizer, lr_schedule)
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-  batch = put(data.batch(0))
-  say("  compiling the train step ...", flush=True)
-  t0 = time.perf_counter()
-  with sharding.activation_mesh(mesh):
-    lowered = jitted.lower(state, batch)
-  lower_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-  cost = _cost_analysis(compiled)
-  memory = _memory_analysis(compiled)
-  run_info["compile"] = {"lower_s": lower_s, "compile_s": compile_s, "init_s": init_s,
-                         "xla_cost_analysis": cost, "xla_memory_analysis": memory,
-                         "xla_flops_per_step_per_device": cost.get("flops"),
-                         "model_flops_per_step": flops["flops_per_token"] * tokens_per_step}
-  out.write("run.json", run_info)
-  say(f"  compiled in {lower_s + compile_s:.1f}s (lower {lower_s:.1f}s + compile {compile_s:.1f}s)",
-      flush=True)
-
-  step_times, losses = [], []
-  status = "finished"
-  last_loss = None
-  start = time.perf_counter()
-  with _StopRequest() as stop:
-    t_prev = time.perf_counter()
-    pending = compiled(state, batch)
-    for i in range(c.steps):
-      state, metrics = pending
-      # A stop request is honoured between steps: the step in flight is finished and recorded.
-      stopping = stop.signal_name is not None
-      next_batch = put(data.batch(i + 1)) if i + 1 < c.steps and not stopping else None
-      metrics = jax.device_get(metrics)  # waits for this step's outputs
-      t_now = time.perf_counter()
-      step_time = t_now - t_prev
-      t_prev = t_now
-      loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-      finite = math.isfinite(loss) and math.isfinite(grad_norm)
-      if next_batch is not None and finite:
-        pending = compiled(state, next_batch)  # the device works while we write this step down
-      record = _step_record(i + 1, loss, grad_norm, float(metrics["lr"]), step_time,
-                            tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
-      out.append_metrics(record)
-      if i >= c.warmup_steps_excluded:
-        step_times.append(step_time)
-      losses.append(loss)
-      last_loss = loss
-      progress.update(steps=i + 1, final_loss=last_loss)
-      if not finite:
-        say(_progress_line(record, c.steps, None))
-        raise Diverged(i + 1, loss, grad_norm)
-      done = i + 1 == c.steps
-      if done or i == 0 or (c.log_every and (i + 1) % c.log_every == 0) or stopping:
-        eta = (time.perf_counter() - start) / (i + 1) * (c.steps - i - 1)
-        say(_progress_line(record, c.steps, eta), flush=True)
-      if stopping and not done:
-        status = f"stopped ({stop.signal_name})"
-        break
-  jax.block_until_ready(state)
-
-  stats = timing.summarize(step_times)
+def _summary(setup: Setup, peak, p: _Progress, backend: str) -> dict:
+  c, flops = setup.config, setup.flops
+  stats = timing.summarize(p.step_times)
   median = stats["step_time_s_median"]
-  tokens_per_s_per_device = tokens_per_step / median / n_devices if median else None
-  tflops = (flops["flops_per_token"] * tokens_per_s_per_device / 1e12
-            if tokens_per_s_per_device else None)
-  peak_bytes, peak_source = sysinfo.peak_memory_per_device(devices)
+  tokens_per_s_per_device = c.batch_size * c.seq_len / median / len(setup.devices) if median else None
+  tflops = flops["flops_per_token"] * tokens_per_s_per_device / 1e12 if median else None
+  peak_bytes, peak_source = sysinfo.peak_memory_per_device(setup.devices)
   summary = {
-      "status": status, "steps": len(losses), "timed_steps": len(step_times),
-      "compile_s": lower_s + compile_s, "lower_s": lower_s, "init_s": init_s, **stats,
+      "status": p.status, "steps": p.steps, "timed_steps": len(p.step_times),
+      "compile_s": (p.lower_s + p.compile_s) if p.compile_s is not None else None,
+      "lower_s": p.lower_s, "init_s": p.init_s, **stats,
       "tokens_per_s_per_device_median": tokens_per_s_per_device,
       "tflops_per_s_per_device_median": tflops,
       "mfu_median": tflops / peak.tflops if tflops and peak.tflops else None,
       "peak_tflops_per_device": peak.tflops, "peak_source": peak.source,
-      "final_loss": last_loss, "peak_memory_bytes_per_device": peak_bytes,
-      "peak_memory_source": peak_source,
+      "final_loss": p.final_loss, "peak_memory_bytes_per_device": peak_bytes,
+      "peak_memory_source": peak_source, "backend": backend,
+      "device_kind": setup.devices[0].device_kind, "n_devices": len(setup.devices),
+      "n_params": setup.n_params,
   }
-  mfu = f"{summary['mfu_median']:.1%}" if summary["mfu_median"] is not None else "unknown"
-  if median:
-    say(f"done: {status}. median {median * 1e3:.1f} ms/step "
-        f"(p10 {stats['step_time_s_p10'] * 1e3:.1f}, p90 {stats['step_time_s_p90'] * 1e3:.1f}), "
-        f"{_fmt(tokens_per_s_per_device)} tokens/s/device, {tflops:.3g} TFLOP/s/device, MFU {mfu}, "
-        f"final loss {last_loss:.4f}")
-  else:
-    say(f"done: {status} after {len(losses)} steps, before any timed step")
-  say(f"run directory: {os.path.abspath(out.path)}")
+  if p.error:
+    summary["error"] = p.error
   return summary
+
+
+def _say_done(s: dict, say) -> None:
+  if not s["step_time_s_median"]:
+    say(f"done: {s['status']} after {s['steps']} steps, before any timed step")
+    return
+  mfu = f"{s['mfu_median']:.1%}" if s["mfu_median"] is not None else "unknown"
+  say(f"done: {s['status']}. median {s['step_time_s_median'] * 1e3:.1f} ms/step "
+      f"(p10 {s['step_time_s_p10'] * 1e3:.1f}, p90 {s['step_time_s_p90'] * 1e3:.1f}), "
+      f"{_fmt(s['tokens_per_s_per_device_median'])} tokens/s/device, "
+      f"{s['tflops_per_s_per_device_median']:.3g} TFLOP/s/device, MFU {mfu}, "
+      f"final loss {s['final_loss']:.4f}")
+
+
+def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest", say) -> None:
+  c, devices, flops = setup.config, setup.devices, setup.flops
+  data = data_lib.SyntheticData(c)
+  tokens_per_step = c.batch_size * c.seq_len
+  n_devices = len(devices)
+
+  def put(batch: np.ndarray):
+    return jax.device_put(batch, setup.batch_sharding)
+
+  p.status = "initializing"
+  t0 = time.perf_counter()
+  state = init_state(setup)
+  jax.block_until_ready(state)
+  p.init_s = time.perf_counter() - t0
+
+  batch = put(data.batch(0))
+  say("  compiling the train step ...", flush=True)
+  p.status = "compiling"
+  t0 = time.perf_counter()
+  lowered = lower_step(setup, state, batch)
+  p.lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  p.compile_s = time.perf_counter() - t0
+  cost = _cost_analysis(compiled)
+  loops_note = None
+  if c.model.scan_layers or c.microbatches > 1:
+    # XLA's cost analysis counts a while-loop body once, not once per trip.
+    loops_note = ("xla_flops_per_step_per_device is null: the step has loops (scan_layers or "
+                  "microbatches) and XLA counts a loop body once, so its flops cover one layer / "
+                  "one microbatch; use scan_layers=False, microbatches=1 to compare")
+  memory = _memory_analysis(compiled)
+  try:
+    collectives = hlo.collectives(compiled.as_text())
+  except Exception as e:  # a backend without HLO text: say so rather than report no traffic
+    collectives = {"unavailable": f"{type(e).__name__}: {e}"}
+  run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,
+                         "xla_cost_analysis": cost, "xla_memory_analysis": memory,
+                         "xla_cost_analysis_note": loops_note,
+                         "collectives": collectives,
+                         "xla_flops_per_step_per_device": None if loops_note else cost.get("flops"),
+                         "model_flops_per_step": flops["flops_per_token"] * tokens_per_step}
+  out.write("run.json", run_info)
+  say(f"  compiled in {p.lower_s + p.compile_s:.1f}s (lower {p.lower_s:.1f}s + compile "
+      f"{p.compile_s:.1f}s)", flush=True)
+  if stop.signal_name:
+    p.status = f"stopped ({stop.signal_name}) before the first step"
+    return
+
+  p.status = "training"
+  start = t_prev = time.perf_counter()
+  pending = compiled(state, batch)
+  for i in range(c.steps):
+    state, metrics = pending
+    # A stop request is honoured between steps: the step in flight is finished and recorded.
+    stopping = stop.signal_name is not None
+    next_batch = put(data.batch(i + 1)) if i + 1 < c.steps and not stopping else None
+    metrics = jax.device_get(metrics)  # waits for this step's outputs
+    t_now = time.perf_counter()
+    step_time = t_now - t_prev
+    t_prev = t_now
+    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    if next_batch is not None and finite:
+      pending = compiled(state, next_batch)  # the device works while we write this step down
+    record = _step_record(i + 1, loss, grad_norm, float(metrics["lr"]), step_time,
+                          tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
+    out.append_metrics(record)
+    if i >= c.warmup_steps_excluded:
+      p.step_times.append(step_time)
+    p.steps, p.final_loss = i + 1, loss
+    if not finite:
+      say(_progress_line(record, c.steps, None))
+      raise Diverged(i + 1, loss, grad_norm)
+    done = i + 1 == c.steps
+    if done or i == 0 or (c.log_every and (i + 1) % c.log_every == 0) or stopping:
+      eta = (time.perf_counter() - start) / (i + 1) * (c.steps - i - 1)
+      say(_progress_line(record, c.steps, eta), flush=True)
+    if stopping and not done:
+      p.status = f"stopped ({stop.signal_name})"
+      break
+  else:
+    p.status = "finished"
+  jax.block_until_ready(state)
 
 
 def _step_record(step, loss, grad_norm, lr, step_time, tokens_per_step, n_devices, flops_per_token,

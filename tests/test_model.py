@@ -8,7 +8,13 @@ import pytest
 
 from jaxbench import config, flops, model
 
-jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True)
+def exact_matmuls():
+  """Comparisons at float32 precision (scoped: the peak table reads the global setting)."""
+  with jax.default_matmul_precision("highest"):
+    yield
 
 MPT_PRESETS = ["nano", "tiny", "small", "125m", "350m", "760m", "1b", "3b", "7b", "13b", "30b", "70b"]
 LLAMA_PRESETS = ["nano", "tiny", "small", "1b", "3b", "8b"]

@@ -145,6 +145,10 @@ BAD_INPUTS = [
     (["--config.mesh.data=3"], "mesh"),
     (["--config.nonexistent=1"], "unknown config key"),
     (["--config.steps=abc"], "config.steps"),
+    (["--config.seed=-1"], "seed"),
+    (["--config.peak_tflops=inf"], "peak_tflops"),
+    (["--config.model.norm_eps=-1"], "model.norm_eps"),
+    (["--config.optimizer.lr=nan"], "optimizer.lr"),
     (["--config=configs/llama.py:nano", "--config.model.n_kv_heads=3"], "model.n_kv_heads"),
 ]
 
@@ -171,6 +175,7 @@ def test_nonfinite_loss_exits_3_naming_the_step(tmp_path):
   assert "diverged at step 1" in proc.stderr
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"] == "diverged" and summary["steps"] == 1
+  assert SUMMARY_FIELDS <= set(summary) and summary["compile_s"] > 0  # a failed run says what it can
   records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
   assert records[-1]["step"] == 1 and records[-1]["loss"] is None  # NaN is written as null
 
