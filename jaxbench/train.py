@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
+from jaxbench import distributed
 from jaxbench import flops as flops_lib
 from jaxbench import hlo
 from jaxbench import model as model_lib
@@ -218,7 +219,12 @@ def lower_step(s: Setup, state, batch):
     return jit_step(s).lower(state, batch)
 
 
-def run(c, workdir: str | None = None) -> dict:
+def _check_workdir(workdir: str | None) -> None:
+  if workdir and os.path.exists(os.path.join(workdir, "run.json")):
+    raise ConfigError("--workdir", f"{workdir} already holds a run; choose a new directory")
+
+
+def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
   """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
   on bad input, Diverged on a non-finite loss."""
   setup = build(c)
@@ -227,8 +233,8 @@ def run(c, workdir: str | None = None) -> dict:
   n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
   is_writer = jax.process_index() == 0
   workdir = workdir or default_workdir(c, platform)
-  if os.path.exists(os.path.join(workdir, "run.json")):
-    raise ConfigError("--workdir", f"{workdir} already holds a run; choose a new directory")
+  if is_writer:
+    _check_workdir(workdir)
 
   m = c.model
   say = print if is_writer else (lambda *a, **k: None)
@@ -253,7 +259,7 @@ def run(c, workdir: str | None = None) -> dict:
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
-      **sysinfo.backend(devices), "mesh": mesh_shape,
+      **sysinfo.backend(devices), "distributed": cluster, "mesh": mesh_shape,
       "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
       "param_partition_specs": sharding.describe_param_specs(setup.state_shardings.params),
       "attention": {"implementation": attention, "reason": setup.attention_reason},
@@ -341,7 +347,11 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
   n_devices = len(devices)
 
   def put(batch: np.ndarray):
-    return jax.device_put(batch, setup.batch_sharding)
+    """The global batch onto the mesh; with several processes each transfers only the rows its
+    own devices hold (every process computes the same global batch: a cheap pure function)."""
+    if jax.process_count() == 1:
+      return jax.device_put(batch, setup.batch_sharding)
+    return jax.make_array_from_callback(batch.shape, setup.batch_sharding, lambda index: batch[index])
 
   p.status = "initializing"
   t0 = time.perf_counter()
@@ -471,6 +481,13 @@ def parse_args(argv: list[str]):
         "override keys with --config.KEY=VALUE.", flag_values=fv, sys_argv=argv)
     workdir = flags.DEFINE_string("workdir", None, "Run directory (default: "
                                   "runs/<time>-<family>-<preset>-<platform>).", flag_values=fv)
+    coordinator = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of "
+                                      "process 0 (launch.sh sets it; SLURM/Open MPI are detected).",
+                                      flag_values=fv)
+    num_processes = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.",
+                                         flag_values=fv)
+    process_id = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.",
+                                      flag_values=fv)
     rest = fv(argv)
     c = config.value
     c.keys()  # a config file that failed to load raises here
@@ -485,7 +502,7 @@ def parse_args(argv: list[str]):
     raise ConfigError("flags", " ".join(text.split())[:400]) from None
   if len(rest) > 1:
     raise ConfigError("flags", f"unexpected arguments {rest[1:]}")
-  return c, workdir.value
+  return c, workdir.value, (coordinator.value, num_processes.value, process_id.value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,8 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\nConfig keys and their meaning: jaxbench/config.py; presets: configs/mpt.py, configs/llama.py")
     return 0
   try:
-    c, workdir = parse_args(argv)
-    run(c, workdir)
+    c, workdir, cluster = parse_args(argv)
+    # Checked before the processes meet, so no process sees another's run.json.
+    _check_workdir(workdir)
+    run_info_cluster = distributed.initialize(*cluster)
+    run(c, workdir, cluster=run_info_cluster)
   except ConfigError as e:
     return _bad_input(str(e))
   except Diverged as e:

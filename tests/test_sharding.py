@@ -94,3 +94,25 @@ def test_collectives_follow_the_mesh(mesh_results):
   # so reduce-scatter is not asserted here.)
   assert count((1, 8, 1), "all-gather") > 0
   assert count((1, 1, 8), "all-reduce") > 0
+
+
+MESH_ERRORS = [
+    (["--config.mesh.data=3"], "mesh: data=3 x fsdp=1 x tensor=1 = 3 devices, but there are 8"),
+    (["--config.mesh.fsdp=-1"], "only one mesh axis may be -1"),
+    (["--config.mesh.data=1", "--config.mesh.tensor=8"], "model.n_heads: 4 is not divisible by mesh.tensor=8"),
+    (["--config.mesh.tensor=2", "--config.model.d_ff=129"], "model.d_ff: 129 is not divisible by mesh.tensor=2"),
+    (["--config.batch_size=4"], "batch_size: 4 is not divisible by mesh.data*mesh.fsdp*microbatches"),
+    (["--config.microbatches=2"], "batch_size: 8 is not divisible"),
+    (["--config.mesh.data=1", "--config.mesh.fsdp=8", "--config.model.d_model=68"], "model.d_model"),
+]
+
+
+@pytest.mark.parametrize("args,needle", MESH_ERRORS, ids=[" ".join(a) for a, _ in MESH_ERRORS])
+def test_mesh_errors_exit_2(tmp_path, args, needle):
+  proc = subprocess.run([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
+                         *args, "--workdir=run"], cwd=tmp_path,
+                        env=cli_env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "run").exists()

