@@ -56,6 +56,15 @@ def make_mesh(shape: dict[str, int], devices=None) -> Mesh:
   return jax.make_mesh(sizes, MESH_AXES, **kwargs)
 
 
+def tensor_groups_within_hosts(mesh: Mesh) -> bool:
+  """True when every tensor-parallel group lies on one host (process): the fast links carry the
+  tensor axis's per-layer collectives, and only data / fsdp traffic crosses hosts. jax.make_mesh
+  orders devices host by host with `tensor` innermost, so this holds when tensor divides the
+  devices per host."""
+  groups = mesh.devices.reshape(-1, mesh.shape["tensor"])
+  return all(len({d.process_index for d in group}) == 1 for group in groups)
+
+
 def logical_to_spec(logical_axes) -> P:
   """PartitionSpec of mesh axes for a tuple of logical axis names."""
   return nn.logical_to_mesh_axes(logical_axes, LOGICAL_AXIS_RULES)

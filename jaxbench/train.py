@@ -255,11 +255,16 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
   peak_text = f"{peak.tflops:.4g} TFLOP/s" if peak.tflops is not None else "unknown"
   say(f"  peak per device: {peak_text} ({peak.source}: {peak.detail})")
 
+  tensor_local = sharding.tensor_groups_within_hosts(setup.mesh)
+  if not tensor_local:
+    say(f"  warning: mesh.tensor={mesh_shape['tensor']} spans hosts ({jax.local_device_count()} "
+        "devices per host): tensor-parallel collectives will cross the slow links")
   out = rundir_lib.RunDir(workdir, writer=is_writer)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
       **sysinfo.backend(devices), "distributed": cluster, "mesh": mesh_shape,
+      "tensor_groups_within_hosts": tensor_local,
       "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
       "param_partition_specs": sharding.describe_param_specs(setup.state_shardings.params),
       "attention": {"implementation": attention, "reason": setup.attention_reason},

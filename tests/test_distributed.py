@@ -37,12 +37,16 @@ def losses(run_dir):
 
 def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
   two = launch(["--backend=cpu", "--local_processes=2", "--devices_per_process=2",
-                f"--port={free_port()}", "--", *TRAIN, "--workdir=two"], tmp_path)
+                f"--port={free_port()}", "--", *TRAIN, "--workdir=two", "--config.mesh.tensor=2"],
+               tmp_path)
   assert two.returncode == 0, two.stderr[-3000:]
   one = launch(["--backend=cpu", "--devices_per_process=4", "--", *TRAIN, "--workdir=one"], tmp_path)
   assert one.returncode == 0, one.stderr[-3000:]
   info_two, info_one = read_json(tmp_path / "two" / "run.json"), read_json(tmp_path / "one" / "run.json")
   assert info_two["process_count"] == 2 and info_two["n_devices"] == 4
+  assert info_two["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+  assert info_two["tensor_groups_within_hosts"] is True  # tensor inside a host, data across
+  assert info_two["compile"]["collectives"]["all-reduce"]["count"] > 0
   assert info_two["n_local_devices"] == 2 and info_one["n_devices"] == 4
   assert info_two["env"]["JAX_PLATFORMS"] == "cpu" and "JAXBENCH_LAUNCH" in info_two["env"]
   a, b = losses(tmp_path / "two"), losses(tmp_path / "one")
