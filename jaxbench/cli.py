@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = {
     "train": ("jaxbench.train", "one training run (absl flags + an ml_collections config file)"),
+    "prepare": ("jaxbench.prepare", "text files or folders -> token files + meta.json for data.path"),
     "peak": ("jaxbench.peak", "measure this machine's matmul peak (TFLOP/s per device)"),
 }
 

@@ -114,6 +114,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic = "markov"
   c.data.markov_branching = 4
 
+  c.checkpoint = ml_collections.ConfigDict()
+  # Save an Orbax checkpoint every this many steps, and at the last step (0: no checkpoints).
+  # A run started again with the same --workdir resumes from the latest one.
+  c.checkpoint.every = 0
+  # Checkpoints kept (older ones are deleted).
+  c.checkpoint.keep = 3
+  # Write in the background while training goes on (the device-to-host copy is not).
+  c.checkpoint.async_save = True
+
   c.mesh = ml_collections.ConfigDict()
   # Device mesh axes; the product must equal the device count. One axis may be -1: the rest.
   c.mesh.data = -1
@@ -261,6 +270,10 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if not 1 <= c.data.markov_branching <= m.vocab_size:
     raise ConfigError("data.markov_branching",
                       f"{c.data.markov_branching} must be in 1 .. model.vocab_size={m.vocab_size}")
+
+  if not isinstance(c.checkpoint.every, int) or c.checkpoint.every < 0:
+    raise ConfigError("checkpoint.every", f"{c.checkpoint.every!r} must be an integer >= 0 (0: off)")
+  _positive(c, "checkpoint.keep")
 
   shape = mesh_shape(c, n_devices)
   batch_shards = shape["data"] * shape["fsdp"]

@@ -48,6 +48,11 @@ def read_metrics(path: str) -> list[dict]:
   return records
 
 
+def read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
 class RunDir:
 
   def __init__(self, path: str, writer: bool = True):
@@ -71,6 +76,18 @@ class RunDir:
       self._metrics = open(self.file("metrics.jsonl"), "a", buffering=1)
     self._metrics.write(json.dumps(_clean(record)) + "\n")
     self._metrics.flush()
+
+  def truncate_metrics(self, last_step: int) -> None:
+    """On resume: keep the records up to the checkpoint's step, so the steps trained again after
+    it are neither duplicated nor missing."""
+    if not self.writer or not os.path.exists(self.file("metrics.jsonl")):
+      return
+    kept = [r for r in read_metrics(self.file("metrics.jsonl")) if r.get("step", 0) <= last_step]
+    directory = os.path.dirname(os.path.abspath(self.file("metrics.jsonl")))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
+    with os.fdopen(fd, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, self.file("metrics.jsonl"))
 
   def close(self) -> None:
     if self._metrics is not None:

@@ -25,6 +25,7 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
+from jaxbench import checkpoint as checkpoint_lib
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
 from jaxbench import distributed
@@ -219,9 +220,24 @@ def lower_step(s: Setup, state, batch):
     return jit_step(s).lower(state, batch)
 
 
-def _check_workdir(workdir: str | None) -> None:
-  if workdir and os.path.exists(os.path.join(workdir, "run.json")):
-    raise ConfigError("--workdir", f"{workdir} already holds a run; choose a new directory")
+def _check_workdir(workdir: str | None) -> bool:
+  """True when `workdir` holds a run to resume; ConfigError when it holds one that cannot be."""
+  if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
+    return False
+  if checkpoint_lib.has_checkpoint(workdir):
+    return True
+  raise ConfigError("--workdir", f"{workdir} already holds a run without checkpoints to resume "
+                                 "from; choose a new directory")
+
+
+def _default_workdir_all_processes(c, platform: str) -> str:
+  """The default run directory, the same on every process (process 0's clock decides)."""
+  if jax.process_count() == 1:
+    return default_workdir(c, platform)
+  from jax.experimental import multihost_utils
+  stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
+  name = datetime.datetime.fromtimestamp(stamp).strftime("%Y%m%d-%H%M%S")
+  return os.path.join("runs", f"{name}-{c.family}-{c.preset}-{platform}")
 
 
 def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
@@ -232,9 +248,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
   platform = devices[0].platform
   n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
   is_writer = jax.process_index() == 0
-  workdir = workdir or default_workdir(c, platform)
-  if is_writer:
-    _check_workdir(workdir)
+  workdir = workdir or _default_workdir_all_processes(c, platform)
+  resuming = _check_workdir(workdir)
 
   m = c.model
   say = print if is_writer else (lambda *a, **k: None)
@@ -274,12 +289,29 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
       "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
       "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
   }
+  checkpointer = None
+  if c.checkpoint.every > 0 or resuming:
+    checkpointer = checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
+                                               c.checkpoint.async_save)
+  start_step = 0
+  if resuming:
+    start_step = checkpointer.latest_step()
+    # Checked before anything in the run directory changes.
+    checkpoint_lib.check_compatible(checkpointer.read_meta(start_step)["config"], c.to_dict())
+    previous = rundir_lib.read_json(out.file("run.json"))
+    run_info["resumed"] = {"from_step": start_step,
+                           "first_started_at": previous.get("resumed", {}).get(
+                               "first_started_at", previous.get("started_at"))}
+    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
+    if start_step >= c.steps:
+      raise ConfigError("steps", f"the run in {workdir} already reached step {start_step}; "
+                                 f"pass --config.steps above {start_step} to train further")
   out.write("run.json", run_info)
 
-  progress = _Progress()
+  progress = _Progress(steps=start_step)
   with _StopRequest() as stop:
     try:
-      _train(setup, peak, out, run_info, progress, stop, say)
+      _train(setup, peak, out, run_info, progress, stop, say, checkpointer, start_step)
     except Diverged as e:
       progress.status, progress.error = "diverged", str(e)
       raise
@@ -287,7 +319,11 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
       progress.status, progress.error = "failed", f"{type(e).__name__}: {e}"
       raise
     finally:
+      if checkpointer is not None:
+        checkpointer.close()  # waits for a save in flight: the last good checkpoint is complete
       summary = _summary(setup, peak, progress, run_info["backend"])
+      if resuming:
+        summary["resumed_from_step"] = start_step
       out.write("summary.json", summary)
       out.close()
   _say_done(summary, say)
@@ -306,6 +342,8 @@ class _Progress:
   compile_s: float | None = None
   init_s: float | None = None
   error: str | None = None
+  last_checkpoint: int | None = None
+  checkpoint_s: float = 0.0
 
 
 def _summary(setup: Setup, peak, p: _Progress, backend: str) -> dict:
@@ -324,7 +362,8 @@ def _summary(setup: Setup, peak, p: _Progress, backend: str) -> dict:
       "mfu_median": tflops / peak.tflops if tflops and peak.tflops else None,
       "peak_tflops_per_device": peak.tflops, "peak_source": peak.source,
       "final_loss": p.final_loss, "peak_memory_bytes_per_device": peak_bytes,
-      "peak_memory_source": peak_source, "backend": backend,
+      "peak_memory_source": peak_source, "last_checkpoint_step": p.last_checkpoint,
+      "checkpoint_save_s_total": p.checkpoint_s, "backend": backend,
       "device_kind": setup.devices[0].device_kind, "n_devices": len(setup.devices),
       "n_params": setup.n_params,
   }
@@ -345,11 +384,21 @@ def _say_done(s: dict, say) -> None:
       f"final loss {s['final_loss']:.4f}")
 
 
-def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest", say) -> None:
+def _any_process(flag: bool) -> bool:
+  """True on every process when it is true on any: all processes must stop at the same step."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest", say,
+           checkpointer=None, start_step: int = 0) -> None:
   c, devices, flops = setup.config, setup.devices, setup.flops
   data = data_lib.SyntheticData(c)
   tokens_per_step = c.batch_size * c.seq_len
   n_devices = len(devices)
+  config_dict = c.to_dict()
 
   def put(batch: np.ndarray):
     """The global batch onto the mesh; with several processes each transfers only the rows its
@@ -360,11 +409,18 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
 
   p.status = "initializing"
   t0 = time.perf_counter()
-  state = init_state(setup)
+  if start_step:
+    shapes = jax.eval_shape(functools.partial(step_lib.init_state, setup.model, setup.optimizer,
+                                              seq_len=c.seq_len), jax.random.key(c.seed))
+    state, _ = checkpointer.restore(
+        start_step, checkpoint_lib.abstract_state(shapes, setup.state_shardings))
+    out.truncate_metrics(start_step)
+  else:
+    state = init_state(setup)
   jax.block_until_ready(state)
   p.init_s = time.perf_counter() - t0
 
-  batch = put(data.batch(0))
+  batch = put(data.batch(start_step))
   say("  compiling the train step ...", flush=True)
   p.status = "compiling"
   t0 = time.perf_counter()
@@ -394,41 +450,55 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
   out.write("run.json", run_info)
   say(f"  compiled in {p.lower_s + p.compile_s:.1f}s (lower {p.lower_s:.1f}s + compile "
       f"{p.compile_s:.1f}s)", flush=True)
-  if stop.signal_name:
-    p.status = f"stopped ({stop.signal_name}) before the first step"
+  if _any_process(stop.signal_name is not None):
+    p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
     return
 
   p.status = "training"
+  saving = checkpointer is not None and checkpointer.enabled
   start = t_prev = time.perf_counter()
   pending = compiled(state, batch)
-  for i in range(c.steps):
+  for i in range(start_step, c.steps):
+    step = i + 1
     state, metrics = pending
-    # A stop request is honoured between steps: the step in flight is finished and recorded.
-    stopping = stop.signal_name is not None
-    next_batch = put(data.batch(i + 1)) if i + 1 < c.steps and not stopping else None
+    # A stop request is honoured between steps: the step in flight is finished, recorded and
+    # (with checkpoints on) saved. Every process must agree on it.
+    stopping = _any_process(stop.signal_name is not None)
+    last = step == c.steps
+    next_batch = put(data.batch(step)) if not last and not stopping else None
     metrics = jax.device_get(metrics)  # waits for this step's outputs
     t_now = time.perf_counter()
     step_time = t_now - t_prev
-    t_prev = t_now
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    save_s = None
+    if saving and finite and (checkpointer.due(step) or stopping or last):
+      # The state must be saved before the next step takes it (it is donated); the save's own
+      # time is recorded apart and left out of both steps' times.
+      checkpointer.save(step, state, config_dict)
+      save_s = time.perf_counter() - t_now
+      p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
+    t_prev = time.perf_counter()
     if next_batch is not None and finite:
       pending = compiled(state, next_batch)  # the device works while we write this step down
-    record = _step_record(i + 1, loss, grad_norm, float(metrics["lr"]), step_time,
+    record = _step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                           tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
+    if save_s is not None:
+      record["checkpoint_save_s"] = save_s
     out.append_metrics(record)
-    if i >= c.warmup_steps_excluded:
+    if i - start_step >= c.warmup_steps_excluded:
       p.step_times.append(step_time)
-    p.steps, p.final_loss = i + 1, loss
+    p.steps, p.final_loss = step, loss
     if not finite:
       say(_progress_line(record, c.steps, None))
-      raise Diverged(i + 1, loss, grad_norm)
-    done = i + 1 == c.steps
-    if done or i == 0 or (c.log_every and (i + 1) % c.log_every == 0) or stopping:
-      eta = (time.perf_counter() - start) / (i + 1) * (c.steps - i - 1)
+      raise Diverged(step, loss, grad_norm)
+    if last or i == start_step or (c.log_every and step % c.log_every == 0) or stopping:
+      eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
       say(_progress_line(record, c.steps, eta), flush=True)
-    if stopping and not done:
-      p.status = f"stopped ({stop.signal_name})"
+    if stopping and not last:
+      p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
+      if saving:
+        say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
       break
   else:
     p.status = "finished"

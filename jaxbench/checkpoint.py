@@ -1,0 +1,127 @@
+"""Orbax checkpoints of the train state in <run dir>/checkpoints, and what resuming needs.
+
+A checkpoint holds the whole TrainState (step, params, AdamW state) and, as JSON, the config and
+the step; the data needs no state of its own (a batch is a pure function of seed and step). Orbax
+writes each checkpoint to a temporary directory and renames it when complete, so a process killed
+mid-save leaves the previous checkpoint as the latest usable one. Restoring takes the target
+shardings of the *current* mesh: a run saved with fsdp=8 resumes on fsdp=4 x tensor=2 or on one
+device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxbench.errors import ConfigError
+
+# Config keys that must match between a checkpoint and the run resuming from it: they decide the
+# shapes and meaning of the state. Everything else (steps, mesh, logging, peak) may change.
+MUST_MATCH = ("family", "model.n_layers", "model.d_model", "model.n_heads", "model.n_kv_heads",
+              "model.d_ff", "model.vocab_size", "model.max_seq_len", "model.position", "model.norm",
+              "model.mlp", "model.bias", "model.tie_embeddings", "model.scan_layers", "seed",
+              "batch_size", "seq_len", "data.synthetic", "data.path")
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs an ERROR for each unreadable file it meets; jaxbench reports the failure once,
+  as one line, so those logs are held back while it reads checkpoints."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
+class Checkpointer:
+
+  def __init__(self, run_dir: str, every: int, keep: int, async_save: bool = True):
+    self.every = every
+    self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    with _quiet_orbax():
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  @property
+  def enabled(self) -> bool:
+    return self.every > 0
+
+  def due(self, step: int) -> bool:
+    return self.enabled and step % self.every == 0
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, config_dict: dict) -> None:
+    """Starts a save (asynchronous: the device-to-host copy happens now, the write after)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({"step": step, "config": config_dict})), force=True)
+
+  def read_meta(self, step: int) -> dict:
+    """The JSON part alone (step and config): checked before any array is read."""
+    try:
+      with _quiet_orbax():
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ConfigError("checkpoint", f"cannot read the checkpoint of step {step} in "
+                                      f"{self.directory}: {first[:300]}") from None
+
+  def restore(self, step: int, abstract_state):
+    """The state at `step`, laid out by the shardings in `abstract_state`, and its JSON meta."""
+    try:
+      with _quiet_orbax():
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # corrupt, truncated or foreign files
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ConfigError("checkpoint", f"cannot read the checkpoint of step {step} in "
+                                      f"{self.directory}: {first[:300]}") from None
+    return restored.state, restored.meta
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def abstract_state(state_shapes, shardings):
+  """ShapeDtypeStructs carrying the target shardings: what Orbax restores into."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      state_shapes, shardings)
+
+
+def check_compatible(saved: dict, current: dict) -> None:
+  """ConfigError naming the first key whose change would make the checkpoint mean something else."""
+  def get(d, key):
+    for part in key.split("."):
+      if not isinstance(d, dict) or part not in d:
+        return None
+      d = d[part]
+    return d
+  for key in MUST_MATCH:
+    if get(saved, key) != get(current, key):
+      raise ConfigError(key, f"the checkpoint was made with {key}={get(saved, key)!r}, this run "
+                             f"has {get(current, key)!r}; resume with the same value or use a new "
+                             "--workdir")
+
+
+def has_checkpoint(run_dir: str) -> bool:
+  """Whether a finished checkpoint exists, without starting Orbax: finished checkpoints are
+  directories named by their step; unfinished ones keep a temporary suffix."""
+  directory = os.path.join(run_dir, "checkpoints")
+  try:
+    return any(name.isdigit() for name in os.listdir(directory))
+  except OSError:
+    return False

@@ -1,0 +1,167 @@
+"""Checkpoints and faults: exact resume, resharding on restore, SIGTERM, kill -9, bad checkpoints."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import cli_env, read_json
+
+from jaxbench import rundir
+
+NANO = ["train", "--config=configs/mpt.py:nano", "--config.peak_tflops=1", "--config.log_every=1"]
+
+
+def start(args, tmp_path, **env):
+  return subprocess.Popen([sys.executable, "-m", "jaxbench", *NANO, *args], cwd=tmp_path,
+                          env=cli_env(tmp_path, **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def train(args, tmp_path, **env):
+  return subprocess.run([sys.executable, "-m", "jaxbench", *NANO, *args], cwd=tmp_path,
+                        env=cli_env(tmp_path, **env), capture_output=True, text=True, timeout=600)
+
+
+def wait_for_step(proc, step, total):
+  deadline = time.time() + 300
+  for line in proc.stdout:
+    if line.startswith(f"step {step:>{len(str(total))}}/{total}"):
+      return
+    assert time.time() < deadline, "no progress"
+  raise AssertionError(f"process ended before step {step}: {proc.stderr.read()[-2000:]}")
+
+
+def losses(run_dir):
+  records = rundir.read_metrics(str(run_dir / "metrics.jsonl"))
+  return [r["step"] for r in records], [r["loss"] for r in records]
+
+
+def steps_saved(run_dir):
+  return sorted(int(n) for n in os.listdir(run_dir / "checkpoints") if n.isdigit())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted 24-step run with a checkpoint every 4 steps (the last 3 kept)."""
+  tmp = tmp_path_factory.mktemp("reference")
+  proc = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=ref"], tmp)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return tmp / "ref"
+
+
+def test_kill_9_then_resume_is_bitwise_equal(tmp_path, reference):
+  proc = start(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
+  wait_for_step(proc, 5, 24)
+  deadline = time.time() + 120
+  while not (tmp_path / "run" / "checkpoints" / "4").exists() and proc.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.kill()  # SIGKILL: no handler runs
+  proc.wait()
+  assert steps_saved(tmp_path / "run")
+  again = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming from the checkpoint of step" in again.stdout
+  steps, resumed = losses(tmp_path / "run")
+  assert steps == list(range(1, 25))  # no duplicates, no gaps
+  assert resumed == losses(reference)[1]  # bitwise: the same floats
+  summary = read_json(tmp_path / "run" / "summary.json")
+  assert summary["status"] == "finished" and summary["steps"] == 24 and summary["resumed_from_step"] >= 4
+
+
+def test_sigterm_saves_and_the_rerun_resumes_from_that_step(tmp_path, reference):
+  proc = start(["--config.steps=24", "--config.checkpoint.every=100", "--workdir=run"], tmp_path)
+  wait_for_step(proc, 5, 24)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  assert "saved a checkpoint of step" in out
+  stopped = read_json(tmp_path / "run" / "summary.json")
+  assert stopped["status"] == "stopped (SIGTERM)"
+  assert steps_saved(tmp_path / "run") == [stopped["steps"]] == [stopped["last_checkpoint_step"]]
+  again = train(["--config.steps=24", "--config.checkpoint.every=100", "--workdir=run"], tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"resuming from the checkpoint of step {stopped['steps']}" in again.stdout
+  assert losses(tmp_path / "run") == losses(reference)
+
+
+def test_unfinished_checkpoint_is_ignored(tmp_path, reference):
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  shutil.rmtree(run / "checkpoints" / "24")
+  # What a process killed mid-save leaves: Orbax's temporary directory, never renamed.
+  shutil.copytree(run / "checkpoints" / "20", run / "checkpoints" / "24.orbax-checkpoint-tmp-1700000000")
+  proc = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from the checkpoint of step 20" in proc.stdout
+  assert losses(run) == losses(reference)
+
+
+def test_kill_9_during_saves_leaves_a_usable_checkpoint(tmp_path):
+  # A checkpoint every step, killed at once: a save is almost always in flight.
+  proc = start(["--config.steps=40", "--config.checkpoint.every=1", "--workdir=run"], tmp_path)
+  wait_for_step(proc, 8, 40)
+  proc.kill()
+  proc.wait()
+  again = train(["--config.steps=12", "--config.checkpoint.every=1", "--workdir=run"], tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming from the checkpoint of step" in again.stdout
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+  proc = train(["--config.steps=10", "--config.checkpoint.every=1", "--config.optimizer.lr=1e30",
+                "--config.optimizer.warmup_steps=0", "--workdir=run"], tmp_path)
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  diverged_at = read_json(tmp_path / "run" / "summary.json")["steps"]
+  assert f"diverged at step {diverged_at}" in proc.stderr
+  assert steps_saved(tmp_path / "run")[-1] == diverged_at - 1
+
+
+def test_unreadable_checkpoint_exits_2(tmp_path, reference):
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  for root, _, files in os.walk(run / "checkpoints" / "24"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  proc = train(["--config.steps=30", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "cannot read the checkpoint of step 24" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_incompatible_config_exits_2(tmp_path, reference):
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  proc = train(["--config.steps=30", "--config.model.d_model=128", "--workdir=run"], tmp_path)
+  assert proc.returncode == 2 and "model.d_model" in proc.stderr, proc.stderr[-2000:]
+  done = train(["--config.steps=24", "--workdir=run"], tmp_path)
+  assert done.returncode == 2 and "already reached step 24" in done.stderr
+
+
+def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path):
+  eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  base = ["--config.model.n_heads=8", "--config.model.n_kv_heads=8", "--config.model.d_ff=256",
+          "--config.checkpoint.every=3", "--config.warmup_steps_excluded=0", "--config.steps=4"]
+  fsdp8 = ["--config.mesh.data=1", "--config.mesh.fsdp=8"]
+  straight = train([*base, *fsdp8, "--workdir=straight"], tmp_path, **eight)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  expected = losses(tmp_path / "straight")[1][3]
+  # The run as it was after step 3: its checkpoint of step 3, its metrics up to step 3.
+  shutil.copytree(tmp_path / "straight", tmp_path / "saved")
+  shutil.rmtree(tmp_path / "saved" / "checkpoints" / "4")
+  assert steps_saved(tmp_path / "saved") == [3]
+  for name, args, env in [("fsdp4_tensor2", ["--config.mesh.data=1", "--config.mesh.fsdp=4",
+                                             "--config.mesh.tensor=2"], eight),
+                          ("one_device", [], {})]:
+    shutil.copytree(tmp_path / "saved", tmp_path / name)
+    proc = train([*base, *args, f"--workdir={name}"], tmp_path, **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from the checkpoint of step 3" in proc.stdout
+    steps, values = losses(tmp_path / name)
+    assert steps == [1, 2, 3, 4]
+    assert abs(values[3] - expected) <= 1e-5 * abs(expected), (name, values[3], expected)
