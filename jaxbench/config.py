@@ -109,10 +109,19 @@ def base_config() -> ml_collections.ConfigDict:
   o.clip_norm = 1.0
 
   c.data = ml_collections.ConfigDict()
+  # A folder made by `jaxbench prepare`; empty: synthetic tokens.
+  c.data.path = ""
   # Synthetic tokens: markov (a fixed random successor table, learnable: loss falls towards
   # ln(markov_branching)) or uniform (i.i.d. tokens, for pure throughput).
   c.data.synthetic = "markov"
   c.data.markov_branching = 4
+
+  c.eval = ml_collections.ConfigDict()
+  # Held-out loss every this many steps (0: never): the val split of data.path, or held-out
+  # synthetic batches. Its time is recorded apart and is not part of any step's time.
+  c.eval.every = 0
+  # Batches (of batch_size sequences) per evaluation.
+  c.eval.batches = 4
 
   c.checkpoint = ml_collections.ConfigDict()
   # Save an Orbax checkpoint every this many steps, and at the last step (0: no checkpoints).
@@ -271,6 +280,9 @@ def validate(c, n_devices: int) -> dict[str, int]:
     raise ConfigError("data.markov_branching",
                       f"{c.data.markov_branching} must be in 1 .. model.vocab_size={m.vocab_size}")
 
+  if not isinstance(c.eval.every, int) or c.eval.every < 0:
+    raise ConfigError("eval.every", f"{c.eval.every!r} must be an integer >= 0 (0: never)")
+  _positive(c, "eval.batches")
   if not isinstance(c.checkpoint.every, int) or c.checkpoint.every < 0:
     raise ConfigError("checkpoint.every", f"{c.checkpoint.every!r} must be an integer >= 0 (0: off)")
   _positive(c, "checkpoint.keep")

@@ -71,3 +71,16 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
+
+
+def make_eval_step(model: nn.Module):
+  """Mean loss over a batch shaped like a training batch, with the given params."""
+
+  def eval_step(params, batch):
+    def one(carry, tokens):
+      logits = model.apply({"params": params}, tokens[:, :-1])
+      return carry + cross_entropy(logits, tokens[:, 1:]), None
+    total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32), batch)
+    return total / batch.shape[0]
+
+  return eval_step

@@ -244,6 +244,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
   """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
   on bad input, Diverged on a non-finite loss."""
   setup = build(c)
+  train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
+  eval_data = data_lib.make(c, "val") if c.eval.every else None
   devices, mesh_shape, attention = setup.devices, setup.mesh_shape, setup.attention
   platform = devices[0].platform
   n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
@@ -289,6 +291,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
       "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
       "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
   }
+  run_info["data"] = (train_data.describe() if hasattr(train_data, "describe")
+                      else {"synthetic": c.data.synthetic, "seed": c.seed})
   checkpointer = None
   if c.checkpoint.every > 0 or resuming:
     checkpointer = checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
@@ -311,7 +315,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
   progress = _Progress(steps=start_step)
   with _StopRequest() as stop:
     try:
-      _train(setup, peak, out, run_info, progress, stop, say, checkpointer, start_step)
+      _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
+             start_step)
     except Diverged as e:
       progress.status, progress.error = "diverged", str(e)
       raise
@@ -393,12 +398,9 @@ def _any_process(flag: bool) -> bool:
 
 
 def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest", say,
-           checkpointer=None, start_step: int = 0) -> None:
-  c, devices, flops = setup.config, setup.devices, setup.flops
-  data = data_lib.SyntheticData(c)
+           train_data, eval_data=None, checkpointer=None, start_step: int = 0) -> None:
+  c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
-  n_devices = len(devices)
-  config_dict = c.to_dict()
 
   def put(batch: np.ndarray):
     """The global batch onto the mesh; with several processes each transfers only the rows its
@@ -420,7 +422,7 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
   jax.block_until_ready(state)
   p.init_s = time.perf_counter() - t0
 
-  batch = put(data.batch(start_step))
+  batch = put(train_data.batch(start_step))
   say("  compiling the train step ...", flush=True)
   p.status = "compiling"
   t0 = time.perf_counter()
@@ -456,6 +458,38 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
 
   p.status = "training"
   saving = checkpointer is not None and checkpointer.enabled
+  evaluate = _evaluator(setup, eval_data, put) if eval_data is not None else None
+  prefetch = data_lib.Prefetcher(lambda s: put(train_data.batch(s)), start_step + 1, c.steps)
+  try:
+    _loop(setup, peak, out, p, stop, say, compiled, state, batch, prefetch, evaluate,
+          checkpointer if saving else None, start_step)
+  finally:
+    prefetch.close()
+
+
+def _evaluator(setup: Setup, eval_data, put):
+  """A function of params -> mean held-out loss over the same eval.batches batches each time."""
+  c = setup.config
+  params_shardings = setup.state_shardings.params
+  jitted = jax.jit(step_lib.make_eval_step(setup.model),
+                   in_shardings=(params_shardings, setup.batch_sharding),
+                   out_shardings=sharding.replicated(setup.mesh))
+  batches = [eval_data.batch(j) for j in range(c.eval.batches)]
+
+  def evaluate(params) -> float:
+    with sharding.activation_mesh(setup.mesh):
+      losses = [jitted(params, put(b)) for b in batches]
+    return float(np.mean(jax.device_get(losses)))
+
+  return evaluate
+
+
+def _loop(setup: Setup, peak, out, p: _Progress, stop, say, compiled, state, batch, prefetch,
+          evaluate, checkpointer, start_step: int) -> None:
+  c, flops = setup.config, setup.flops
+  tokens_per_step = c.batch_size * c.seq_len
+  n_devices = len(setup.devices)
+  config_dict = c.to_dict()
   start = t_prev = time.perf_counter()
   pending = compiled(state, batch)
   for i in range(start_step, c.steps):
@@ -465,24 +499,34 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
     # (with checkpoints on) saved. Every process must agree on it.
     stopping = _any_process(stop.signal_name is not None)
     last = step == c.steps
-    next_batch = put(data.batch(step)) if not last and not stopping else None
+    next_batch, data_wait_s = prefetch.get(step) if not last and not stopping else (None, 0.0)
     metrics = jax.device_get(metrics)  # waits for this step's outputs
     t_now = time.perf_counter()
     step_time = t_now - t_prev
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    save_s = None
-    if saving and finite and (checkpointer.due(step) or stopping or last):
+    save_s = eval_loss = eval_s = None
+    if evaluate is not None and finite and (step % c.eval.every == 0 or last):
+      # Like a save, an evaluation needs this step's params before the next step takes them;
+      # its time is recorded apart and is in no step's time.
+      t_eval = time.perf_counter()
+      eval_loss = evaluate(state.params)
+      eval_s = time.perf_counter() - t_eval
+    if checkpointer is not None and finite and (checkpointer.due(step) or stopping or last):
       # The state must be saved before the next step takes it (it is donated); the save's own
       # time is recorded apart and left out of both steps' times.
+      t_save = time.perf_counter()
       checkpointer.save(step, state, config_dict)
-      save_s = time.perf_counter() - t_now
+      save_s = time.perf_counter() - t_save
       p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
     t_prev = time.perf_counter()
     if next_batch is not None and finite:
       pending = compiled(state, next_batch)  # the device works while we write this step down
     record = _step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                           tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
+    record["data_wait_s"] = data_wait_s
+    if eval_loss is not None:
+      record["eval_loss"], record["eval_s"] = eval_loss, eval_s
     if save_s is not None:
       record["checkpoint_save_s"] = save_s
     out.append_metrics(record)
@@ -497,7 +541,7 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
       say(_progress_line(record, c.steps, eta), flush=True)
     if stopping and not last:
       p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
-      if saving:
+      if checkpointer is not None:
         say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
       break
   else:
@@ -522,6 +566,8 @@ def _progress_line(r: dict, steps: int, eta: float | None) -> str:
   line = (f"step {r['step']:>{width}}/{steps}  loss {r['loss']:.4f}  grad_norm {r['grad_norm']:.3g}  "
           f"lr {r['lr']:.2e}  {r['step_time_s'] * 1e3:.1f} ms/step  "
           f"{_fmt(r['tokens_per_s_per_device'])} tok/s/dev  MFU {mfu}")
+  if r.get("eval_loss") is not None:
+    line += f"  eval_loss {r['eval_loss']:.4f}"
   if eta is not None and r["step"] < steps:
     line += f"  eta {timing.format_duration(eta)}"
   return line
