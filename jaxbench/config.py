@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"
   # Print a progress line every this many steps (0: only the first and last).
   c.log_every = 10
+  # Run-to-run identical losses on the backend, at its cost (GPU: XLA's deterministic ops).
+  c.deterministic = False
   # Per-device peak TFLOP/s for MFU; 0 = the built-in table, else the cache of `jaxbench peak`.
   c.peak_tflops = 0.0
 
@@ -302,3 +304,46 @@ def validate(c, n_devices: int) -> dict[str, int]:
     if value % tensor:
       raise ConfigError(key, f"{value} is not divisible by mesh.tensor={tensor}")
   return shape
+
+
+def parse_flags(argv: list[str], define_extra=None):
+  """absl flags with `--config=FILE[:PRESET]` and `--config.KEY=VALUE` overrides, for every command
+  that trains or compiles the model. Returns (config, {name: value} of the extra flags that
+  `define_extra(flag_values)` defines as {name: FlagHolder}). Every bad flag or value raises
+  ConfigError (exit 2, one line).
+
+  The flags live in a FlagValues of their own, defined per call: config_flags reads the overrides
+  from the argv it is given, and a command's main() stays callable more than once."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path, sep, preset = arg[len("--config="):].partition(":")
+      resolved = resolve_config_path(path)
+      if not os.path.isfile(resolved):
+        shipped = ", ".join(sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")))
+        raise ConfigError("--config", f"no config file {path!r}; shipped: configs/{{{shipped}}}")
+      argv[i] = "--config=" + resolved + sep + preset
+      load_config_file(argv[i][len("--config="):])  # an unknown preset fails here, clearly
+  fv = flags.FlagValues()
+  try:
+    config = config_flags.DEFINE_config_file(
+        "config", DEFAULT_CONFIG, "Config file and preset, e.g. configs/mpt.py:125m; override "
+        "keys with --config.KEY=VALUE.", flag_values=fv, sys_argv=argv)
+    holders = define_extra(fv) if define_extra else {}
+    rest = fv(argv)
+    c = config.value
+    c.keys()  # a config file that failed to load raises here
+  except ConfigError:
+    raise
+  except (KeyError, AttributeError) as e:
+    raise ConfigError("--config", f"unknown config key {str(e).strip(chr(34))}; the keys are in "
+                                  "jaxbench/config.py") from None
+  except (flags.Error, ValueError, TypeError, OSError, ImportError, SyntaxError) as e:
+    cause = e.__cause__ or e
+    text = str(cause).strip() or type(cause).__name__
+    raise ConfigError("flags", " ".join(text.split())[:400]) from None
+  if len(rest) > 1:
+    raise ConfigError("flags", f"unexpected arguments {rest[1:]}")
+  return c, {name: holder.value for name, holder in holders.items()}

@@ -23,7 +23,6 @@ import jax
 import numpy as np
 import optax
 from absl import flags
-from ml_collections import config_flags
 
 from jaxbench import checkpoint as checkpoint_lib
 from jaxbench import config as config_lib
@@ -220,6 +219,35 @@ def lower_step(s: Setup, state, batch):
     return jit_step(s).lower(state, batch)
 
 
+# What `deterministic=True` sets, per backend, before JAX starts its backends.
+DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)  # GPU: no atomics, fixed reductions
+
+
+def apply_determinism(c) -> dict:
+  """Sets what `deterministic` needs and says what was done (for run.json). XLA reads XLA_FLAGS
+  once, when a backend starts, so this must run before anything touches a device."""
+  if not c.deterministic:
+    return {"requested": False}
+  try:
+    from jax._src import xla_bridge  # private: whether a backend has read XLA_FLAGS already
+    started = bool(getattr(xla_bridge, "_backends", None))
+  except ImportError:
+    started = False
+  added = []
+  current = os.environ.get("XLA_FLAGS", "")
+  for flag in DETERMINISTIC_XLA_FLAGS:
+    if flag.split("=")[0] not in current:
+      added.append(flag)
+  if added and not started:
+    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+  return {"requested": True, "xla_flags_added": added if not started else [],
+          "applied": not (added and started),
+          "note": ("XLA's GPU backend runs deterministic ops (no atomics in reductions or "
+                   "scatters); the CPU backend gives identical results run to run for the same "
+                   "program and thread count; TPU programs are deterministic by construction")
+          if not (added and started) else "the backend had already started: flags not applied"}
+
+
 def _check_workdir(workdir: str | None) -> bool:
   """True when `workdir` holds a run to resume; ConfigError when it holds one that cannot be."""
   if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
@@ -240,7 +268,8 @@ def _default_workdir_all_processes(c, platform: str) -> str:
   return os.path.join("runs", f"{name}-{c.family}-{c.preset}-{platform}")
 
 
-def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
+def run(c, workdir: str | None = None, cluster: str = "single process",
+        determinism: dict | None = None) -> dict:
   """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
   on bad input, Diverged on a non-finite loss."""
   setup = build(c)
@@ -290,6 +319,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process") -> dict:
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
       "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
       "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+      "deterministic": determinism or apply_determinism(c),
   }
   run_info["data"] = (train_data.describe() if hasattr(train_data, "describe")
                       else {"synthetic": c.data.synthetic, "seed": c.seed})
@@ -581,49 +611,21 @@ def _bad_input(message: str) -> int:
 
 
 def parse_args(argv: list[str]):
-  """absl flags + the config file -> (config, workdir); every bad flag or value raises ConfigError.
-
-  The flags live in a FlagValues of their own, defined per call: config_flags reads the overrides
-  (--config.KEY=VALUE) from the argv it is given, and main() stays callable more than once."""
-  argv = list(argv)
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      path, sep, preset = arg[len("--config="):].partition(":")
-      resolved = config_lib.resolve_config_path(path)
-      if not os.path.isfile(resolved):
-        shipped = ", ".join(sorted(f for f in os.listdir(config_lib.CONFIG_DIR) if f.endswith(".py")))
-        raise ConfigError("--config", f"no config file {path!r}; shipped: configs/{{{shipped}}}")
-      argv[i] = "--config=" + resolved + sep + preset
-      config_lib.load_config_file(argv[i][len("--config="):])  # an unknown preset fails here, clearly
-  fv = flags.FlagValues()
-  try:
-    config = config_flags.DEFINE_config_file(
-        "config", config_lib.DEFAULT_CONFIG, "Config file and preset, e.g. configs/mpt.py:125m; "
-        "override keys with --config.KEY=VALUE.", flag_values=fv, sys_argv=argv)
-    workdir = flags.DEFINE_string("workdir", None, "Run directory (default: "
-                                  "runs/<time>-<family>-<preset>-<platform>).", flag_values=fv)
-    coordinator = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of "
-                                      "process 0 (launch.sh sets it; SLURM/Open MPI are detected).",
-                                      flag_values=fv)
-    num_processes = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.",
-                                         flag_values=fv)
-    process_id = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.",
-                                      flag_values=fv)
-    rest = fv(argv)
-    c = config.value
-    c.keys()  # a config file that failed to load raises here
-  except ConfigError:
-    raise
-  except (KeyError, AttributeError) as e:
-    raise ConfigError("--config", f"unknown config key {str(e).strip(chr(34))}; the keys are in "
-                                  "jaxbench/config.py") from None
-  except (flags.Error, ValueError, TypeError, OSError, ImportError, SyntaxError) as e:
-    cause = e.__cause__ or e
-    text = str(cause).strip() or type(cause).__name__
-    raise ConfigError("flags", " ".join(text.split())[:400]) from None
-  if len(rest) > 1:
-    raise ConfigError("flags", f"unexpected arguments {rest[1:]}")
-  return c, workdir.value, (coordinator.value, num_processes.value, process_id.value)
+  """argv -> (config, workdir, (coordinator, num_processes, process_id)); ConfigError if bad."""
+  def define(fv):
+    return {
+        "workdir": flags.DEFINE_string("workdir", None, "Run directory (default: "
+                                       "runs/<time>-<family>-<preset>-<platform>).", flag_values=fv),
+        "coordinator": flags.DEFINE_string(
+            "coordinator_address", None, "Multi-process: HOST:PORT of process 0 (launch.sh sets "
+            "it; SLURM/Open MPI are detected).", flag_values=fv),
+        "num_processes": flags.DEFINE_integer("num_processes", None, "Multi-process: process "
+                                              "count.", flag_values=fv),
+        "process_id": flags.DEFINE_integer("process_id", None, "Multi-process: this process's "
+                                           "index.", flag_values=fv),
+    }
+  c, extra = config_lib.parse_flags(argv, define)
+  return c, extra["workdir"], (extra["coordinator"], extra["num_processes"], extra["process_id"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -636,8 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     c, workdir, cluster = parse_args(argv)
     # Checked before the processes meet, so no process sees another's run.json.
     _check_workdir(workdir)
+    determinism = apply_determinism(c)  # before any backend starts
     run_info_cluster = distributed.initialize(*cluster)
-    run(c, workdir, cluster=run_info_cluster)
+    run(c, workdir, cluster=run_info_cluster, determinism=determinism)
   except ConfigError as e:
     return _bad_input(str(e))
   except Diverged as e:

@@ -1,0 +1,209 @@
+"""`jaxbench portability`: lowers the whole train step for each XLA platform, without the hardware.
+
+  jaxbench portability [--config=...] [--config.KEY=VALUE ...] [--platforms=cpu,cuda,rocm,tpu]
+                       [--devices=N] [--json=PATH]
+
+For each platform, jax.export lowers the full step (forward, backward, AdamW update, the
+configured accumulation and mesh) to StableHLO for that platform, and the report lists: lowered or
+the error, the custom_call targets in the module (vendor kernels such as cuDNN attention: the parts
+of the model that are not portable XLA), the sharding annotations, and the module size. It answers
+the first question of a port: which parts of my step are vendor-specific?
+
+What cannot be checked is said, not faked:
+- Collectives are created by XLA's SPMD partitioner when the module is *compiled*, after lowering,
+  so per platform the report counts sharding annotations; the collectives themselves are reported
+  once, from the step compiled for this machine's own platform.
+- On a machine without CUDA, cuDNN attention cannot even be traced ("cuDNN is not detected"); the
+  CUDA row then says so and lowers the XLA attention path. `jaxbench compile` (a deviceless build
+  for a named GPU, with the CUDA compiler packages installed) is where the cuDNN path is built.
+- Lowering is not compiling: a platform's compiler may still reject or slow down what lowered.
+
+`--devices=N` gives this machine N host devices (before JAX starts), so a sharded mesh can be
+lowered on a laptop. Exit 0 when every requested platform lowered, 1 when one did not, 2 on bad
+input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+_CUSTOM_CALL = re.compile(r"custom_call\s*@([\w.$-]+)|call_target_name\s*=\s*\"([^\"]+)\"")
+_SHARDING = re.compile(r"sdy\.sharding_constraint|mhlo\.sharding|sdy\.sharding\b")
+
+
+def module_report(text: str) -> dict:
+  """What a lowered StableHLO module holds that a port cares about."""
+  targets = {}
+  for a, b in _CUSTOM_CALL.findall(text):
+    name = a or b
+    targets[name] = targets.get(name, 0) + 1
+  return {"custom_calls": dict(sorted(targets.items())),
+          "sharding_annotations": len(_SHARDING.findall(text)),
+          "module_bytes": len(text.encode())}
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def lower_for(platform: str, setup, abstract_state, abstract_batch) -> dict:
+  """jax.export of the jitted train step for `platform`; a row of the report."""
+  from jax import export
+
+  from jaxbench import sharding, train
+  t0 = time.perf_counter()
+  try:
+    with sharding.activation_mesh(setup.mesh):
+      exported = export.export(train.jit_step(setup), platforms=(platform,))(abstract_state,
+                                                                              abstract_batch)
+    row = {"platform": platform, "lowered": True, **module_report(exported.mlir_module())}
+  except Exception as e:  # the error is the finding
+    row = {"platform": platform, "lowered": False, "error": f"{type(e).__name__}: {_first_line(e)}"}
+  row["seconds"] = time.perf_counter() - t0
+  row["attention"] = setup.attention
+  return row
+
+
+def _cuda_attention_note(c) -> str | None:
+  """Why the CUDA row ran the XLA attention path, when cuDNN would be chosen on a CUDA GPU."""
+  head_dim = c.model.d_model // c.model.n_heads
+  if c.model.attention not in ("auto", "cudnn"):
+    return None
+  if c.dtype != "bfloat16" or head_dim > 128 or head_dim % 8 or c.model.position == "alibi":
+    return None  # auto would pick the XLA path on a GPU too
+  return ("cuDNN fused attention cannot be traced without CUDA (\"cuDNN is not detected\"): "
+          "lowered the XLA attention path; `jaxbench compile` builds the cuDNN path deviceless")
+
+
+def report(c, platforms) -> dict:
+  import jax
+
+  from jaxbench import data as data_lib
+  from jaxbench import hlo, train
+  from jaxbench.errors import ConfigError
+
+  local = jax.devices()[0].platform
+  attention_requested = c.model.attention
+  if attention_requested == "cudnn" and local != "gpu":
+    # The check in train would reject it here; lower the XLA path and say why, per platform.
+    c.model.attention = "auto"
+  setup = train.build(c)
+  shapes = jax.eval_shape(lambda: train.init_state(setup))
+  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                shapes, setup.state_shardings)
+  batch_shape = data_lib.SyntheticData(c).shape
+  abstract_batch = jax.ShapeDtypeStruct(batch_shape, jax.numpy.int32, sharding=setup.batch_sharding)
+  rows = []
+  for platform in platforms:
+    row = lower_for(platform, setup, abstract_state, abstract_batch)
+    if platform == "cuda" and local not in ("gpu", "cuda"):
+      row["note"] = _cuda_attention_note(c)
+    if platform in ("rocm", "cpu", "tpu") and attention_requested == "cudnn":
+      row["note"] = "cudnn attention is CUDA-only: lowered the XLA attention path"
+    rows.append(row)
+  # The collectives exist only after SPMD partitioning: compile once, for this machine.
+  try:
+    compiled = train.lower_step(setup, abstract_state, abstract_batch).compile()
+    collectives = hlo.collectives(compiled.as_text())
+  except ConfigError:
+    raise
+  except Exception as e:
+    collectives = {"unavailable": _first_line(e)}
+  return {"config": {"family": c.family, "preset": c.preset, "dtype": c.dtype,
+                     "attention_requested": attention_requested, "mesh": setup.mesh_shape,
+                     "batch_size": c.batch_size, "microbatches": c.microbatches,
+                     "seq_len": c.seq_len},
+          "jax": jax.__version__, "local_platform": local, "n_devices": len(setup.devices),
+          "platforms": rows,
+          "collectives_compiled_for": local, "collectives": collectives}
+
+
+def format_table(r: dict) -> str:
+  c = r["config"]
+  mesh = " x ".join(f"{k}={v}" for k, v in c["mesh"].items())
+  lines = [f"jaxbench portability: {c['family']}:{c['preset']} {c['dtype']}, mesh {mesh} over "
+           f"{r['n_devices']} {r['local_platform']} device(s), jax {r['jax']}", "",
+           f"{'platform':<9} {'lowered':<8} {'attention':<10} {'module KiB':>10} {'shardings':>9}  "
+           "custom calls / error"]
+  for row in r["platforms"]:
+    if row["lowered"]:
+      calls = ", ".join(f"{k} x{v}" for k, v in row["custom_calls"].items()) or "none (pure XLA)"
+      lines.append(f"{row['platform']:<9} {'yes':<8} {row['attention']:<10} "
+                   f"{row['module_bytes'] / 1024:>10.0f} {row['sharding_annotations']:>9}  {calls}")
+    else:
+      lines.append(f"{row['platform']:<9} {'NO':<8} {row['attention']:<10} {'':>10} {'':>9}  "
+                   f"{row['error']}")
+    if row.get("note"):
+      lines.append(f"{'':<9} note: {row['note']}")
+  coll = r["collectives"]
+  if "unavailable" in coll:
+    lines.append(f"\ncollectives: unavailable ({coll['unavailable']})")
+  else:
+    found = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 2**20:.2f} MiB)"
+                      for k, v in coll.items() if v["count"]) or "none"
+    lines.append(f"\ncollectives after SPMD partitioning (compiled for {r['collectives_compiled_for']}): "
+                 f"{found}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__.strip())
+    return 0
+  from absl import flags
+
+  from jaxbench import config as config_lib
+  from jaxbench.errors import ConfigError
+
+  def define(fv):
+    return {
+        "platforms": flags.DEFINE_list("platforms", list(PLATFORMS), "XLA platforms to lower for.",
+                                       flag_values=fv),
+        "devices": flags.DEFINE_integer("devices", 0, "Host devices to create (0: as found).",
+                                        flag_values=fv),
+        "json": flags.DEFINE_string("json", None, "Also write the report as JSON here.",
+                                    flag_values=fv),
+    }
+  try:
+    c, extra = config_lib.parse_flags(argv, define)
+    platforms = [p.strip().lower() for p in extra["platforms"] if p.strip()]
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if unknown or not platforms:
+      raise ConfigError("--platforms", f"{','.join(unknown) or 'none given'}; allowed: "
+                                       f"{', '.join(PLATFORMS)}")
+    if extra["devices"] < 0:
+      raise ConfigError("--devices", f"{extra['devices']} must be >= 0")
+    if extra["devices"]:
+      _set_host_devices(extra["devices"])
+    r = report(c, platforms)
+  except ConfigError as e:
+    print(f"jaxbench portability: bad input: {e}", file=sys.stderr)
+    return 2
+  print(format_table(r))
+  if extra["json"]:
+    with open(extra["json"], "w") as f:
+      json.dump(r, f, indent=2)
+      f.write("\n")
+  return 0 if all(row["lowered"] for row in r["platforms"]) else 1
+
+
+def _set_host_devices(n: int) -> None:
+  """N CPU devices; JAX allows it only before its backends start."""
+  import jax
+
+  from jaxbench.errors import ConfigError
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except Exception as e:  # backends already started (in-process callers)
+    raise ConfigError("--devices", f"cannot set the host device count now: {_first_line(e)}") from None
+
+
+if __name__ == "__main__":
+  sys.exit(main())
