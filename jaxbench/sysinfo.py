@@ -72,9 +72,22 @@ def backend(devices) -> dict[str, object]:
   except AttributeError:
     platform_version = None
   return {"backend": jax.default_backend(), "platform": d.platform,
-          "platform_version": platform_version, "device_kind": d.device_kind,
+          "platform_version": platform_version, "driver": driver(), "device_kind": d.device_kind,
           "n_devices": len(devices), "n_local_devices": jax.local_device_count(),
           "process_count": jax.process_count(), "process_index": jax.process_index()}
+
+
+def driver() -> str | None:
+  """The GPU kernel driver's version where Linux shows it (NVIDIA, AMD); None elsewhere."""
+  for path in ("/proc/driver/nvidia/version", "/sys/module/amdgpu/version"):
+    try:
+      with open(path) as f:
+        text = f.readline().strip()
+    except OSError:
+      continue
+    if text:
+      return f"{path}: {text}"
+  return None
 
 
 def now_iso() -> str:
