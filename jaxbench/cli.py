@@ -9,6 +9,8 @@ import sys
 COMMANDS = {
     "train": ("jaxbench.train", "one training run (absl flags + an ml_collections config file)"),
     "prepare": ("jaxbench.prepare", "text files or folders -> token files + meta.json for data.path"),
+    "compare": ("jaxbench.compare", "throughput ratio, MFU, loss-curve agreement and what differs, "
+                "between run directories"),
     "portability": ("jaxbench.portability", "lower the train step for cpu, cuda, rocm and tpu, "
                     "without the hardware"),
     "peak": ("jaxbench.peak", "measure this machine's matmul peak (TFLOP/s per device)"),
