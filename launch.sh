@@ -160,6 +160,9 @@ for ((i = 0; i < local_processes; i++)); do
     fi
     cmd=("${jaxbench[@]}" "$@" "${extra[@]}")
     if [[ "$dry_run" -eq 1 ]]; then show "${cmd[@]}"; exit 0; fi
+    # A session of its own: a terminal's Ctrl-C reaches launch.sh only, which forwards it once
+    # (a second SIGINT would abort a process instead of letting it save).
+    if command -v setsid >/dev/null; then exec setsid "${cmd[@]}"; fi
     exec "${cmd[@]}"
   ) &
   pids+=("$!")

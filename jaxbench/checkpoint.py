@@ -21,10 +21,22 @@ from jaxbench.errors import ConfigError
 
 # Config keys that must match between a checkpoint and the run resuming from it: they decide the
 # shapes and meaning of the state. Everything else (steps, mesh, logging, peak) may change.
+# `steps` and the optimizer are among them: the learning-rate schedule is a function of both.
 MUST_MATCH = ("family", "model.n_layers", "model.d_model", "model.n_heads", "model.n_kv_heads",
               "model.d_ff", "model.vocab_size", "model.max_seq_len", "model.position", "model.norm",
-              "model.mlp", "model.bias", "model.tie_embeddings", "model.scan_layers", "seed",
-              "batch_size", "seq_len", "data.synthetic", "data.path")
+              "model.mlp", "model.bias", "model.tie_embeddings", "model.scan_layers",
+              "model.rope_theta", "model.norm_eps", "seed", "steps", "batch_size", "microbatches",
+              "seq_len", "dtype", "optimizer.lr", "optimizer.warmup_steps", "optimizer.min_lr_ratio",
+              "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.weight_decay",
+              "optimizer.decay_embeddings", "optimizer.clip_norm", "data.synthetic",
+              "data.markov_branching", "data.path")
+
+
+def _reason(e: BaseException) -> str:
+  """The first line of an error, without the object dumps TensorStore appends after a '<'."""
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else type(e).__name__
+  return first.split("<", 1)[0].rstrip(" :,") [:300] or type(e).__name__
 
 
 @contextlib.contextmanager
@@ -72,9 +84,8 @@ class Checkpointer:
       with _quiet_orbax():
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     except Exception as e:
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ConfigError("checkpoint", f"cannot read the checkpoint of step {step} in "
-                                      f"{self.directory}: {first[:300]}") from None
+                                      f"{self.directory}: {_reason(e)}") from None
 
   def restore(self, step: int, abstract_state):
     """The state at `step`, laid out by the shardings in `abstract_state`, and its JSON meta."""
@@ -83,9 +94,9 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     except Exception as e:  # corrupt, truncated or foreign files
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ConfigError("checkpoint", f"cannot read the checkpoint of step {step} in "
-                                      f"{self.directory}: {first[:300]}") from None
+                                      f"{self.directory}: {_reason(e)}; move it aside to resume "
+                                      "from an older one") from None
     return restored.state, restored.meta
 
   def wait(self) -> None:
@@ -110,8 +121,12 @@ def check_compatible(saved: dict, current: dict) -> None:
         return None
       d = d[part]
     return d
+  def same(key, a, b):
+    if key == "data.path" and a and b:  # the same folder, however it was written
+      return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
   for key in MUST_MATCH:
-    if get(saved, key) != get(current, key):
+    if not same(key, get(saved, key), get(current, key)):
       raise ConfigError(key, f"the checkpoint was made with {key}={get(saved, key)!r}, this run "
                              f"has {get(current, key)!r}; resume with the same value or use a new "
                              "--workdir")

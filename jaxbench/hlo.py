@@ -40,8 +40,10 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     if not match:
       continue
     sizes = _arrays_bytes(match["shape"])
-    if match["start"] and match["op"] in ("all-gather", "collective-permute") and len(sizes) >= 2:
-      sizes = [sizes[1]]  # async start returns (operand, result, [contexts]): count the result
+    if match["start"] and match["op"] == "all-gather" and len(sizes) >= 2:
+      sizes = sizes[len(sizes) // 2:]  # ((operands...), (results...)): count the results
+    elif match["start"] and match["op"] == "collective-permute" and len(sizes) >= 2:
+      sizes = [sizes[1]]  # (operand, result, contexts...): count the result
     summary[match["op"]]["count"] += 1
     summary[match["op"]]["bytes"] += sum(sizes)
   return summary

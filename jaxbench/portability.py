@@ -33,7 +33,9 @@ import time
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 _CUSTOM_CALL = re.compile(r"custom_call\s*@([\w.$-]+)|call_target_name\s*=\s*\"([^\"]+)\"")
-_SHARDING = re.compile(r"sdy\.sharding_constraint|mhlo\.sharding|sdy\.sharding\b")
+# One per annotation: `#sdy.sharding<...>` attributes (Shardy), constraints, and the older
+# `mhlo.sharding = "..."` attributes (GSPMD).
+_SHARDING = re.compile(r"#sdy\.sharding<|sdy\.sharding_constraint|mhlo\.sharding\s*=")
 
 
 def module_report(text: str) -> dict:

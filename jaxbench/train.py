@@ -235,9 +235,16 @@ def apply_determinism(c) -> dict:
     started = False
   added = []
   current = os.environ.get("XLA_FLAGS", "")
+  contrary = []
   for flag in DETERMINISTIC_XLA_FLAGS:
-    if flag.split("=")[0] not in current:
-      added.append(flag)
+    name = flag.split("=")[0]
+    if flag in current.split():
+      continue
+    (contrary if name in current else added).append(flag)
+  if contrary:
+    return {"requested": True, "xla_flags_added": [], "applied": False,
+            "note": f"XLA_FLAGS sets {', '.join(f.split('=')[0] for f in contrary)} otherwise; "
+                    "left as the user set it"}
   if added and not started:
     os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
   return {"requested": True, "xla_flags_added": added if not started else [],
@@ -269,7 +276,7 @@ def _default_workdir_all_processes(c, platform: str) -> str:
 
 
 def run(c, workdir: str | None = None, cluster: str = "single process",
-        determinism: dict | None = None) -> dict:
+        determinism: dict | None = None, resuming: bool | None = None) -> dict:
   """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
   on bad input, Diverged on a non-finite loss."""
   setup = build(c)
@@ -280,7 +287,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
   is_writer = jax.process_index() == 0
   workdir = workdir or _default_workdir_all_processes(c, platform)
-  resuming = _check_workdir(workdir)
+  if resuming is None:  # main() decides it before the processes meet; in-process callers here
+    resuming = _check_workdir(workdir)
 
   m = c.model
   say = print if is_writer else (lambda *a, **k: None)
@@ -327,26 +335,30 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   if c.checkpoint.every > 0 or resuming:
     checkpointer = checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
                                                c.checkpoint.async_save)
-  start_step = 0
+  start_step, restored = 0, None
   if resuming:
     start_step = checkpointer.latest_step()
-    # Checked before anything in the run directory changes.
+    # Checked and read before anything in the run directory changes.
     checkpoint_lib.check_compatible(checkpointer.read_meta(start_step)["config"], c.to_dict())
+    if start_step >= c.steps:
+      raise ConfigError("steps", f"the run in {workdir} already reached its last step "
+                                 f"({start_step}); use a new --workdir")
+    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
+    shapes = jax.eval_shape(functools.partial(step_lib.init_state, setup.model, setup.optimizer,
+                                              seq_len=c.seq_len), jax.random.key(c.seed))
+    restored, _ = checkpointer.restore(
+        start_step, checkpoint_lib.abstract_state(shapes, setup.state_shardings))
     previous = rundir_lib.read_json(out.file("run.json"))
     run_info["resumed"] = {"from_step": start_step,
                            "first_started_at": previous.get("resumed", {}).get(
                                "first_started_at", previous.get("started_at"))}
-    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
-    if start_step >= c.steps:
-      raise ConfigError("steps", f"the run in {workdir} already reached step {start_step}; "
-                                 f"pass --config.steps above {start_step} to train further")
   out.write("run.json", run_info)
 
   progress = _Progress(steps=start_step)
   with _StopRequest() as stop:
     try:
       _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
-             start_step)
+             start_step, restored)
     except Diverged as e:
       progress.status, progress.error = "diverged", str(e)
       raise
@@ -428,7 +440,8 @@ def _any_process(flag: bool) -> bool:
 
 
 def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest", say,
-           train_data, eval_data=None, checkpointer=None, start_step: int = 0) -> None:
+           train_data, eval_data=None, checkpointer=None, start_step: int = 0,
+           restored=None) -> None:
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
 
@@ -441,11 +454,8 @@ def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest"
 
   p.status = "initializing"
   t0 = time.perf_counter()
-  if start_step:
-    shapes = jax.eval_shape(functools.partial(step_lib.init_state, setup.model, setup.optimizer,
-                                              seq_len=c.seq_len), jax.random.key(c.seed))
-    state, _ = checkpointer.restore(
-        start_step, checkpoint_lib.abstract_state(shapes, setup.state_shardings))
+  if restored is not None:
+    state = restored
     out.truncate_metrics(start_step)
   else:
     state = init_state(setup)
@@ -636,11 +646,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     c, workdir, cluster = parse_args(argv)
-    # Checked before the processes meet, so no process sees another's run.json.
-    _check_workdir(workdir)
+    # Decided before the processes meet, so no process sees another's fresh run.json.
+    resuming = _check_workdir(workdir)
     determinism = apply_determinism(c)  # before any backend starts
     run_info_cluster = distributed.initialize(*cluster)
-    run(c, workdir, cluster=run_info_cluster, determinism=determinism)
+    run(c, workdir, cluster=run_info_cluster, determinism=determinism, resuming=resuming)
   except ConfigError as e:
     return _bad_input(str(e))
   except Diverged as e:

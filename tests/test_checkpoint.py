@@ -107,7 +107,7 @@ def test_kill_9_during_saves_leaves_a_usable_checkpoint(tmp_path):
   wait_for_step(proc, 8, 40)
   proc.kill()
   proc.wait()
-  again = train(["--config.steps=12", "--config.checkpoint.every=1", "--workdir=run"], tmp_path)
+  again = train(["--config.steps=40", "--config.checkpoint.every=1", "--workdir=run"], tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from the checkpoint of step" in again.stdout
 
@@ -124,23 +124,47 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
 def test_unreadable_checkpoint_exits_2(tmp_path, reference):
   run = tmp_path / "run"
   shutil.copytree(reference, run)
-  for root, _, files in os.walk(run / "checkpoints" / "24"):
+  shutil.rmtree(run / "checkpoints" / "24")
+  for root, _, files in os.walk(run / "checkpoints" / "20"):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  proc = train(["--config.steps=30", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
+  before = {name: (run / name).read_bytes() for name in ("run.json", "summary.json", "metrics.jsonl")}
+  proc = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
   assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "cannot read the checkpoint of step 24" in proc.stderr
-  assert len(proc.stderr.strip().splitlines()) == 1
+  assert "cannot read the checkpoint of step 20" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1 and "<" not in proc.stderr
+  # Nothing of the run directory changed: a failed resume loses nothing.
+  assert before == {name: (run / name).read_bytes() for name in before}
+
+
+def test_corrupt_arrays_with_readable_meta_exit_2_and_change_nothing(tmp_path, reference):
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  shutil.rmtree(run / "checkpoints" / "24")
+  state_dir = run / "checkpoints" / "20" / "state"
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        f.truncate(max(0, os.path.getsize(path) // 3))
+  before = {name: (run / name).read_bytes() for name in ("run.json", "summary.json", "metrics.jsonl")}
+  proc = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "cannot read the checkpoint of step 20" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+  assert before == {name: (run / name).read_bytes() for name in before}
 
 
 def test_incompatible_config_exits_2(tmp_path, reference):
   run = tmp_path / "run"
   shutil.copytree(reference, run)
-  proc = train(["--config.steps=30", "--config.model.d_model=128", "--workdir=run"], tmp_path)
+  proc = train(["--config.steps=24", "--config.model.d_model=128", "--workdir=run"], tmp_path)
   assert proc.returncode == 2 and "model.d_model" in proc.stderr, proc.stderr[-2000:]
+  # The learning-rate schedule is a function of steps: changing it would silently change the run.
+  longer = train(["--config.steps=48", "--workdir=run"], tmp_path)
+  assert longer.returncode == 2 and "steps" in longer.stderr, longer.stderr[-2000:]
   done = train(["--config.steps=24", "--workdir=run"], tmp_path)
-  assert done.returncode == 2 and "already reached step 24" in done.stderr
+  assert done.returncode == 2 and "already reached its last step (24)" in done.stderr
 
 
 def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path):

@@ -136,3 +136,24 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
   assert os.listdir(tmp_path / "run" / "checkpoints") == [str(summary["steps"])]
   steps = [r["step"] for r in rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))]
   assert steps == list(range(1, summary["steps"] + 1))
+
+
+def test_ctrl_c_at_the_terminal_stops_all_processes_cleanly(tmp_path):
+  """A terminal's Ctrl-C signals launch.sh's whole process group; each process must still get
+  exactly one SIGINT (from launch.sh) and stop after saving."""
+  env = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.Popen(
+      ["bash", LAUNCH, "--backend=cpu", "--local_processes=2", "--devices_per_process=1",
+       f"--port={free_port()}", "--", *TRAIN[:-1], "--config.steps=100000",
+       "--config.checkpoint.every=100000", "--config.log_every=1", "--workdir=run"],
+      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True)  # its own process group, as a terminal's foreground job
+  for line in proc.stdout:
+    if line.startswith("step") and line.split()[1].startswith("3/"):
+      break
+  os.killpg(proc.pid, signal.SIGINT)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  summary = read_json(tmp_path / "run" / "summary.json")
+  assert summary["status"].startswith("stopped") and summary["last_checkpoint_step"] == summary["steps"]
