@@ -14,8 +14,9 @@ What cannot be checked is said, not faked:
   so per platform the report counts sharding annotations; the collectives themselves are reported
   once, from the step compiled for this machine's own platform.
 - On a machine without CUDA, cuDNN attention cannot even be traced ("cuDNN is not detected"); the
-  CUDA row then says so and lowers the XLA attention path. `jaxbench compile` (a deviceless build
-  for a named GPU, with the CUDA compiler packages installed) is where the cuDNN path is built.
+  CUDA row tries it, says why it failed, and lowers the XLA attention path. A deviceless build for
+  a named GPU with the CUDA compiler packages installed (the planned `jaxbench compile`) is where
+  the cuDNN path gets built without a GPU.
 - Lowering is not compiling: a platform's compiler may still reject or slow down what lowered.
 
 `--devices=N` gives this machine N host devices (before JAX starts), so a sharded mesh can be
@@ -72,15 +73,30 @@ def lower_for(platform: str, setup, abstract_state, abstract_batch) -> dict:
   return row
 
 
-def _cuda_attention_note(c) -> str | None:
-  """Why the CUDA row ran the XLA attention path, when cuDNN would be chosen on a CUDA GPU."""
+def _cudnn_would_run(c) -> bool:
+  """Whether `auto` (or a `cudnn` request) would run cuDNN attention on an NVIDIA GPU."""
   head_dim = c.model.d_model // c.model.n_heads
-  if c.model.attention not in ("auto", "cudnn"):
-    return None
-  if c.dtype != "bfloat16" or head_dim > 128 or head_dim % 8 or c.model.position == "alibi":
-    return None  # auto would pick the XLA path on a GPU too
-  return ("cuDNN fused attention cannot be traced without CUDA (\"cuDNN is not detected\"): "
-          "lowered the XLA attention path; `jaxbench compile` builds the cuDNN path deviceless")
+  return (c.model.attention in ("auto", "cudnn") and c.dtype == "bfloat16" and head_dim <= 128
+          and head_dim % 8 == 0 and c.model.position != "alibi")
+
+
+def _cudnn_row(c, setup, abstract_state, abstract_batch) -> dict:
+  """The CUDA row with the cuDNN attention a GPU would run; if it cannot be lowered here (no CUDA:
+  "cuDNN is not detected"), the XLA-path row with the reason."""
+  import dataclasses
+
+  from jaxbench import model as model_lib
+  cudnn = model_lib.ModelConfig.from_config(c, "cudnn")
+  cudnn_setup = dataclasses.replace(setup, model_cfg=cudnn, model=model_lib.Transformer(cudnn),
+                                    attention="cudnn")
+  row = lower_for("cuda", cudnn_setup, abstract_state, abstract_batch)
+  if row["lowered"]:
+    return row
+  fallback = lower_for("cuda", setup, abstract_state, abstract_batch)
+  fallback["note"] = (f"cuDNN fused attention did not lower here ({row['error']}): lowered the "
+                      f"{setup.attention} attention path instead; a deviceless GPU compile (the "
+                      "planned `jaxbench compile`) is where the cuDNN path gets built")
+  return fallback
 
 
 def report(c, platforms) -> dict:
@@ -102,10 +118,12 @@ def report(c, platforms) -> dict:
   batch_shape = data_lib.SyntheticData(c).shape
   abstract_batch = jax.ShapeDtypeStruct(batch_shape, jax.numpy.int32, sharding=setup.batch_sharding)
   rows = []
+  c.model.attention = attention_requested
   for platform in platforms:
-    row = lower_for(platform, setup, abstract_state, abstract_batch)
-    if platform == "cuda" and local not in ("gpu", "cuda"):
-      row["note"] = _cuda_attention_note(c)
+    if platform == "cuda" and setup.attention != "cudnn" and _cudnn_would_run(c):
+      row = _cudnn_row(c, setup, abstract_state, abstract_batch)
+    else:
+      row = lower_for(platform, setup, abstract_state, abstract_batch)
     if platform in ("rocm", "cpu", "tpu") and attention_requested == "cudnn":
       row["note"] = "cudnn attention is CUDA-only: lowered the XLA attention path"
     rows.append(row)
