@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,3 +43,32 @@ def read_json(path):
 @pytest.fixture
 def cli(tmp_path):
   return lambda *args, **kw: run_cli(list(args), tmp_path, **kw)
+
+
+_spawned = []
+
+
+def spawn(*args, **kwargs) -> subprocess.Popen:
+  """subprocess.Popen for long runs a test stops itself; whatever is still running when the test
+  ends (a failed assertion, a timeout) is killed, with its process group when it has its own."""
+  proc = subprocess.Popen(*args, **kwargs)
+  _spawned.append((proc, kwargs.get("start_new_session", False)))
+  return proc
+
+
+@pytest.fixture(autouse=True)
+def _reap_spawned():
+  yield
+  while _spawned:
+    proc, own_group = _spawned.pop()
+    if proc.poll() is None:
+      if shutil.which("pkill"):  # launch.sh's processes run in sessions of their own
+        subprocess.run(["pkill", "-9", "-P", str(proc.pid)], check=False)
+      try:
+        if own_group:
+          os.killpg(proc.pid, 9)
+        else:
+          proc.kill()
+      except ProcessLookupError:
+        pass
+      proc.wait()

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import cli_env, read_json
+from conftest import spawn, cli_env, read_json
 
 from jaxbench import rundir
 
@@ -16,7 +16,7 @@ NANO = ["train", "--config=configs/mpt.py:nano", "--config.peak_tflops=1", "--co
 
 
 def start(args, tmp_path, **env):
-  return subprocess.Popen([sys.executable, "-m", "jaxbench", *NANO, *args], cwd=tmp_path,
+  return spawn([sys.executable, "-m", "jaxbench", *NANO, *args], cwd=tmp_path,
                           env=cli_env(tmp_path, **env), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 

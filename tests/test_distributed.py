@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, cli_env, read_json
+from conftest import spawn, REPO, cli_env, read_json
 
 from jaxbench import rundir
 
@@ -115,7 +115,7 @@ def test_launch_help_and_shellcheck(tmp_path):
 def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
   env = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench")
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.Popen(
+  proc = spawn(
       ["bash", LAUNCH, "--backend=cpu", "--local_processes=2", "--devices_per_process=1",
        f"--port={free_port()}", "--", *TRAIN[:-1], "--config.steps=100000",
        "--config.checkpoint.every=100000", "--config.log_every=1", "--workdir=run"],
@@ -143,7 +143,7 @@ def test_ctrl_c_at_the_terminal_stops_all_processes_cleanly(tmp_path):
   exactly one SIGINT (from launch.sh) and stop after saving."""
   env = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench")
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.Popen(
+  proc = spawn(
       ["bash", LAUNCH, "--backend=cpu", "--local_processes=2", "--devices_per_process=1",
        f"--port={free_port()}", "--", *TRAIN[:-1], "--config.steps=100000",
        "--config.checkpoint.every=100000", "--config.log_every=1", "--workdir=run"],

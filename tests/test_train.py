@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import cli_env, read_json
+from conftest import spawn, cli_env, read_json
 
 from jaxbench import config, data, model, optim, rundir, step, train
 
@@ -181,7 +181,7 @@ def test_nonfinite_loss_exits_3_naming_the_step(tmp_path):
 
 
 def test_sigterm_stops_cleanly_after_a_step(tmp_path):
-  proc = subprocess.Popen([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
+  proc = spawn([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
                            "--config.steps=100000", "--config.peak_tflops=1", "--workdir=run",
                            "--config.log_every=1"],
                           cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
