@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 from jaxbench.errors import ConfigError
@@ -105,12 +104,6 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def abstract_state(state_shapes, shardings):
-  """ShapeDtypeStructs carrying the target shardings: what Orbax restores into."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      state_shapes, shardings)
 
 
 def check_compatible(saved: dict, current: dict) -> None:

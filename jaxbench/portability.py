@@ -112,9 +112,7 @@ def report(c, platforms) -> dict:
     # The check in train would reject it here; lower the XLA path and say why, per platform.
     c.model.attention = "auto"
   setup = train.build(c)
-  shapes = jax.eval_shape(lambda: train.init_state(setup))
-  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                shapes, setup.state_shardings)
+  abstract_state = train.abstract_state(setup)
   batch_shape = data_lib.SyntheticData(c).shape
   abstract_batch = jax.ShapeDtypeStruct(batch_shape, jax.numpy.int32, sharding=setup.batch_sharding)
   rows = []

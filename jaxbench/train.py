@@ -206,6 +206,15 @@ def init_state(s: Setup) -> step_lib.TrainState:
     return init(jax.random.key(s.config.seed))
 
 
+def abstract_state(s: Setup):
+  """The train state as ShapeDtypeStructs carrying its shardings: enough to lower, compile or
+  restore a checkpoint into, with nothing allocated."""
+  shapes = jax.eval_shape(functools.partial(step_lib.init_state, s.model, s.optimizer,
+                                            seq_len=s.config.seq_len), jax.random.key(s.config.seed))
+  return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                      shapes, s.state_shardings)
+
+
 def jit_step(s: Setup):
   """The jitted train step with its shardings; the state is donated."""
   train_step = step_lib.make_train_step(s.model, s.optimizer, s.lr_schedule)
@@ -344,10 +353,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       raise ConfigError("steps", f"the run in {workdir} already reached its last step "
                                  f"({start_step}); use a new --workdir")
     say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
-    shapes = jax.eval_shape(functools.partial(step_lib.init_state, setup.model, setup.optimizer,
-                                              seq_len=c.seq_len), jax.random.key(c.seed))
-    restored, _ = checkpointer.restore(
-        start_step, checkpoint_lib.abstract_state(shapes, setup.state_shardings))
+    restored, _ = checkpointer.restore(start_step, abstract_state(setup))
     previous = rundir_lib.read_json(out.file("run.json"))
     run_info["resumed"] = {"from_step": start_step,
                            "first_started_at": previous.get("resumed", {}).get(

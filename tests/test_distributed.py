@@ -112,14 +112,20 @@ def test_launch_help_and_shellcheck(tmp_path):
   assert check.returncode == 0, check.stdout
 
 
-def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+def start_long_launch(tmp_path, **popen_kwargs):
+  """Two local processes training (almost) forever, checkpoints on, for the signal tests."""
   env = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench")
   env.pop("XLA_FLAGS", None)
-  proc = spawn(
+  return spawn(
       ["bash", LAUNCH, "--backend=cpu", "--local_processes=2", "--devices_per_process=1",
        f"--port={free_port()}", "--", *TRAIN[:-1], "--config.steps=100000",
        "--config.checkpoint.every=100000", "--config.log_every=1", "--workdir=run"],
-      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      **popen_kwargs)
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+  proc = start_long_launch(tmp_path)
   for line in proc.stdout:
     if line.startswith("step") and line.split()[1].startswith("3/"):
       break
@@ -141,14 +147,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
 def test_ctrl_c_at_the_terminal_stops_all_processes_cleanly(tmp_path):
   """A terminal's Ctrl-C signals launch.sh's whole process group; each process must still get
   exactly one SIGINT (from launch.sh) and stop after saving."""
-  env = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench")
-  env.pop("XLA_FLAGS", None)
-  proc = spawn(
-      ["bash", LAUNCH, "--backend=cpu", "--local_processes=2", "--devices_per_process=1",
-       f"--port={free_port()}", "--", *TRAIN[:-1], "--config.steps=100000",
-       "--config.checkpoint.every=100000", "--config.log_every=1", "--workdir=run"],
-      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      start_new_session=True)  # its own process group, as a terminal's foreground job
+  proc = start_long_launch(tmp_path, start_new_session=True)  # a terminal's foreground job
   for line in proc.stdout:
     if line.startswith("step") and line.split()[1].startswith("3/"):
       break
