@@ -13,7 +13,6 @@ import datetime
 import functools
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -34,10 +33,10 @@ from jaxbench import model as model_lib
 from jaxbench import optim
 from jaxbench import peak as peak_lib
 from jaxbench import rundir as rundir_lib
+from jaxbench import runlog
 from jaxbench import sharding
 from jaxbench import step as step_lib
 from jaxbench import sysinfo
-from jaxbench import timing
 from jaxbench.errors import ConfigError, Diverged
 
 
@@ -88,32 +87,6 @@ def default_workdir(c, platform: str) -> str:
   return os.path.join("runs", f"{stamp}-{c.family}-{c.preset}-{platform}")
 
 
-class _StopRequest:
-  """SIGTERM / SIGINT ask the loop to stop after the current step; a second SIGINT aborts."""
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave the handlers alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signal_name is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-    print(f"\n{self.signal_name} received: stopping after the current step", flush=True)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 def _cost_analysis(compiled) -> dict:
   try:
     cost = compiled.cost_analysis()
@@ -150,10 +123,6 @@ def _state_shardings(model, optimizer, c, mesh):
 
 def _unboxed(tree):
   return nn.unbox(tree)
-
-
-def _fmt(n: float) -> str:
-  return f"{n:,.0f}" if n >= 100 else f"{n:.3g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,8 +329,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
                                "first_started_at", previous.get("started_at"))}
   out.write("run.json", run_info)
 
-  progress = _Progress(steps=start_step)
-  with _StopRequest() as stop:
+  progress = runlog.Progress(steps=start_step)
+  with runlog.StopRequest() as stop:
     try:
       _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
              start_step, restored)
@@ -374,67 +343,18 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
     finally:
       if checkpointer is not None:
         checkpointer.close()  # waits for a save in flight: the last good checkpoint is complete
-      summary = _summary(setup, peak, progress, run_info["backend"])
+      summary = runlog.summary(
+          progress, tokens_per_step=c.batch_size * c.seq_len, n_devices=len(devices),
+          flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops, peak_source=peak.source,
+          peak_memory=sysinfo.peak_memory_per_device(devices), backend=run_info["backend"],
+          device_kind=devices[0].device_kind, n_params=n_params)
       if resuming:
         summary["resumed_from_step"] = start_step
       out.write("summary.json", summary)
       out.close()
-  _say_done(summary, say)
+  say(runlog.done_line(summary))
   say(f"run directory: {os.path.abspath(out.path)}")
   return summary
-
-
-@dataclasses.dataclass
-class _Progress:
-  """What the run has done so far: enough for summary.json however the run ends."""
-  status: str = "starting"
-  steps: int = 0
-  step_times: list = dataclasses.field(default_factory=list)  # the timed (post-warmup) steps
-  final_loss: float | None = None
-  lower_s: float | None = None
-  compile_s: float | None = None
-  init_s: float | None = None
-  error: str | None = None
-  last_checkpoint: int | None = None
-  checkpoint_s: float = 0.0
-
-
-def _summary(setup: Setup, peak, p: _Progress, backend: str) -> dict:
-  c, flops = setup.config, setup.flops
-  stats = timing.summarize(p.step_times)
-  median = stats["step_time_s_median"]
-  tokens_per_s_per_device = c.batch_size * c.seq_len / median / len(setup.devices) if median else None
-  tflops = flops["flops_per_token"] * tokens_per_s_per_device / 1e12 if median else None
-  peak_bytes, peak_source = sysinfo.peak_memory_per_device(setup.devices)
-  summary = {
-      "status": p.status, "steps": p.steps, "timed_steps": len(p.step_times),
-      "compile_s": (p.lower_s + p.compile_s) if p.compile_s is not None else None,
-      "lower_s": p.lower_s, "init_s": p.init_s, **stats,
-      "tokens_per_s_per_device_median": tokens_per_s_per_device,
-      "tflops_per_s_per_device_median": tflops,
-      "mfu_median": tflops / peak.tflops if tflops and peak.tflops else None,
-      "peak_tflops_per_device": peak.tflops, "peak_source": peak.source,
-      "final_loss": p.final_loss, "peak_memory_bytes_per_device": peak_bytes,
-      "peak_memory_source": peak_source, "last_checkpoint_step": p.last_checkpoint,
-      "checkpoint_save_s_total": p.checkpoint_s, "backend": backend,
-      "device_kind": setup.devices[0].device_kind, "n_devices": len(setup.devices),
-      "n_params": setup.n_params,
-  }
-  if p.error:
-    summary["error"] = p.error
-  return summary
-
-
-def _say_done(s: dict, say) -> None:
-  if not s["step_time_s_median"]:
-    say(f"done: {s['status']} after {s['steps']} steps, before any timed step")
-    return
-  mfu = f"{s['mfu_median']:.1%}" if s["mfu_median"] is not None else "unknown"
-  say(f"done: {s['status']}. median {s['step_time_s_median'] * 1e3:.1f} ms/step "
-      f"(p10 {s['step_time_s_p10'] * 1e3:.1f}, p90 {s['step_time_s_p90'] * 1e3:.1f}), "
-      f"{_fmt(s['tokens_per_s_per_device_median'])} tokens/s/device, "
-      f"{s['tflops_per_s_per_device_median']:.3g} TFLOP/s/device, MFU {mfu}, "
-      f"final loss {s['final_loss']:.4f}")
 
 
 def _any_process(flag: bool) -> bool:
@@ -445,7 +365,7 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
-def _train(setup: Setup, peak, out, run_info, p: _Progress, stop: "_StopRequest", say,
+def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.StopRequest", say,
            train_data, eval_data=None, checkpointer=None, start_step: int = 0,
            restored=None) -> None:
   c, flops = setup.config, setup.flops
@@ -530,7 +450,7 @@ def _evaluator(setup: Setup, eval_data, put):
   return evaluate
 
 
-def _loop(setup: Setup, peak, out, p: _Progress, stop, say, compiled, state, batch, prefetch,
+def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, state, batch, prefetch,
           evaluate, checkpointer, start_step: int) -> None:
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
@@ -568,7 +488,7 @@ def _loop(setup: Setup, peak, out, p: _Progress, stop, say, compiled, state, bat
     t_prev = time.perf_counter()
     if next_batch is not None and finite:
       pending = compiled(state, next_batch)  # the device works while we write this step down
-    record = _step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
+    record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                           tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
     record["data_wait_s"] = data_wait_s
     if eval_loss is not None:
@@ -580,11 +500,11 @@ def _loop(setup: Setup, peak, out, p: _Progress, stop, say, compiled, state, bat
       p.step_times.append(step_time)
     p.steps, p.final_loss = step, loss
     if not finite:
-      say(_progress_line(record, c.steps, None))
+      say(runlog.progress_line(record, c.steps, None))
       raise Diverged(step, loss, grad_norm)
     if last or i == start_step or (c.log_every and step % c.log_every == 0) or stopping:
       eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
-      say(_progress_line(record, c.steps, eta), flush=True)
+      say(runlog.progress_line(record, c.steps, eta), flush=True)
     if stopping and not last:
       p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
       if checkpointer is not None:
@@ -593,30 +513,6 @@ def _loop(setup: Setup, peak, out, p: _Progress, stop, say, compiled, state, bat
   else:
     p.status = "finished"
   jax.block_until_ready(state)
-
-
-def _step_record(step, loss, grad_norm, lr, step_time, tokens_per_step, n_devices, flops_per_token,
-                 peak_tflops) -> dict:
-  tokens_per_s = tokens_per_step / step_time
-  per_device = tokens_per_s / n_devices
-  tflops = flops_per_token * per_device / 1e12
-  return {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time,
-          "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
-          "tflops_per_s_per_device": tflops,
-          "mfu": tflops / peak_tflops if peak_tflops else None}
-
-
-def _progress_line(r: dict, steps: int, eta: float | None) -> str:
-  mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-  width = len(str(steps))
-  line = (f"step {r['step']:>{width}}/{steps}  loss {r['loss']:.4f}  grad_norm {r['grad_norm']:.3g}  "
-          f"lr {r['lr']:.2e}  {r['step_time_s'] * 1e3:.1f} ms/step  "
-          f"{_fmt(r['tokens_per_s_per_device'])} tok/s/dev  MFU {mfu}")
-  if r.get("eval_loss") is not None:
-    line += f"  eval_loss {r['eval_loss']:.4f}"
-  if eta is not None and r["step"] < steps:
-    line += f"  eta {timing.format_duration(eta)}"
-  return line
 
 
 # --- command line -------------------------------------------------------------------------------

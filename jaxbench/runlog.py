@@ -1,0 +1,117 @@
+"""What a run reports, whatever framework trains: per-step records, progress lines, the summary,
+and the stop request. Framework-neutral (no JAX, no torch): the JAX loop (train.py) and the
+PyTorch twin write the same metrics.jsonl and summary.json through these functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+
+from jaxbench import timing
+
+
+class StopRequest:
+  """SIGTERM / SIGINT ask the loop to stop after the current step; a second SIGINT aborts."""
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave the handlers alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal_name is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    print(f"\n{self.signal_name} received: stopping after the current step", flush=True)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class Progress:
+  """What the run has done so far: enough for summary.json however the run ends."""
+  status: str = "starting"
+  steps: int = 0
+  step_times: list = dataclasses.field(default_factory=list)  # the timed (post-warmup) steps
+  final_loss: float | None = None
+  lower_s: float | None = None
+  compile_s: float | None = None
+  init_s: float | None = None
+  error: str | None = None
+  last_checkpoint: int | None = None
+  checkpoint_s: float = 0.0
+
+
+def fmt(n: float) -> str:
+  return f"{n:,.0f}" if n >= 100 else f"{n:.3g}"
+
+
+def summary(p: Progress, *, tokens_per_step: int, n_devices: int, flops_per_token: int,
+            peak_tflops: float | None, peak_source: str, peak_memory: tuple[int | None, str],
+            backend: str, device_kind: str, n_params: int) -> dict:
+  """summary.json's contents. compile_s is lowering + compiling (for torch.compile: the warm-up)."""
+  stats = timing.summarize(p.step_times)
+  median = stats["step_time_s_median"]
+  per_device = tokens_per_step / median / n_devices if median else None
+  tflops = flops_per_token * per_device / 1e12 if median else None
+  s = {
+      "status": p.status, "steps": p.steps, "timed_steps": len(p.step_times),
+      "compile_s": ((p.lower_s or 0.0) + p.compile_s) if p.compile_s is not None else None,
+      "lower_s": p.lower_s, "init_s": p.init_s, **stats,
+      "tokens_per_s_per_device_median": per_device,
+      "tflops_per_s_per_device_median": tflops,
+      "mfu_median": tflops / peak_tflops if tflops and peak_tflops else None,
+      "peak_tflops_per_device": peak_tflops, "peak_source": peak_source,
+      "final_loss": p.final_loss, "peak_memory_bytes_per_device": peak_memory[0],
+      "peak_memory_source": peak_memory[1], "last_checkpoint_step": p.last_checkpoint,
+      "checkpoint_save_s_total": p.checkpoint_s, "backend": backend,
+      "device_kind": device_kind, "n_devices": n_devices, "n_params": n_params,
+  }
+  if p.error:
+    s["error"] = p.error
+  return s
+
+
+def done_line(s: dict) -> str:
+  if not s["step_time_s_median"]:
+    return f"done: {s['status']} after {s['steps']} steps, before any timed step"
+  mfu = f"{s['mfu_median']:.1%}" if s["mfu_median"] is not None else "unknown"
+  return (f"done: {s['status']}. median {s['step_time_s_median'] * 1e3:.1f} ms/step "
+          f"(p10 {s['step_time_s_p10'] * 1e3:.1f}, p90 {s['step_time_s_p90'] * 1e3:.1f}), "
+          f"{fmt(s['tokens_per_s_per_device_median'])} tokens/s/device, "
+          f"{s['tflops_per_s_per_device_median']:.3g} TFLOP/s/device, MFU {mfu}, "
+          f"final loss {s['final_loss']:.4f}")
+
+
+def step_record(step, loss, grad_norm, lr, step_time, tokens_per_step, n_devices, flops_per_token,
+                peak_tflops) -> dict:
+  """One metrics.jsonl line's required fields."""
+  tokens_per_s = tokens_per_step / step_time
+  per_device = tokens_per_s / n_devices
+  tflops = flops_per_token * per_device / 1e12
+  return {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time,
+          "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+          "tflops_per_s_per_device": tflops,
+          "mfu": tflops / peak_tflops if peak_tflops else None}
+
+
+def progress_line(r: dict, steps: int, eta: float | None) -> str:
+  mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+  width = len(str(steps))
+  line = (f"step {r['step']:>{width}}/{steps}  loss {r['loss']:.4f}  grad_norm {r['grad_norm']:.3g}  "
+          f"lr {r['lr']:.2e}  {r['step_time_s'] * 1e3:.1f} ms/step  "
+          f"{fmt(r['tokens_per_s_per_device'])} tok/s/dev  MFU {mfu}")
+  if r.get("eval_loss") is not None:
+    line += f"  eval_loss {r['eval_loss']:.4f}"
+  if eta is not None and r["step"] < steps:
+    line += f"  eta {timing.format_duration(eta)}"
+  return line
