@@ -13,6 +13,8 @@ COMMANDS = {
                 "between run directories"),
     "portability": ("jaxbench.portability", "lower the train step for cpu, cuda, rocm and tpu, "
                     "without the hardware"),
+    "compile": ("jaxbench.compile", "compile the train step for a GPU that is not here: memory "
+                "fit, kernels, collectives, roofline bound"),
     "peak": ("jaxbench.peak", "measure this machine's matmul peak (TFLOP/s per device)"),
 }
 

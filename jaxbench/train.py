@@ -40,11 +40,13 @@ from jaxbench import sysinfo
 from jaxbench.errors import ConfigError, Diverged
 
 
-def choose_attention(c, platform: str) -> tuple[str, str]:
-  """The attention implementation that runs, and why (recorded in run.json)."""
+def choose_attention(c, device) -> tuple[str, str]:
+  """The attention implementation that runs on `device`'s kind, and why (recorded in run.json).
+  `device` may be a compile-only device of a GPU that is not here (`jaxbench compile`)."""
   requested = c.model.attention
   head_dim = c.model.d_model // c.model.n_heads
-  cuda = platform in ("gpu", "cuda") and "NVIDIA" in _device_kind().upper()
+  platform = device.platform
+  cuda = platform in ("gpu", "cuda") and "NVIDIA" in device.device_kind.upper()
   # What jax.nn.dot_product_attention's cuDNN path accepts (jax/_src/cudnn/fused_attention_stablehlo.py).
   problem = None
   if not cuda:
@@ -60,7 +62,7 @@ def choose_attention(c, platform: str) -> tuple[str, str]:
   if requested != "auto":
     return requested, "requested"
   if problem is None:
-    problem = _cudnn_probe(head_dim, c.model.n_heads, c.model.n_kv_heads)
+    problem = _cudnn_probe(device, head_dim, c.model.n_heads, c.model.n_kv_heads)
     if problem:
       problem = "cuDNN attention did not lower here: " + problem
   if problem:
@@ -68,13 +70,10 @@ def choose_attention(c, platform: str) -> tuple[str, str]:
   return "cudnn", "auto: cuDNN fused attention lowered for this shape"
 
 
-def _device_kind() -> str:
-  return jax.devices()[0].device_kind
-
-
-def _cudnn_probe(head_dim: int, n_heads: int, n_kv_heads: int) -> str | None:
-  q = jax.ShapeDtypeStruct((1, 128, n_heads, head_dim), jax.numpy.bfloat16)
-  kv = jax.ShapeDtypeStruct((1, 128, n_kv_heads, head_dim), jax.numpy.bfloat16)
+def _cudnn_probe(device, head_dim: int, n_heads: int, n_kv_heads: int) -> str | None:
+  on_device = jax.sharding.SingleDeviceSharding(device)
+  q = jax.ShapeDtypeStruct((1, 128, n_heads, head_dim), jax.numpy.bfloat16, sharding=on_device)
+  kv = jax.ShapeDtypeStruct((1, 128, n_kv_heads, head_dim), jax.numpy.bfloat16, sharding=on_device)
   try:
     jax.jit(functools.partial(model_lib.dot_product_attention, implementation="cudnn")).lower(q, kv, kv)
     return None
@@ -149,7 +148,7 @@ def build(c, devices=None) -> Setup:
   """Config -> checks -> mesh -> model -> shardings. Raises ConfigError on bad input."""
   devices = list(devices or jax.devices())
   mesh_shape = config_lib.validate(c, len(devices))
-  attention, attention_reason = choose_attention(c, devices[0].platform)
+  attention, attention_reason = choose_attention(c, devices[0])
   model_cfg = model_lib.ModelConfig.from_config(c, attention)
   model = model_lib.Transformer(model_cfg)
   counts = model_lib.param_count(model_cfg)

@@ -1,0 +1,472 @@
+"""`jaxbench compile`: the full train step compiled for a GPU that is not here.
+
+  jaxbench compile [--config=...] [--config.KEY=VALUE ...] --target=h100|a100|mi300x|PATH.txtpb
+                   [--topology=PxHxD] [--dump=DIR] [--json]
+
+XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
+attached: the same jitted step `jaxbench train` runs (forward, backward, AdamW, accumulation, the
+configured mesh) goes through the GPU compiler, Triton and ptxas, and the report answers the first
+questions of a study before anyone rents the hardware:
+
+- does it compile, and how long does that take;
+- per-device memory (arguments, outputs, temporaries, code, from XLA's buffer assignment) against
+  the device's memory and the pool JAX's allocator takes from it: fits, or short by how much;
+- the collectives the mesh implies (kind, count, bytes), after SPMD partitioning;
+- the kernels it chose (Triton GEMM fusions, cuBLAS, cuDNN attention, other custom calls);
+- a roofline lower bound on the step time on that GPU: FLOPs over its peak, bytes over its
+  bandwidth, and the MFU that bound allows.
+
+The topology is PARTITIONS x HOSTS-PER-PARTITION x DEVICES-PER-HOST (XLA's GPU topology string);
+its device count must equal the mesh's (default: one host with as many devices as the mesh needs,
+or one device). Needs the `cuda-aot` extra (the CUDA PJRT plugin, ptxas and libdevice); nothing
+runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler rejected
+the step, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+
+from jaxbench import plugin_installed
+from jaxbench.errors import ConfigError
+
+TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
+TARGETS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb", "mi300x": "mi300.txtpb"}
+AOT_EXTRA = ("the `cuda-aot` extra: pip install -e \".[cuda-aot]\" (the CUDA PJRT plugin matching "
+             "jax, plus nvidia-cuda-nvcc and nvidia-nvvm for ptxas and libdevice)")
+# JAX's GPU allocator takes this fraction of device memory up front, unless told otherwise
+# (https://docs.jax.dev/en/latest/gpu_memory_allocation.html).
+DEFAULT_MEM_FRACTION = 0.75
+GIB = 2**30
+
+
+# --- target descriptions -------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str
+  path: str
+  text: str  # the description as XLA will parse it (unknown fields dropped)
+  platform: str  # "cuda" or "rocm"
+  device_name: str
+  memory_bytes: int | None
+  bandwidth_bytes_per_s: float | None
+  dropped_fields: tuple[str, ...] = ()
+
+
+def _field(text: str, name: str) -> str | None:
+  match = re.search(rf"^\s*{name}\s*:\s*(.+?)\s*$", text, re.MULTILINE)
+  return match.group(1).strip('"') if match else None
+
+
+def drop_field(text: str, name: str) -> str:
+  """The description without any `name: value` line or `name { ... }` block."""
+  out, depth = [], 0
+  for line in text.splitlines():
+    stripped = line.strip()
+    if depth:
+      depth += stripped.count("{") - stripped.count("}")
+      continue
+    if re.match(rf"{re.escape(name)}\s*{{", stripped):
+      depth = stripped.count("{") - stripped.count("}")
+      continue
+    if re.match(rf"{re.escape(name)}\s*:", stripped):
+      continue
+    out.append(line)
+  return "\n".join(out) + "\n"
+
+
+def resolve_target_path(target: str) -> tuple[str, str]:
+  """(name, path) of a shipped target name or a .txtpb file; ConfigError otherwise."""
+  key = target.lower()
+  if key in TARGETS:
+    return key, os.path.join(TARGETS_DIR, TARGETS[key])
+  if os.path.isfile(target):
+    return os.path.splitext(os.path.basename(target))[0], target
+  raise ConfigError("--target", f"{target!r} is neither a shipped target ({', '.join(TARGETS)}) "
+                                "nor a GpuTargetConfigProto text file")
+
+
+def read_target(target: str) -> Target:
+  name, path = resolve_target_path(target)
+  with open(path) as f:
+    text = f.read()
+  platform = (_field(text, "platform_name") or "CUDA").lower()
+  platform = "rocm" if platform in ("rocm", "rocm_gpu") else "cuda"
+  memory = _field(text, "device_memory_size")
+  bandwidth = _field(text, "memory_bandwidth")
+  device_name = (_field(text, "device_description_str") or _field(text, "name") or name)
+  return Target(name=name, path=path, text=text, platform=platform, device_name=device_name,
+                memory_bytes=int(memory) if memory else None,
+                bandwidth_bytes_per_s=float(bandwidth) if bandwidth else None)
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+  """What C++ code writes to fd 2 meanwhile (XLA logs why a description did not parse there)."""
+  captured = {"text": ""}
+  with tempfile.TemporaryFile(mode="w+b") as tmp:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield captured
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      captured["text"] = tmp.read().decode(errors="replace")
+
+
+_UNKNOWN_FIELD = re.compile(r'has no field named "(\w+)"')
+
+
+def topology(target: Target, topology_name: str, warn) -> tuple[object, Target]:
+  """The compile-only devices of `topology_name` on `target`, dropping (with a warning) fields of
+  the description that this XLA does not know."""
+  from jax.experimental import topologies
+  dropped = list(target.dropped_fields)
+  text = target.text
+  for _ in range(50):  # one field per try; a description has far fewer unknown fields
+    with _captured_stderr() as log:
+      try:
+        topo = topologies.get_topology_desc(platform=target.platform, target_config=text,
+                                            topology=topology_name)
+        error = None
+      except Exception as e:  # the reason is in XLA's log, captured above
+        error = e
+    if error is None:
+      if log["text"].strip() and not dropped:
+        sys.stderr.write(log["text"])
+      return topo, dataclasses.replace(target, text=text, dropped_fields=tuple(dropped))
+    unknown = _UNKNOWN_FIELD.search(log["text"])
+    if unknown and unknown.group(1) not in dropped:
+      dropped.append(unknown.group(1))
+      warn(f"warning: {os.path.basename(target.path)}: this XLA does not know the field "
+           f"{unknown.group(1)!r}; dropped it")
+      text = drop_field(text, unknown.group(1))
+      continue
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "topology must be of shape" in message:
+      raise ConfigError("--topology", f"{topology_name!r}: expected PARTITIONSxHOSTSxDEVICES, "
+                                      "e.g. 1x1x8 or 1x2x4")
+    detail = log["text"].strip().splitlines()[-1] if log["text"].strip() else message
+    raise ConfigError("--target", f"{target.path}: XLA could not use this description: {detail}")
+  raise ConfigError("--target", f"{target.path}: too many unknown fields")
+
+
+def plugin_problem(platform: str) -> str | None:
+  """Why a deviceless compile for `platform` cannot run in this environment, or None."""
+  if platform == "rocm":
+    if not plugin_installed("xla_rocm7"):
+      return ("AMD targets need the ROCm PJRT plugin with the ROCm runtime libraries installed "
+              "(`pip install -e \".[rocm]\"` on a machine with ROCm 7); they are not here")
+    return None
+  if not (plugin_installed("xla_cuda13") or plugin_installed("xla_cuda12")):
+    return f"compiling for an NVIDIA GPU without one needs {AOT_EXTRA}"
+  return None
+
+
+# --- what the compiled step holds ----------------------------------------------------------------
+
+def memory_report(analysis, device_memory: int | None, mem_fraction: float) -> dict:
+  """Per-device bytes from XLA's buffer assignment against the device and JAX's pool."""
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  m = {f.replace("_size_in_bytes", "_bytes"): int(getattr(analysis, f, 0) or 0) for f in fields}
+  # Donated arguments alias their outputs: counted once.
+  m["total_bytes"] = (m["argument_bytes"] + m["output_bytes"] - m["alias_bytes"] + m["temp_bytes"]
+                      + m["generated_code_bytes"])
+  m["device_memory_bytes"] = device_memory
+  m["mem_fraction"] = mem_fraction
+  if device_memory:
+    pool = int(device_memory * mem_fraction)
+    m["pool_bytes"] = pool
+    m["fits"] = m["total_bytes"] <= pool
+    m["short_by_bytes"] = max(0, m["total_bytes"] - pool)
+  else:
+    m["pool_bytes"] = m["fits"] = m["short_by_bytes"] = None
+  return m
+
+
+_CUSTOM_CALL_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_FUSION_KIND = re.compile(r'"kind":"(__[\w$]+)"')
+
+
+def kernel_report(hlo_text: str) -> dict:
+  """Counts of the kernel kinds in the optimized HLO: vendor library calls and Triton fusions."""
+  kinds: dict[str, int] = {}
+
+  def add(kind):
+    kinds[kind] = kinds.get(kind, 0) + 1
+
+  for name in _CUSTOM_CALL_TARGET.findall(hlo_text):
+    low = name.lower()
+    if "cublas" in low or "hipblas" in low or "rocblas" in low:
+      add(f"vendor BLAS GEMM ({name})")
+    elif "cudnn" in low and ("fmha" in low or "attention" in low):
+      add(f"cuDNN attention ({name})")
+    else:
+      add(f"custom call {name}")
+  for kind in _FUSION_KIND.findall(hlo_text):
+    if "triton" in kind and "gemm" in kind:
+      add(f"Triton GEMM fusion ({kind})")
+    elif "triton" in kind:
+      add(f"Triton fusion ({kind})")
+    else:
+      add(f"fusion {kind}")
+  return dict(sorted(kinds.items()))
+
+
+def xla_cost(compiled) -> dict:
+  """XLA's cost analysis (flops, bytes accessed) of the optimized module. A compile-only executable
+  has none of its own, so the optimized HLO is analysed by XLA's generic cost model; custom calls
+  (cuBLAS) count no flops there, and a loop body counts once."""
+  import jax
+  from jax._src.lib import _jax
+  try:
+    modules = compiled.runtime_executable().hlo_modules()
+    cpu = jax.devices("cpu")[0].client
+    total: dict[str, float] = {}
+    for module in modules:
+      for k, v in _jax.hlo_module_cost_analysis(cpu, module).items():
+        if k in ("flops", "bytes accessed", "transcendentals"):
+          total[k] = total.get(k, 0.0) + float(v)
+    return total
+  except Exception as e:  # private API: say it is missing rather than guess
+    return {"unavailable": f"{type(e).__name__}: {e}"}
+
+
+def roofline(*, model_flops: float, xla: dict, has_loops: bool, has_library_gemms: bool,
+             memory: dict, peak_tflops: float | None, bandwidth: float | None,
+             remat: str = "none") -> dict:
+  """A lower bound on the step time per device: max(FLOPs / peak, bytes / bandwidth).
+
+  Each term uses the larger of two counts that the step cannot beat: the model FLOPs (the count
+  MFU uses) or XLA's FLOPs; XLA's bytes accessed or every argument and output byte once (the
+  state is read and written each step). XLA's counts cover a loop body once and miss library
+  calls, so they are lower bounds too; the report names which count set each term."""
+  xla_flops = xla.get("flops")
+  xla_bytes = xla.get("bytes accessed")
+  flops, flops_source = model_flops, "model FLOPs (6N + 12 L d S per token)"
+  if remat == "full":  # the forward runs twice: 2 of every 6 FLOPs again
+    flops, flops_source = model_flops * 4 / 3, "model FLOPs x 4/3 (full remat recomputes the forward)"
+  if xla_flops and xla_flops > model_flops:
+    flops, flops_source = xla_flops, "XLA cost analysis (includes recomputation)"
+  floor_bytes = memory["argument_bytes"] + memory["output_bytes"]
+  moved, bytes_source = floor_bytes, "arguments + outputs, each byte once"
+  if xla_bytes and xla_bytes > floor_bytes:
+    moved, bytes_source = xla_bytes, "XLA cost analysis bytes accessed"
+  notes = []
+  if has_loops:
+    notes.append("the step has loops (scan over layers / microbatches): XLA's counts cover one "
+                 "trip of each loop body, so they understate; the bound stays a lower bound")
+  if has_library_gemms:
+    notes.append("library GEMM calls (cuBLAS) count no FLOPs in XLA's cost model")
+  compute_s = flops / (peak_tflops * 1e12) if peak_tflops else None
+  memory_s = moved / bandwidth if bandwidth else None
+  terms = [t for t in (compute_s, memory_s) if t is not None]
+  bound = max(terms) if terms else None
+  return {
+      "model_flops_per_device": model_flops, "xla_flops_per_device": xla_flops,
+      "xla_bytes_accessed_per_device": xla_bytes, "flops_used": flops, "flops_source": flops_source,
+      "bytes_used": moved, "bytes_source": bytes_source,
+      "peak_tflops_per_device": peak_tflops, "bandwidth_bytes_per_s": bandwidth,
+      "compute_bound_s": compute_s, "memory_bound_s": memory_s, "step_time_lower_bound_s": bound,
+      "bound_by": None if bound is None else ("compute" if bound == compute_s else "memory"),
+      "mfu_upper_bound": (model_flops / (bound * peak_tflops * 1e12)
+                          if bound and peak_tflops else None),
+      "notes": notes,
+  }
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def default_topology(c) -> str:
+  """One host with as many devices as the mesh names explicitly (1 when all axes are -1)."""
+  sizes = [int(c.mesh[a]) for a in ("data", "fsdp", "tensor")]
+  n = math.prod(s for s in sizes if s > 0)
+  return f"1x1x{n}"
+
+
+def compile_report(c, target: Target, topology_name: str, dump: str | None, warn) -> dict:
+  import jax
+
+  from jaxbench import data as data_lib
+  from jaxbench import hlo, train
+  from jaxbench import peak as peak_lib
+
+  topo, target = topology(target, topology_name, warn)
+  devices = list(topo.devices)
+  setup = train.build(c, devices=devices)  # ConfigError: mesh vs topology, model checks
+  state = train.abstract_state(setup)
+  batch = jax.ShapeDtypeStruct(data_lib.SyntheticData(c).shape, jax.numpy.int32,
+                               sharding=setup.batch_sharding)
+  t0 = time.perf_counter()
+  lowered = train.lower_step(setup, state, batch)
+  lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+    error = None
+  except Exception as e:  # the compiler's verdict is the finding
+    compiled, error = None, f"{type(e).__name__}: {str(e).strip()[:2000]}"
+  compile_s = time.perf_counter() - t0
+  device_kind = devices[0].device_kind
+  report = {
+      "target": {"name": target.name, "path": target.path, "device": device_kind,
+                 "platform": target.platform, "memory_bytes": target.memory_bytes,
+                 "bandwidth_bytes_per_s": target.bandwidth_bytes_per_s,
+                 "dropped_fields": list(target.dropped_fields)},
+      "topology": topology_name, "n_devices": len(devices),
+      "processes": len({d.process_index for d in devices}),
+      "config": {"family": c.family, "preset": c.preset, "dtype": c.dtype,
+                 "batch_size": c.batch_size, "microbatches": c.microbatches, "seq_len": c.seq_len,
+                 "remat": c.model.remat, "scan_layers": c.model.scan_layers,
+                 "mesh": setup.mesh_shape},
+      "attention": {"implementation": setup.attention, "reason": setup.attention_reason},
+      "n_params": setup.n_params, "flops_per_token": setup.flops["flops_per_token"],
+      "jax": jax.__version__, "lower_s": lower_s, "compile_s": compile_s,
+      "compiled": error is None,
+  }
+  if error is not None:
+    report["error"] = error
+    return report
+  text = compiled.as_text()
+  if dump:
+    os.makedirs(dump, exist_ok=True)
+    with open(os.path.join(dump, "train_step.optimized.hlo.txt"), "w") as f:
+      f.write(text)
+  mem_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEFAULT_MEM_FRACTION))
+  memory = memory_report(compiled.memory_analysis(), target.memory_bytes, mem_fraction)
+  kernels = kernel_report(text)
+  peak = peak_lib.table_peak(device_kind, "gpu", c.dtype)
+  tokens_per_device = c.batch_size * c.seq_len / len(devices)
+  report.update({
+      "memory": memory, "kernels": kernels, "collectives": hlo.collectives(text),
+      "peak": dataclasses.asdict(peak),
+      "roofline": roofline(
+          model_flops=setup.flops["flops_per_token"] * tokens_per_device, xla=xla_cost(compiled),
+          has_loops=bool(re.search(r"\bwhile\(", text)),
+          has_library_gemms=any(k.startswith("vendor BLAS") for k in kernels),
+          memory=memory, peak_tflops=peak.tflops, bandwidth=target.bandwidth_bytes_per_s,
+          remat=c.model.remat),
+  })
+  return report
+
+
+def _gib(n: float | None) -> str:
+  return "?" if n is None else f"{n / GIB:.2f} GiB"
+
+
+def format_report(r: dict) -> str:
+  c, t = r["config"], r["target"]
+  mesh = " x ".join(f"{k}={v}" for k, v in c["mesh"].items())
+  lines = [f"jaxbench compile: {c['family']}:{c['preset']} ({r['n_params'] / 1e6:,.1f}M params) "
+           f"{c['dtype']}, batch {c['batch_size']} x {c['seq_len']} in {c['microbatches']} "
+           f"microbatch(es), remat {c['remat']}, scan {c['scan_layers']}",
+           f"  target {t['device']} ({t['name']}, {t['platform']}), topology {r['topology']}: "
+           f"{r['n_devices']} devices in {r['processes']} process(es), mesh {mesh}; jax {r['jax']}",
+           f"  attention {r['attention']['implementation']} ({r['attention']['reason']})"]
+  if t["dropped_fields"]:
+    lines.append(f"  description fields this XLA does not know, dropped: {', '.join(t['dropped_fields'])}")
+  if not r["compiled"]:
+    lines.append(f"  did NOT compile after {r['compile_s']:.1f}s: {r['error'].splitlines()[0]}")
+    return "\n".join(lines)
+  lines.append(f"  compiled in {r['lower_s'] + r['compile_s']:.1f}s (lower {r['lower_s']:.1f}s + "
+               f"compile {r['compile_s']:.1f}s), nothing run")
+  m = r["memory"]
+  lines.append(f"memory per device: {_gib(m['total_bytes'])} = arguments {_gib(m['argument_bytes'])} "
+               f"+ outputs {_gib(m['output_bytes'])} - aliased {_gib(m['alias_bytes'])} + temporaries "
+               f"{_gib(m['temp_bytes'])} + code {_gib(m['generated_code_bytes'])}")
+  if m["device_memory_bytes"]:
+    verdict = ("FITS" if m["fits"] else f"DOES NOT FIT: short by {_gib(m['short_by_bytes'])}")
+    lines.append(f"  {verdict} in JAX's pool of {_gib(m['pool_bytes'])} ({m['mem_fraction']:.0%} of "
+                 f"{_gib(m['device_memory_bytes'])}; XLA_PYTHON_CLIENT_MEM_FRACTION sets the share)")
+  found = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 2**20:,.1f} MiB)"
+                    for k, v in r["collectives"].items() if v["count"]) or "none"
+  lines.append(f"collectives: {found}")
+  lines.append("kernels: " + (", ".join(f"{k} x{v}" for k, v in r["kernels"].items()) or "none"))
+  rf = r["roofline"]
+  if rf["step_time_lower_bound_s"] is None:
+    lines.append(f"roofline: unknown ({r['peak']['detail']})")
+  else:
+    mfu = f"{rf['mfu_upper_bound']:.1%}" if rf["mfu_upper_bound"] is not None else "unknown"
+    parts = []
+    if rf["compute_bound_s"] is not None:
+      parts.append(f"compute {rf['compute_bound_s'] * 1e3:.2f} ms ({rf['flops_used'] / 1e12:.3g} "
+                   f"TFLOP at {rf['peak_tflops_per_device']:g} TFLOP/s, {rf['flops_source']})")
+    if rf["memory_bound_s"] is not None:
+      parts.append(f"memory {rf['memory_bound_s'] * 1e3:.2f} ms ({rf['bytes_used'] / GIB:.3g} GiB at "
+                   f"{rf['bandwidth_bytes_per_s'] / 1e12:.3g} TB/s, {rf['bytes_source']})")
+    lines.append(f"roofline: step >= {rf['step_time_lower_bound_s'] * 1e3:.2f} ms per device "
+                 f"({rf['bound_by']}-bound), so MFU <= {mfu}")
+    lines += [f"  {p}" for p in parts]
+    lines += [f"  note: {n}" for n in rf["notes"]]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__.strip())
+    return 0
+  from absl import flags
+
+  from jaxbench import config as config_lib
+
+  def define(fv):
+    return {
+        "target": flags.DEFINE_string("target", "h100", "h100, a100, mi300x or a "
+                                      "GpuTargetConfigProto .txtpb file.", flag_values=fv),
+        "topology": flags.DEFINE_string("topology", None, "PARTITIONSxHOSTSxDEVICES (default: "
+                                        "1x1x<devices the mesh names>).", flag_values=fv),
+        "dump": flags.DEFINE_string("dump", None, "Keep the optimized HLO (and XLA's dumps, PTX "
+                                    "included) in this folder.", flag_values=fv),
+        "json": flags.DEFINE_bool("json", False, "Print the report as JSON.", flag_values=fv),
+    }
+
+  def warn(message):
+    print(message, file=sys.stderr)
+
+  try:
+    c, extra = config_lib.parse_flags(argv, define)
+    target = read_target(extra["target"])
+    topology_name = extra["topology"] or default_topology(c)
+    if not re.fullmatch(r"\d+x\d+x\d+", topology_name):
+      raise ConfigError("--topology", f"{topology_name!r}: expected PARTITIONSxHOSTSxDEVICES, "
+                                      "e.g. 1x1x8 or 1x2x4")
+    problem = plugin_problem(target.platform)
+    if problem:
+      raise ConfigError("--target", f"{target.name}: {problem}")
+    if extra["dump"]:
+      # XLA writes its own dumps (per-pass HLO, PTX) when its backend compiles; read once.
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to="
+                                 f"{os.path.abspath(extra['dump'])}").strip()
+    _compile_only_environment()
+    r = compile_report(c, target, topology_name, extra["dump"], warn)
+  except ConfigError as e:
+    print(f"jaxbench compile: bad input: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(r, indent=2) if extra["json"] else format_report(r))
+  return 0 if r["compiled"] else 1
+
+
+def _compile_only_environment() -> None:
+  """Nothing runs on a device: keep JAX on the CPU (a GPU that is here is left alone, and the CUDA
+  plugin does not try to start on a machine without one)."""
+  import jax
+  jax.config.update("jax_platforms", "cpu")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

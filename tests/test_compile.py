@@ -1,0 +1,156 @@
+"""`jaxbench compile`: the train step built for an H100 / A100 on this CPU-only machine.
+
+Needs the `cuda-aot` extra (CI installs it and sets JAXBENCH_REQUIRE_AOT=1, so there a missing
+plugin fails instead of skipping)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, cli_env, read_json
+from jaxbench import compile as compile_lib
+from jaxbench import config as config_lib
+
+HAVE_AOT = compile_lib.plugin_problem("cuda") is None
+if not HAVE_AOT and os.environ.get("JAXBENCH_REQUIRE_AOT") == "1":
+  raise RuntimeError("JAXBENCH_REQUIRE_AOT=1 but " + compile_lib.plugin_problem("cuda"))
+needs_aot = pytest.mark.skipif(not HAVE_AOT, reason="needs the cuda-aot extra")
+
+
+def _config(spec, *overrides):
+  c, _ = config_lib.parse_flags(["test", f"--config={spec}", *overrides])
+  return c
+
+
+@pytest.fixture(scope="module")
+def reports():
+  """Four deviceless compiles in this process (each takes seconds: ptxas runs for real)."""
+  warnings = []
+  run = lambda target, topology, spec, *o: compile_lib.compile_report(  # noqa: E731
+      _config(spec, *o), compile_lib.read_target(target), topology, None, warnings.append)
+  return {
+      "tiny": run("h100", "1x1x1", "configs/mpt.py:tiny"),
+      "tiny_b32": run("h100", "1x1x1", "configs/mpt.py:tiny", "--config.batch_size=32"),
+      "fsdp8": run("a100", "1x2x4", "configs/mpt.py:nano", "--config.mesh.data=1",
+                   "--config.mesh.fsdp=8"),
+      "too_big": run("h100", "1x1x1", "configs/mpt.py:1b", "--config.batch_size=64"),
+      "warnings": warnings,
+  }
+
+
+@needs_aot
+def test_default_config_compiles_for_h100_and_fits(reports):
+  r = reports["tiny"]
+  assert r["compiled"], r.get("error")
+  assert r["target"]["device"] == "NVIDIA H100 80GB HBM3"
+  assert r["n_devices"] == 1 and r["memory"]["fits"] is True
+  # The GPU compiler chose real GPU kernels: Triton or library GEMMs for the matmuls.
+  assert any("GEMM" in k for k in r["kernels"]), r["kernels"]
+  assert all(v["count"] == 0 for v in r["collectives"].values())
+  # The shipped H100 description has a field jax 0.10 does not know: dropped with a warning.
+  if r["target"]["dropped_fields"]:
+    assert any("dropped" in w for w in reports["warnings"])
+
+
+@needs_aot
+def test_memory_is_at_least_the_analytic_floor_and_grows_with_batch(reports):
+  small, big = reports["tiny"], reports["tiny_b32"]
+  n = small["n_params"]
+  # params + AdamW mu and nu (float32) are arguments; the step holds the gradients (float32) too.
+  assert small["memory"]["argument_bytes"] >= 3 * 4 * n
+  assert small["memory"]["total_bytes"] >= 4 * 4 * n
+  assert big["memory"]["temp_bytes"] > small["memory"]["temp_bytes"]
+  assert big["memory"]["total_bytes"] > small["memory"]["total_bytes"]
+  rf = small["roofline"]
+  assert rf["step_time_lower_bound_s"] > 0 and 0 < rf["mfu_upper_bound"] <= 1
+  assert rf["peak_tflops_per_device"] > 0 and rf["bandwidth_bytes_per_s"] > 1e12
+
+
+@needs_aot
+def test_fsdp8_over_two_hosts_for_a100_lists_the_collectives_it_implies(reports):
+  r = reports["fsdp8"]
+  assert r["compiled"], r.get("error")
+  assert r["target"]["device"].startswith("NVIDIA A100") and r["processes"] == 2
+  assert r["config"]["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  # FSDP: params all-gathered for compute, gradients reduce-scattered back to their shards.
+  assert r["collectives"]["all-gather"]["count"] > 0, r["collectives"]
+  assert r["collectives"]["reduce-scatter"]["count"] + r["collectives"]["all-reduce"]["count"] > 0
+  # Each device holds 1/8 of params and AdamW state: arguments well under the whole state.
+  assert r["memory"]["argument_bytes"] < 3 * 4 * r["n_params"] / 4
+
+
+@needs_aot
+def test_an_impossible_size_reports_short_by(reports):
+  r = reports["too_big"]
+  assert r["compiled"], r.get("error")
+  m = r["memory"]
+  assert m["fits"] is False and m["short_by_bytes"] == m["total_bytes"] - m["pool_bytes"] > 0
+  text = compile_lib.format_report(r)
+  assert "DOES NOT FIT: short by" in text and "roofline: step >=" in text
+
+
+def test_unknown_fields_are_dropped_whole():
+  text = "a: 1\nnew_block {\n  x: 2\n  inner {\n    y: 3\n  }\n}\nnew_field: 4\nb: 5\n"
+  assert compile_lib.drop_field(compile_lib.drop_field(text, "new_block"), "new_field") == "a: 1\nb: 5\n"
+
+
+def test_kernel_kinds_are_read_from_the_hlo():
+  hlo = ('%a = f32[2]{0} custom-call(), custom_call_target="__cublas$lt$matmul"\n'
+         '%b = bf16[2] custom-call(), custom_call_target="__cudnn$fmhaSoftmax"\n'
+         '%c = f32[2] fusion(), kind=kCustom, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}\n')
+  kinds = compile_lib.kernel_report(hlo)
+  assert kinds == {"Triton GEMM fusion (__triton_gemm)": 1,
+                   "cuDNN attention (__cudnn$fmhaSoftmax)": 1,
+                   "vendor BLAS GEMM (__cublas$lt$matmul)": 1}
+
+
+def test_bad_target_and_topology_exit_2_before_compiling(tmp_path):
+  for args, needle in ((["--target=b200"], "--target"),
+                       (["--topology=8"], "--topology")):
+    proc = subprocess.run([sys.executable, "-m", "jaxbench", "compile",
+                           "--config=configs/mpt.py:nano", *args], cwd=str(tmp_path),
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_plugin_names_the_extra(monkeypatch):
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+  assert "cuda-aot" in compile_lib.plugin_problem("cuda")
+  assert "ROCm" in compile_lib.plugin_problem("rocm")
+
+
+@needs_aot
+def test_other_commands_stay_quiet_with_the_plugin_and_no_gpu(tmp_path):
+  """The CUDA plugin is installed and there is no GPU: JAX would print a cuDNN traceback at every
+  start; jaxbench picks the CPU itself and says so in run.json."""
+  env = cli_env(tmp_path)
+  env.pop("JAX_PLATFORMS")
+  proc = subprocess.run([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
+                         "--config.steps=2", "--config.warmup_steps_excluded=0", "--config.peak_tflops=1",
+                         "--workdir=run"],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "Unable to load" not in proc.stderr, proc.stderr[-3000:]
+  run = read_json(tmp_path / "run" / "run.json")
+  assert run["backend"] == "cpu"
+  assert "no such GPU" in run["env"]["JAXBENCH_PLATFORMS_NOTE"]
+
+
+@needs_aot
+def test_cli_json(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "jaxbench", "compile", "--config=configs/mpt.py:nano",
+                         "--target=" + os.path.join(REPO, "jaxbench", "targets", "h100_sxm.txtpb"),
+                         "--json", f"--dump={tmp_path / 'dump'}"], cwd=str(tmp_path),
+                        env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout)
+  assert r["compiled"] and r["memory"]["fits"] and r["target"]["name"] == "h100_sxm"
+  dumped = os.listdir(tmp_path / "dump")
+  assert "train_step.optimized.hlo.txt" in dumped
+  assert any(name.endswith(".ptx") for name in dumped), dumped[:20]
