@@ -27,17 +27,27 @@ def _config(spec, *overrides):
 
 
 @pytest.fixture(scope="module")
-def reports():
-  """Four deviceless compiles in this process (each takes seconds: ptxas runs for real)."""
+def reports(tmp_path_factory):
+  """Three deviceless compiles (each takes seconds: Triton and ptxas run for real): two in this
+  process, one through the command line with --json and --dump."""
+  if not HAVE_AOT:
+    pytest.skip("needs the cuda-aot extra")
   warnings = []
   run = lambda target, topology, spec, *o: compile_lib.compile_report(  # noqa: E731
       _config(spec, *o), compile_lib.read_target(target), topology, None, warnings.append)
+  tmp = tmp_path_factory.mktemp("compile-cli")
+  proc = subprocess.run([sys.executable, "-m", "jaxbench", "compile", "--config=configs/mpt.py:nano",
+                         "--config.mesh.data=1", "--config.mesh.fsdp=8", "--topology=1x2x4",
+                         "--target=" + os.path.join(REPO, "jaxbench", "targets", "a100_sxm_80.txtpb"),
+                         "--json", f"--dump={tmp / 'dump'}"], cwd=str(tmp), env=cli_env(tmp),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
   return {
       "tiny": run("h100", "1x1x1", "configs/mpt.py:tiny"),
-      "tiny_b32": run("h100", "1x1x1", "configs/mpt.py:tiny", "--config.batch_size=32"),
-      "fsdp8": run("a100", "1x2x4", "configs/mpt.py:nano", "--config.mesh.data=1",
-                   "--config.mesh.fsdp=8"),
-      "too_big": run("h100", "1x1x1", "configs/mpt.py:1b", "--config.batch_size=64"),
+      # 4096 sequences of 2048 tokens: the activations alone are far beyond one H100.
+      "huge_batch": run("h100", "1x1x1", "configs/mpt.py:tiny", "--config.batch_size=4096",
+                        "--config.seq_len=2048"),
+      "fsdp8": json.loads(proc.stdout), "dump": os.listdir(tmp / "dump"),
       "warnings": warnings,
   }
 
@@ -58,7 +68,7 @@ def test_default_config_compiles_for_h100_and_fits(reports):
 
 @needs_aot
 def test_memory_is_at_least_the_analytic_floor_and_grows_with_batch(reports):
-  small, big = reports["tiny"], reports["tiny_b32"]
+  small, big = reports["tiny"], reports["huge_batch"]
   n = small["n_params"]
   # params + AdamW mu and nu (float32) are arguments; the step holds the gradients (float32) too.
   assert small["memory"]["argument_bytes"] >= 3 * 4 * n
@@ -72,9 +82,12 @@ def test_memory_is_at_least_the_analytic_floor_and_grows_with_batch(reports):
 
 @needs_aot
 def test_fsdp8_over_two_hosts_for_a100_lists_the_collectives_it_implies(reports):
-  r = reports["fsdp8"]
+  r = reports["fsdp8"]  # from `jaxbench compile --json --dump=DIR` with a description's path
   assert r["compiled"], r.get("error")
   assert r["target"]["device"].startswith("NVIDIA A100") and r["processes"] == 2
+  assert r["target"]["name"] == "a100_sxm_80" and r["memory"]["fits"]
+  assert "train_step.optimized.hlo.txt" in reports["dump"]
+  assert any(name.endswith(".ptx") for name in reports["dump"]), reports["dump"][:20]
   assert r["config"]["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
   # FSDP: params all-gathered for compute, gradients reduce-scattered back to their shards.
   assert r["collectives"]["all-gather"]["count"] > 0, r["collectives"]
@@ -85,7 +98,7 @@ def test_fsdp8_over_two_hosts_for_a100_lists_the_collectives_it_implies(reports)
 
 @needs_aot
 def test_an_impossible_size_reports_short_by(reports):
-  r = reports["too_big"]
+  r = reports["huge_batch"]
   assert r["compiled"], r.get("error")
   m = r["memory"]
   assert m["fits"] is False and m["short_by_bytes"] == m["total_bytes"] - m["pool_bytes"] > 0
@@ -140,17 +153,3 @@ def test_other_commands_stay_quiet_with_the_plugin_and_no_gpu(tmp_path):
   run = read_json(tmp_path / "run" / "run.json")
   assert run["backend"] == "cpu"
   assert "no such GPU" in run["env"]["JAXBENCH_PLATFORMS_NOTE"]
-
-
-@needs_aot
-def test_cli_json(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "jaxbench", "compile", "--config=configs/mpt.py:nano",
-                         "--target=" + os.path.join(REPO, "jaxbench", "targets", "h100_sxm.txtpb"),
-                         "--json", f"--dump={tmp_path / 'dump'}"], cwd=str(tmp_path),
-                        env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  r = json.loads(proc.stdout)
-  assert r["compiled"] and r["memory"]["fits"] and r["target"]["name"] == "h100_sxm"
-  dumped = os.listdir(tmp_path / "dump")
-  assert "train_step.optimized.hlo.txt" in dumped
-  assert any(name.endswith(".ptx") for name in dumped), dumped[:20]
