@@ -1,7 +1,9 @@
 """The run directory: run.json (context), metrics.jsonl (a line per step), summary.json.
 
 Only process 0 writes. JSON files are replaced atomically; metrics lines are appended and flushed
-one at a time, so a crash never leaves a torn line that breaks a reader."""
+one at a time, so a crash never leaves a torn line that breaks a reader. With `tensorboard`, every
+numeric field of every metrics line is also a TensorBoard scalar (tensorboardX event files in the
+run directory), whatever framework trains."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import json
 import math
 import os
 import tempfile
+
+from jaxbench.errors import ConfigError
 
 
 def _clean(value):
@@ -53,13 +57,40 @@ def read_json(path: str) -> dict:
     return json.load(f)
 
 
+class ScalarWriter:
+  """TensorBoard scalars (tensorboardX: pure Python, no TensorFlow) from metrics records: one tag
+  per numeric field, at the record's step."""
+
+  def __init__(self, path: str):
+    try:
+      from tensorboardX import SummaryWriter
+    except ImportError:
+      raise ConfigError("tensorboard", "True needs tensorboardX, which is not installed: "
+                                       "pip install 'jaxbench[tensorboard]'") from None
+    self._writer = SummaryWriter(logdir=path, flush_secs=10)
+
+  def add(self, record: dict) -> None:
+    step = record.get("step")
+    for key, value in record.items():
+      if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+        continue
+      if math.isfinite(value):
+        self._writer.add_scalar(key, value, global_step=step)
+
+  def close(self) -> None:
+    self._writer.close()  # flushes
+
+
 class RunDir:
 
-  def __init__(self, path: str, writer: bool = True):
+  def __init__(self, path: str, writer: bool = True, tensorboard: bool = False):
     self.path = path
     self.writer = writer
     self._metrics = None
+    self._scalars = None
     if writer:
+      if tensorboard:
+        self._scalars = ScalarWriter(path)  # a missing tensorboardX fails before the directory
       os.makedirs(path, exist_ok=True)
 
   def file(self, name: str) -> str:
@@ -76,6 +107,8 @@ class RunDir:
       self._metrics = open(self.file("metrics.jsonl"), "a", buffering=1)
     self._metrics.write(json.dumps(_clean(record)) + "\n")
     self._metrics.flush()
+    if self._scalars is not None:
+      self._scalars.add(record)
 
   def truncate_metrics(self, last_step: int) -> None:
     """On resume: keep the records up to the checkpoint's step, so the steps trained again after
@@ -95,3 +128,6 @@ class RunDir:
       os.fsync(self._metrics.fileno())
       self._metrics.close()
       self._metrics = None
+    if self._scalars is not None:
+      self._scalars.close()
+      self._scalars = None
