@@ -415,8 +415,11 @@ def child_env(point_env: dict) -> dict:
 
 
 def train_command(point: Point, workdir: str, extra_args=()) -> list[str]:
-  return [sys.executable, "-m", "jaxbench", "train", f"--config={point.spec}", *point.config_args,
-          *extra_args, f"--workdir={workdir}"]
+  """The point's `jaxbench train`; `extra_args` (--config.KEY=VALUE) replace the point's own."""
+  replaced = {a.split("=", 1)[0] for a in extra_args}
+  own = [a for a in point.config_args if a.split("=", 1)[0] not in replaced]
+  return [sys.executable, "-m", "jaxbench", "train", f"--config={point.spec}", *own, *extra_args,
+          f"--workdir={workdir}"]
 
 
 class Stopped(Exception):
@@ -501,6 +504,7 @@ def run_once(runner: Runner, point: Point, workdir: str, log_path: str, timeout_
   """One `jaxbench train` of the point; its status, reason and error tail."""
   if os.path.exists(workdir) and not os.path.isdir(os.path.join(workdir, "checkpoints")):
     shutil.rmtree(workdir)  # an unfinished attempt without checkpoints: start it over
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
   out = runner.run(train_command(point, workdir, extra_args), child_env(point.env), log_path,
                    timeout_s, label)
   summary = _read_summary(workdir)
