@@ -46,12 +46,12 @@ def load(sweep_dir: str) -> list[dict]:
     raise BadInput(f"{sweep_dir}/results.jsonl has no results yet")
   for r in rows:
     run_dir = os.path.join(sweep_dir, r.get("run_dir") or "")
-    if r.get("status") == "ok" and any(r.get(k) is None for k in sweep_lib.SUMMARY_FIELDS):
+    if r.get("status") == "ok":
       try:
         summary = rundir_lib.read_json(os.path.join(run_dir, "summary.json"))
       except (OSError, ValueError):
         summary = {}
-      for k in sweep_lib.SUMMARY_FIELDS:
+      for k in (*sweep_lib.SUMMARY_FIELDS, "peak_memory_source", "peak_source"):
         if r.get(k) is None:
           r[k] = summary.get(k)
     r["group"] = " / ".join(str(r.get(k) or "?") for k in ("framework", "backend", "device_kind"))
@@ -76,8 +76,10 @@ def _value(r: dict, key: str):
 
 
 def size_label(r: dict) -> str:
-  name = r.get("preset") or _value(r, "preset") or "?"
-  return f"{r.get('family') or ''}:{name}".lstrip(":")
+  """The model: family:preset and its size (a preset's size can be overridden, e.g. d_model)."""
+  name = f"{r.get('family') or ''}:{r.get('preset') or _value(r, 'preset') or '?'}".lstrip(":")
+  n = r.get("n_params")
+  return f"{name} ({n / 1e6:.3g}M)" if _finite(n) else name
 
 
 def series_label(r: dict, keys: list[str], extra: str | None = None) -> str:
@@ -104,7 +106,7 @@ def results_tables(rows: list[dict]) -> list[str]:
     members = sorted((r for r in ok if r["group"] == group),
                      key=lambda r: (r.get("n_params") or 0, r.get("batch_size") or 0,
                                     [repr(_value(r, k)) for k in keys]))
-    head = ["model", "params", "batch", *keys, "tokens/s/device", "MFU", "step time", "compile",
+    head = ["model", "batch", *keys, "tokens/s/device", "MFU", "step time", "compile",
             "peak memory/device", "final loss"]
     table = []
     for r in members:
@@ -112,7 +114,7 @@ def results_tables(rows: list[dict]) -> list[str]:
       if (r.get("max_batch") or {}).get("batch_size"):
         batch += " (max)"
       loss = r.get("final_loss")
-      table.append([size_label(r), fmt_count(r.get("n_params")), batch,
+      table.append([size_label(r), batch,
                     *(str(_value(r, k)) for k in keys),
                     fmt_count(r.get("tokens_per_s_per_device_median")),
                     fmt_pct(r.get("mfu_median")), fmt_seconds(r.get("step_time_s_median")),
@@ -175,7 +177,7 @@ def _series(rows: list[dict], x_key: str, y_key: str, label) -> dict[str, list[t
 
 
 def _plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, log_x: bool,
-          scale: float = 1.0) -> bool:
+          scale: float = 1.0, tick_label=None) -> bool:
   if not series:
     return False
   fig, ax = _figure()
@@ -183,7 +185,10 @@ def _plot(series: dict, path: str, xlabel: str, ylabel: str, title: str, log_x: 
     ax.plot([p[0] for p in points], [p[1] * scale for p in points], marker="o", color=f"C{i % 10}",
             label=label)
   if log_x:
-    ax.set_xscale("log")
+    ax.set_xscale("log", base=2 if tick_label is None else 10)
+    ax.minorticks_off()
+  xs = sorted({p[0] for points in series.values() for p in points})
+  ax.set_xticks(xs, [tick_label(x) if tick_label else f"{x:g}" for x in xs])
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize="small")
@@ -212,7 +217,8 @@ def write_plots(rows: list[dict], out: str) -> dict[str, str]:
   }
   written = {}
   for name, (label, x, y, xl, yl, title, log_x, scale) in specs.items():
-    if _plot(_series(ok, x, y, label), os.path.join(out, name), xl, yl, title, log_x, scale):
+    ticks = (lambda n: f"{n / 1e6:.3g}M") if x == "n_params" else None
+    if _plot(_series(ok, x, y, label), os.path.join(out, name), xl, yl, title, log_x, scale, ticks):
       written[name] = title
   return written
 
@@ -230,6 +236,10 @@ def format_report(sweep_dir: str, rows: list[dict], plots: dict[str, str] | None
   keys = varied_keys(rows)
   if keys:
     lines.append("Varied: " + ", ".join(f"`{k}`" for k in keys) + ".")
+  for field, what in (("peak_source", "MFU peak"), ("peak_memory_source", "Peak memory")):
+    sources = sorted({str(r[field]) for r in rows if r.get(field)})
+    if sources:
+      lines.append(f"{what}: " + "; ".join(sources) + ".")
   lines += ["", "## Results"] + results_tables(rows)
   lines += failures_table(rows)
   lines += ["", "## Plots", ""]

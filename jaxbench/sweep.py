@@ -62,6 +62,7 @@ from jaxbench import rundir as rundir_lib
 from jaxbench import timing
 from jaxbench.errors import ConfigError
 
+SWEEP_DIR = os.path.join(config_lib.CONFIG_DIR, "sweeps")
 STATUSES = ("ok", "oom", "compile_error", "timeout", "bad_config", "diverged", "crash")
 SWEEP_KEYS = ("base", "fixed", "axes", "zip", "timeout_s", "max_batch")
 DEFAULT_TIMEOUT_S = 3600.0
@@ -107,8 +108,11 @@ class Sweep:
 
 
 def load_sweep_file(path: str) -> dict:
+  """The dict of the file's get_sweep(); `configs/sweeps/...` also finds the shipped ones."""
+  path = config_lib.resolve_config_path(path)
   if not os.path.isfile(path):
-    raise BadInput(f"--sweep: no sweep file {path!r}")
+    shipped = sorted(f for f in os.listdir(SWEEP_DIR) if f.endswith(".py"))
+    raise BadInput(f"--sweep: no sweep file {path!r}; shipped: configs/sweeps/{{{','.join(shipped)}}}")
   spec = importlib.util.spec_from_file_location("jaxbench_sweep_file", path)
   module = importlib.util.module_from_spec(spec)
   try:
@@ -667,7 +671,9 @@ def write_csv(out_dir: str, points: list[Point], results: dict) -> None:
   keys = override_keys(points)
   buf = io.StringIO()
   w = csv.writer(buf)
-  w.writerow(["id", *keys, *TABLE_FIELDS, "max_batch", "error"])
+  # A field that is also an override (batch_size) is what the point ran with: named apart.
+  w.writerow(["id", *keys, *(f"run_{f}" if f in keys else f for f in TABLE_FIELDS), "max_batch",
+              "error"])
   for p in points:
     r = results.get(p.id)
     if r is None:

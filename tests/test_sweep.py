@@ -265,7 +265,7 @@ def test_report_tables_and_plots(swept, tmp_path, capsys):
   assert report_lib.main(["jaxbench report", swept["out"], f"--out={out}"]) == 0
   text = (out / "report.md").read_text()
   assert "3 points: 1 ok, 1 timeout, 1 bad_config" in text
-  assert "### jax / cpu / cpu" in text and "mpt:nano" in text
+  assert "### jax / cpu / cpu" in text and "mpt:nano (0.246M)" in text
   assert "| timeout |" in text and "dtype: 'float16' is not allowed" in text
   import matplotlib.image
   pngs = sorted(p.name for p in out.glob("*.png"))
@@ -282,7 +282,7 @@ def test_report_without_matplotlib_writes_tables_and_says_so(swept, tmp_path, mo
   assert report_lib.main(["jaxbench report", swept["out"], f"--out={tmp_path}"]) == 0
   assert "matplotlib is not installed" in capsys.readouterr().err
   text = (tmp_path / "report.md").read_text()
-  assert "No plots: matplotlib is not installed" in text and "| mpt:nano |" in text
+  assert "No plots: matplotlib is not installed" in text and "| mpt:nano (0.246M) |" in text
   assert not list(tmp_path.glob("*.png"))
   assert report_lib.main(["jaxbench report", str(tmp_path / "none")]) == 2
 
