@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 
 from jaxbench.errors import ConfigError
@@ -57,17 +58,32 @@ def read_json(path: str) -> dict:
     return json.load(f)
 
 
+def import_tensorboardx():
+  """tensorboardX, without PyTorch: its writer imports torch whenever it can (to accept torch
+  tensors), which would cost a JAX run seconds and load a second set of CUDA libraries. torch is
+  hidden while tensorboardX loads, unless this process has it already (the PyTorch twin)."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's fallback
+  try:
+    import tensorboardX
+  finally:
+    if hide and "torch" in sys.modules and sys.modules["torch"] is None:
+      del sys.modules["torch"]
+  return tensorboardX
+
+
 class ScalarWriter:
   """TensorBoard scalars (tensorboardX: pure Python, no TensorFlow) from metrics records: one tag
   per numeric field, at the record's step."""
 
   def __init__(self, path: str):
     try:
-      from tensorboardX import SummaryWriter
+      tensorboardx = import_tensorboardx()
     except ImportError:
       raise ConfigError("tensorboard", "True needs tensorboardX, which is not installed: "
                                        "pip install 'jaxbench[tensorboard]'") from None
-    self._writer = SummaryWriter(logdir=path, flush_secs=10)
+    self._writer = tensorboardx.SummaryWriter(logdir=path, flush_secs=10)
 
   def add(self, record: dict) -> None:
     step = record.get("step")

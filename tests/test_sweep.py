@@ -290,6 +290,7 @@ def test_report_without_matplotlib_writes_tables_and_says_so(swept, tmp_path, mo
 def read_events(path):
   """(step, tag, value) of every scalar in a TensorBoard event file: TFRecord framing (length,
   its CRC, the record, its CRC) around Event protos."""
+  rundir_lib.import_tensorboardx()  # without torch
   from tensorboardX.proto import event_pb2
   data, i, out = open(path, "rb").read(), 0, []
   while i < len(data):
@@ -312,6 +313,15 @@ def test_tensorboard_scalars_hold_every_metric(swept):
         assert scalars[(record["step"], key)] == pytest.approx(value, rel=1e-6), key
   assert {tag for _, tag in scalars} >= {"loss", "grad_norm", "lr", "step_time_s", "mfu",
                                          "tokens_per_s_per_device"}
+
+
+def test_tensorboardx_is_imported_without_torch():
+  code = ("import sys; from jaxbench import rundir; rundir.import_tensorboardx(); "
+          "assert 'torch' not in sys.modules, 'torch loaded'; import tensorboardX; "
+          "w = tensorboardX.SummaryWriter; print('ok')")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "PYTHONPATH": REPO})
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_tensorboard_without_tensorboardx_is_bad_input(tmp_path, monkeypatch):
