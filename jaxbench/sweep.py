@@ -503,10 +503,19 @@ def _read_run_config(run_dir: str) -> dict:
     return {}
 
 
+def _has_checkpoint(run_dir: str) -> bool:
+  """checkpoint.has_checkpoint (a finished checkpoint: a directory named by its step), without
+  importing Orbax and JAX into the sweep process. With one, `jaxbench train` resumes the point."""
+  try:
+    return any(n.isdigit() for n in os.listdir(os.path.join(run_dir, "checkpoints")))
+  except OSError:
+    return False
+
+
 def run_once(runner: Runner, point: Point, workdir: str, log_path: str, timeout_s: float,
              label: str, extra_args=()) -> dict:
   """One `jaxbench train` of the point; its status, reason and error tail."""
-  if os.path.exists(workdir) and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if os.path.exists(workdir) and not _has_checkpoint(workdir):
     shutil.rmtree(workdir)  # an unfinished attempt without checkpoints: start it over
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   out = runner.run(train_command(point, workdir, extra_args), child_env(point.env), log_path,

@@ -254,6 +254,9 @@ def test_max_batch_runs_the_point_at_the_largest_batch_and_resumes_its_trail(tmp
   runner.batches = []
   r = sweep_lib.run_point(runner, point, out, sweep.max_batch, "p")
   assert runner.batches == [20] and r["max_batch"]["batch_size"] == 20
+  sweep_lib.append_result(out, r)
+  tables = "\n".join(report_lib.results_tables(report_lib.load(out)))
+  assert "| 20 | 4 | 4: ok, 8: ok, 16: ok, 32: oom, 24: oom, 20: ok |" in tables
   # Nothing fits: the point is oom, with the error.
   tiny = FakeRunner(capacity=2)
   r = sweep_lib.run_point(tiny, point, str(tmp_path / "out2"), sweep.max_batch, "p")
