@@ -77,6 +77,8 @@ SUMMARY_FIELDS = ("tokens_per_s_per_device_median", "mfu_median", "step_time_s_m
 # run.json config fields copied into results.jsonl (what the point really ran).
 CONFIG_FIELDS = ("framework", "family", "preset", "batch_size", "microbatches", "seq_len", "dtype")
 ERROR_TAIL_LINES = 15
+# How much of a failed point's log is searched for the error's kind.
+CLASSIFY_TAIL_LINES = 60
 # After SIGTERM (a clean stop at the next step boundary), a point gets this long before SIGKILL.
 TERM_GRACE_S = 10.0
 
@@ -365,15 +367,18 @@ def classify(returncode: int | None, log: str, timed_out: bool = False,
     return "bad_config", "exit 2: bad input"
   if returncode == 3:
     return "diverged", "exit 3: non-finite loss"
+  # The error is at the end; earlier lines may hold warnings that did not fail the run (XLA's
+  # allocator says "ran out of memory ... not a failure" when it falls back).
+  tail = "\n".join(log.splitlines()[-CLASSIFY_TAIL_LINES:])
   for pattern in OOM_PATTERNS:
-    match = pattern.search(log)
+    match = pattern.search(tail)
     if match:
       return "oom", f"out of memory ({match.group(0)})"
   if returncode == -signal.SIGKILL:
     # Nobody but the kernel's OOM killer sends SIGKILL to a point the sweep did not time out.
     return "oom", "killed by SIGKILL (the kernel's out-of-memory killer)"
   for pattern in COMPILE_PATTERNS:
-    match = pattern.search(log)
+    match = pattern.search(tail)
     if match:
       return "compile_error", f"compilation failed ({match.group(0)})"
   if COMPILE_STARTED in log and not COMPILE_DONE.search(log):
@@ -461,10 +466,9 @@ class Runner:
         except subprocess.TimeoutExpired:
           pass
         now = time.monotonic()
-        if not timed_out and now - start > timeout_s:
-          timed_out = True
-          _signal_group(self.proc, signal.SIGTERM)  # a clean stop writes summary.json
+        timed_out = timed_out or now - start > timeout_s
         if (timed_out or self.stop_signal) and kill_at is None:
+          _signal_group(self.proc, signal.SIGTERM)  # a clean stop writes summary.json
           kill_at = now + TERM_GRACE_S
         if kill_at is not None and now > kill_at:
           _signal_group(self.proc, signal.SIGKILL)
@@ -881,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
       append_result(args.out, result)
       results[p.id] = result
       write_tables(args.out, sweep, results)
-      display.end(label, result, ran=True)
+      display.end(label, result, ran=bool(result.get("duration_s")))
   except Stopped as e:
     display.note(f"jaxbench sweep: {e} received: stopped; rerun the same command to resume "
                  f"({len(sweep.points) - display.done} points left)")

@@ -196,6 +196,10 @@ def get_sweep():
     # Out of memory while compiling is out of memory.
     (1, "  compiling the train step ...\nXlaRuntimeError: RESOURCE_EXHAUSTED: ...", False, None,
      "oom"),
+    # An allocator warning long before a different error is not out of memory.
+    (1, "W bfc_allocator.cc] Allocator (GPU_0_bfc) ran out of memory trying to allocate 2GiB. The "
+        "caller indicates that this is not a failure\n" + "  compiled in 1.0s\nstep 1\n" * 40
+        + "ValueError: boom", False, None, "crash"),
     # After compiling: a crash.
     (1, "  compiling the train step ...\n  compiled in 1.0s\nstep 1/8\nValueError: boom", False,
      None, "crash"),
