@@ -68,6 +68,7 @@ def swept(tmp_path_factory):
   first = result_lines(out)[0]
   killed_dir = os.path.join(out, "points", sweep_lib.build(sweep_file).points[1].id)
   while not os.path.exists(os.path.join(killed_dir, "log.txt")):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
     time.sleep(0.1)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -340,3 +341,14 @@ def test_tensorboard_without_tensorboardx_is_bad_input(tmp_path, monkeypatch):
   with pytest.raises(ConfigError, match="tensorboardX"):
     rundir_lib.RunDir(str(tmp_path / "run"), tensorboard=True)
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_report_of_a_sweep_where_nothing_ran(tmp_path, capsys):
+  sweep_lib.append_result(str(tmp_path), {
+      "id": "a-1", "index": 0, "overrides": {"dtype": "float16"}, "status": "bad_config",
+      "reason": "exit 2: bad input", "error": "jaxbench train: bad input: dtype: 'float16' ...",
+      "run_dir": "points/a-1/run"})
+  assert report_lib.main(["jaxbench report", str(tmp_path)]) == 0
+  text = (tmp_path / "report.md").read_text()
+  assert "1 points: 1 bad_config" in text and "| a-1 | bad_config |" in text
+  assert "No plots: no point finished" in text or "No plots: matplotlib" in text
