@@ -51,6 +51,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -846,11 +847,12 @@ def dry_run(sweep: Sweep, results: dict) -> None:
   for p in sweep.points:
     r = results.get(p.id)
     state = f"done: {r['status']}" if r else ("bad_config: " + p.problem if p.problem else "to run")
-    env = " ".join(f"{k}={v}" for k, v in p.env.items())
+    env = " ".join(f"{k}={shlex.quote(v)}" if v is not None else f"(unset {k})"
+                   for k, v in p.env.items())
     print(f"  [{p.index}] {p.id}  ({state}; timeout {timing.format_duration(p.timeout_s)})")
     print(f"      {describe_point(p)}")
-    print(f"      {env + ' ' if env else ''}jaxbench train --config={p.spec} "
-          + " ".join(p.config_args))
+    print(f"      {env + ' ' if env else ''}jaxbench train "
+          + " ".join(shlex.quote(a) for a in [f"--config={p.spec}", *p.config_args]))
 
 
 def main(argv: list[str] | None = None) -> int:
