@@ -1,7 +1,7 @@
 """`jaxbench sweep`: a grid of training runs, each in its own process; resumable.
 
   jaxbench sweep --sweep=configs/sweeps/<name>.py --out=DIR [--dry_run] [--timeout_s=S]
-                 [--max_batch]
+                 [--max_batch] [--retry=timeout,crash,...]
 
 A sweep file is plain Python with `get_sweep()` returning a dict:
 
@@ -25,7 +25,8 @@ the sweep file grows. A point ends as ok, oom, compile_error, timeout, bad_confi
 diverged (exit 3) or crash, with the log's last lines; no point stops the others. As each point
 ends, a line is appended to DIR/results.jsonl and DIR/results.csv and DIR/results.md are rewritten.
 Rerunning the command skips every point with a line and runs the rest (e.g. the one a killed sweep
-was running). SIGINT/SIGTERM stop the current point and the sweep; the point is run again next time.
+was running); --retry=STATUS[,STATUS] also runs again the points that ended so (the last line for
+a point wins). SIGINT/SIGTERM stop the current point and the sweep; the point is run again next time.
 
 --max_batch: per point, the largest global batch_size that fits, among multiples of the point's own
 batch_size (so set it to the smallest valid batch, e.g. 1 per device): short runs (`steps`, default
@@ -831,7 +832,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--dry_run", action="store_true")
   parser.add_argument("--timeout_s", type=float, default=None)
   parser.add_argument("--max_batch", action="store_true")
+  parser.add_argument("--retry", default="")
   args = parser.parse_args(argv[1:])
+  args.retry = tuple(s for s in args.retry.split(",") if s)
+  for status in args.retry:
+    if status not in STATUSES or status == "ok":
+      raise BadInput(f"--retry: {status!r} is not a failure status; allowed: "
+                     f"{', '.join(STATUSES[1:])}")
   if args.timeout_s is not None and not args.timeout_s > 0:
     raise BadInput(f"--timeout_s must be > 0, got {args.timeout_s}")
   if args.out is None and not args.dry_run:
@@ -841,12 +848,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-def dry_run(sweep: Sweep, results: dict) -> None:
+def dry_run(sweep: Sweep, results: dict, retry=()) -> None:
   print(f"sweep {sweep.path}: {len(sweep.points)} points, base {sweep.base}"
         + (f", max_batch search {sweep.max_batch}" if sweep.max_batch else ""))
   for p in sweep.points:
     r = results.get(p.id)
-    state = f"done: {r['status']}" if r else ("bad_config: " + p.problem if p.problem else "to run")
+    if r and r["status"] in retry:
+      state = f"to run again (was {r['status']})"
+    elif r:
+      state = f"done: {r['status']}"
+    else:
+      state = "bad_config: " + p.problem if p.problem else "to run"
     env = " ".join(f"{k}={shlex.quote(v)}" if v is not None else f"(unset {k})"
                    for k, v in p.env.items())
     print(f"  [{p.index}] {p.id}  ({state}; timeout {timing.format_duration(p.timeout_s)})")
@@ -868,10 +880,10 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   results = read_results(args.out) if args.out else {}
   if args.dry_run:
-    dry_run(sweep, results)
+    dry_run(sweep, results, args.retry)
     return 0
   os.makedirs(args.out, exist_ok=True)
-  todo = [p for p in sweep.points if p.id not in results]
+  todo = [p for p in sweep.points if p.id not in results or results[p.id]["status"] in args.retry]
   display = Display(len(sweep.points))
   display.done = len(sweep.points) - len(todo)
   display.note(f"jaxbench sweep: {len(sweep.points)} points, {display.done} already done, "

@@ -119,6 +119,11 @@ def test_dry_run_lists_points_and_what_is_done(swept, tmp_path, capsys):
                          "--dry_run"]) == 0
   out = capsys.readouterr().out
   assert "done: ok" in out and "done: timeout" in out and "done: bad_config" in out
+  assert sweep_lib.main(["jaxbench sweep", f"--sweep={swept['file']}", f"--out={swept['out']}",
+                         "--dry_run", "--retry=timeout"]) == 0
+  out = capsys.readouterr().out
+  assert "to run again (was timeout)" in out and "done: bad_config" in out
+  assert sweep_lib.main(["jaxbench sweep", f"--sweep={swept['file']}", "--retry=ok"]) == 2
 
 
 @pytest.mark.parametrize("body, message", [
