@@ -40,18 +40,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import csv
 import ctypes
-import dataclasses
 import datetime
-import hashlib
-import importlib.util
 import io
-import itertools
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -62,337 +56,17 @@ import time
 from jaxbench import config as config_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import timing
-from jaxbench.errors import ConfigError
+from jaxbench.outcome import STATUSES, classify, error_tail
+from jaxbench.sweepfile import BadInput, Point, Sweep, build, get_path, override_keys
 
-SWEEP_DIR = os.path.join(config_lib.CONFIG_DIR, "sweeps")
-STATUSES = ("ok", "oom", "compile_error", "timeout", "bad_config", "diverged", "crash")
-SWEEP_KEYS = ("base", "fixed", "axes", "zip", "timeout_s", "max_batch")
-DEFAULT_TIMEOUT_S = 3600.0
-MAX_BATCH_DEFAULTS = {"steps": 3, "limit": 64, "timeout_s": None}
-# Point keys that are not config keys.
-SPECIAL_KEYS = ("config", "preset", "timeout_s")
-ENV_PREFIX = "env."
 # summary.json fields copied into results.jsonl.
 SUMMARY_FIELDS = ("tokens_per_s_per_device_median", "mfu_median", "step_time_s_median", "compile_s",
                   "peak_memory_bytes_per_device", "final_loss", "n_params", "backend",
                   "device_kind", "n_devices")
 # run.json config fields copied into results.jsonl (what the point really ran).
 CONFIG_FIELDS = ("framework", "family", "preset", "batch_size", "microbatches", "seq_len", "dtype")
-ERROR_TAIL_LINES = 15
-# How much of a failed point's log is searched for the error's kind.
-CLASSIFY_TAIL_LINES = 60
 # After SIGTERM (a clean stop at the next step boundary), a point gets this long before SIGKILL.
 TERM_GRACE_S = 10.0
-
-
-class BadInput(ValueError):
-  pass
-
-
-# --- The sweep file -----------------------------------------------------------------------------
-@dataclasses.dataclass
-class Point:
-  index: int
-  overrides: dict  # key -> value, as the sweep file gives them (fixed, axes, zip)
-  spec: str  # config file and preset
-  config_args: list  # --config.KEY=VALUE
-  env: dict  # NAME -> value (None: unset)
-  timeout_s: float
-  id: str = ""
-  problem: str | None = None  # a bad value found without running: the point is bad_config
-
-
-@dataclasses.dataclass
-class Sweep:
-  path: str
-  base: str
-  points: list
-  max_batch: dict | None  # the search's options, None when off
-  varying: list = dataclasses.field(default_factory=list)  # the axes' and zip groups' keys
-
-
-def load_sweep_file(path: str) -> dict:
-  """The dict of the file's get_sweep(); `configs/sweeps/...` also finds the shipped ones."""
-  path = config_lib.resolve_config_path(path)
-  if not os.path.isfile(path):
-    shipped = sorted(f for f in os.listdir(SWEEP_DIR) if f.endswith(".py"))
-    raise BadInput(f"--sweep: no sweep file {path!r}; shipped: configs/sweeps/{{{','.join(shipped)}}}")
-  spec = importlib.util.spec_from_file_location("jaxbench_sweep_file", path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except Exception as e:  # the user's file: any error in it is bad input, reported in one line
-    raise BadInput(f"--sweep: {path} failed to load: {type(e).__name__}: {e}") from None
-  if not callable(getattr(module, "get_sweep", None)):
-    raise BadInput(f"--sweep: {path} has no get_sweep() function returning the sweep dict")
-  try:
-    sweep = module.get_sweep()
-  except Exception as e:
-    raise BadInput(f"--sweep: {path}: get_sweep() failed: {type(e).__name__}: {e}") from None
-  if not isinstance(sweep, dict):
-    raise BadInput(f"--sweep: {path}: get_sweep() must return a dict, got {type(sweep).__name__}")
-  return sweep
-
-
-def _check_key(key, where: str) -> None:
-  if not isinstance(key, str) or not key:
-    raise BadInput(f"sweep {where}: keys must be non-empty strings, got {key!r}")
-  if key.startswith(ENV_PREFIX) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key[len(ENV_PREFIX):]):
-    raise BadInput(f"sweep {where}: {key!r} is not an environment variable name")
-
-
-def _values(key: str, values, where: str) -> list:
-  if not isinstance(values, (list, tuple)) or not values:
-    raise BadInput(f"sweep {where}[{key!r}]: must be a non-empty list of values, got {values!r}")
-  return list(values)
-
-
-def expand(sweep: dict) -> list[dict]:
-  """The points' overrides: fixed, then the axes' product, then each zip group, in file order."""
-  unknown = sorted(set(sweep) - set(SWEEP_KEYS))
-  if unknown:
-    raise BadInput(f"sweep file: unknown entry {unknown[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
-  fixed = sweep.get("fixed") or {}
-  axes = sweep.get("axes") or {}
-  zips = sweep.get("zip") or []
-  if not isinstance(fixed, dict) or not isinstance(axes, dict):
-    raise BadInput("sweep file: 'fixed' and 'axes' must be dicts of key -> value(s)")
-  if isinstance(zips, dict):
-    zips = [zips]
-  if not isinstance(zips, (list, tuple)) or not all(isinstance(z, dict) and z for z in zips):
-    raise BadInput("sweep file: 'zip' must be a list of non-empty dicts of key -> [values]")
-  seen = {}
-  dims = []  # each: list of {key: value} choices
-  for where, keys in (("fixed", fixed), ("axes", axes), *((f"zip[{i}]", z) for i, z in enumerate(zips))):
-    for key in keys:
-      _check_key(key, where)
-      if key in seen:
-        raise BadInput(f"sweep file: {key!r} is in both {seen[key]} and {where}; give it once")
-      seen[key] = where
-  for key, values in axes.items():
-    dims.append([{key: v} for v in _values(key, values, "axes")])
-  for i, group in enumerate(zips):
-    lists = {k: _values(k, v, f"zip[{i}]") for k, v in group.items()}
-    lengths = {len(v) for v in lists.values()}
-    if len(lengths) > 1:
-      raise BadInput(f"sweep zip[{i}]: lists of different lengths "
-                     f"({', '.join(f'{k}: {len(v)}' for k, v in lists.items())}); zipped lists "
-                     "advance together and must be equally long")
-    n = lengths.pop()
-    dims.append([{k: v[j] for k, v in lists.items()} for j in range(n)])
-  points = []
-  for combo in itertools.product(*dims):
-    point = dict(fixed)
-    for part in combo:
-      point.update(part)
-    points.append(point)
-  return points
-
-
-def format_value(value) -> str:
-  """A value as --config.KEY=VALUE text that ml_collections' flag parser reads back."""
-  if isinstance(value, bool):
-    return "True" if value else "False"
-  if isinstance(value, (list, tuple)):
-    return "(" + ",".join(format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-  return str(value)
-
-
-def _get_path(c, key: str):
-  node = c
-  for part in key.split("."):
-    node = node[part]
-  return node
-
-
-def _set_path(c, key: str, value) -> None:
-  *parents, leaf = key.split(".")
-  node = c
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
-
-
-def point_id(overrides: dict, base: str, search: bool, varying=None) -> str:
-  """A readable prefix (the `varying` keys' values) and a hash of everything that defines the
-  point (not its timeout)."""
-  payload = {"base": base, "overrides": {k: v for k, v in overrides.items() if k != "timeout_s"}}
-  if search:
-    payload["max_batch"] = True
-  digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()[:8]
-  parts = []
-  for key, value in overrides.items():
-    if key == "timeout_s" or (varying is not None and key not in varying):
-      continue
-    short = key.split(".")[-1]
-    parts.append(f"{short}={value}" if not isinstance(value, str) or len(value) < 24 else short)
-  slug = re.sub(r"[^A-Za-z0-9=.,_+-]+", "_", ",".join(parts)).strip("_")[:60]
-  return f"{slug}-{digest}" if slug else digest
-
-
-def resolve_point(index: int, overrides: dict, base: str, timeout_s: float, loaded: dict,
-                  search: bool, varying=None) -> Point:
-  """Checks one point's keys against its config file (BadInput: the sweep is wrong) and its values'
-  types (Point.problem: this point is bad_config)."""
-  spec = overrides.get("config", base)
-  if not isinstance(spec, str):
-    raise BadInput(f"sweep point {index}: 'config' must be a string like configs/mpt.py:125m")
-  path, _, preset = spec.partition(":")
-  if "preset" in overrides:
-    preset = str(overrides["preset"])
-  resolved = config_lib.resolve_config_path(path)
-  if not os.path.isfile(resolved):
-    raise BadInput(f"sweep: no config file {path!r} (point {index})")
-  full = resolved + (":" + preset if preset else "")
-  point = Point(index=index, overrides=overrides, spec=full, config_args=[], env={},
-                timeout_s=timeout_s, id=point_id(overrides, base, search, varying))
-  if full not in loaded:
-    try:
-      loaded[full] = config_lib.load_config_file(full)
-    except ConfigError as e:  # an unknown preset: a bad value of this point
-      loaded[full] = e
-    except Exception as e:
-      raise BadInput(f"sweep: config {full} failed to load: {type(e).__name__}: {e}") from None
-  c = loaded[full]
-  if isinstance(c, ConfigError):
-    point.problem = str(c)
-    c = None
-  else:
-    c = copy.deepcopy(c)
-  for key, value in overrides.items():
-    if key.startswith(ENV_PREFIX):
-      if value is not None and not isinstance(value, (str, int, float)):
-        raise BadInput(f"sweep: {key}={value!r}: environment values are strings (None unsets)")
-      point.env[key[len(ENV_PREFIX):]] = None if value is None else str(value)
-      continue
-    if key == "timeout_s":
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise BadInput(f"sweep: timeout_s={value!r} must be a number of seconds > 0")
-      point.timeout_s = float(value)
-      continue
-    if key in ("config", "preset"):
-      continue
-    if c is None:
-      continue
-    try:
-      _get_path(c, key)
-    except (KeyError, AttributeError):
-      raise BadInput(f"sweep: unknown config key {key!r} (point {index}, {full}); the keys are "
-                     "in jaxbench/config.py, or use preset, config, timeout_s, env.NAME") from None
-    try:
-      _set_path(c, key, value)
-    except (TypeError, ValueError) as e:
-      point.problem = point.problem or f"{key}: {value!r} does not fit the key's type: {e}"
-    point.config_args.append(f"--config.{key}={format_value(value)}")
-  return point
-
-
-def build(path: str, timeout_s: float | None = None, max_batch: bool = False) -> Sweep:
-  sweep = load_sweep_file(path)
-  base = sweep.get("base")
-  if not isinstance(base, str) or not base:
-    raise BadInput(f"sweep file {path}: 'base' must name a config, e.g. 'configs/mpt.py:125m'")
-  file_timeout = sweep.get("timeout_s", DEFAULT_TIMEOUT_S)
-  if isinstance(file_timeout, bool) or not isinstance(file_timeout, (int, float)) or file_timeout <= 0:
-    raise BadInput(f"sweep file {path}: timeout_s={file_timeout!r} must be a number of seconds > 0")
-  timeout = float(timeout_s if timeout_s is not None else file_timeout)
-  search = sweep.get("max_batch", False)
-  if isinstance(search, dict):
-    unknown = sorted(set(search) - set(MAX_BATCH_DEFAULTS))
-    if unknown:
-      raise BadInput(f"sweep file: max_batch: unknown option {unknown[0]!r}; allowed: "
-                     f"{', '.join(MAX_BATCH_DEFAULTS)}")
-    options = {**MAX_BATCH_DEFAULTS, **search}
-  elif isinstance(search, bool):
-    options = dict(MAX_BATCH_DEFAULTS) if search else None
-  else:
-    raise BadInput(f"sweep file: max_batch must be True, False or a dict, got {search!r}")
-  if max_batch and options is None:
-    options = dict(MAX_BATCH_DEFAULTS)
-  if options is not None:
-    for key in ("steps", "limit"):
-      if isinstance(options[key], bool) or not isinstance(options[key], int) or options[key] < 2:
-        raise BadInput(f"sweep file: max_batch {key}={options[key]!r} must be an integer >= 2")
-  loaded = {}
-  varying = set(sweep.get("axes") or {})
-  for group in ([sweep["zip"]] if isinstance(sweep.get("zip"), dict) else sweep.get("zip") or []):
-    varying |= set(group) if isinstance(group, dict) else set()
-  points = [resolve_point(i, o, base, timeout, loaded, options is not None, varying)
-            for i, o in enumerate(expand(sweep))]
-  ids = collections.Counter(p.id for p in points)
-  dup = [i for i, n in ids.items() if n > 1]
-  if dup:
-    raise BadInput(f"sweep file: two points are the same ({dup[0]}); remove the repeated value")
-  return Sweep(path=path, base=base, points=points, max_batch=options,
-               varying=[k for k in override_keys(points) if k in varying])
-
-
-# --- How a point ended --------------------------------------------------------------------------
-# Out of memory, as XLA (GPU, TPU, CPU), CUDA/ROCm, PyTorch and the OS say it.
-OOM_PATTERNS = [re.compile(p) for p in (
-    r"RESOURCE_EXHAUSTED",
-    r"[Oo]ut of memory",
-    r"OutOfMemoryError",  # torch.OutOfMemoryError, torch.cuda.OutOfMemoryError
-    r"\bMemoryError\b",  # Python's own
-    r"Cannot allocate memory",  # ENOMEM
-    r"std::bad_alloc",
-    r"hipErrorOutOfMemory|cudaErrorMemoryAllocation|CUDA_ERROR_OUT_OF_MEMORY",
-    r"(CUBLAS|CUDNN)_STATUS_ALLOC_FAILED",
-    r"[Ff]ailed to allocate",
-    r"[Rr]esource exhausted",
-    r"Allocator \(\w+\) ran out of memory",
-)]
-# Compilation failed (XLA, torch.compile / Inductor, ptxas), as opposed to a failure while running.
-COMPILE_PATTERNS = [re.compile(p) for p in (
-    r"BackendCompilerFailed",
-    r"torch\._dynamo\.exc\.",
-    r"torch\._inductor\.exc\.|InductorError",
-    r"ptxas (fatal|error)",
-    r"[Cc]ompilation failed|[Ff]ailed to compile",
-)]
-COMPILE_STARTED = "compiling the train step"
-COMPILE_DONE = re.compile(r"^\s*compiled in ", re.M)
-
-
-def classify(returncode: int | None, log: str, timed_out: bool = False,
-             summary: dict | None = None) -> tuple[str, str]:
-  """(status, reason) of a finished point from its exit code (negative: the signal), its log and
-  its summary.json (None when absent). Pure: tested on text samples."""
-  if timed_out:
-    return "timeout", "stopped at its timeout"
-  if returncode == 0:
-    run_status = (summary or {}).get("status")
-    if run_status == "finished":
-      return "ok", "finished"
-    return "crash", f"exit 0 but the run's status is {run_status or 'missing (no summary.json)'}"
-  if returncode == 2:
-    return "bad_config", "exit 2: bad input"
-  if returncode == 3:
-    return "diverged", "exit 3: non-finite loss"
-  # The error is at the end; earlier lines may hold warnings that did not fail the run (XLA's
-  # allocator says "ran out of memory ... not a failure" when it falls back).
-  tail = "\n".join(log.splitlines()[-CLASSIFY_TAIL_LINES:])
-  for pattern in OOM_PATTERNS:
-    match = pattern.search(tail)
-    if match:
-      return "oom", f"out of memory ({match.group(0)})"
-  if returncode == -signal.SIGKILL:
-    # Nobody but the kernel's OOM killer sends SIGKILL to a point the sweep did not time out.
-    return "oom", "killed by SIGKILL (the kernel's out-of-memory killer)"
-  for pattern in COMPILE_PATTERNS:
-    match = pattern.search(tail)
-    if match:
-      return "compile_error", f"compilation failed ({match.group(0)})"
-  if COMPILE_STARTED in log and not COMPILE_DONE.search(log):
-    return "compile_error", "failed while compiling the train step"
-  if returncode is not None and returncode < 0:
-    return "crash", f"killed by {signal.Signals(-returncode).name}"
-  return "crash", f"exit {returncode}"
-
-
-def error_tail(log: str, n: int = ERROR_TAIL_LINES) -> str:
-  lines = [line.rstrip() for line in log.splitlines() if line.strip()]
-  return "\n".join(lines[-n:])
 
 
 # --- Running a point ----------------------------------------------------------------------------
@@ -607,7 +281,7 @@ def max_batch_point(runner: Runner, point: Point, point_dir: str, options: dict,
 def _config_value(point: Point, key: str):
   if key in point.overrides:
     return point.overrides[key]
-  return _get_path(config_lib.load_config_file(point.spec), key)
+  return get_path(config_lib.load_config_file(point.spec), key)
 
 
 def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, label: str) -> dict:
@@ -673,13 +347,6 @@ def append_result(out_dir: str, result: dict) -> None:
 TABLE_FIELDS = ("status", "tokens_per_s_per_device_median", "mfu_median", "step_time_s_median",
                 "compile_s", "peak_memory_bytes_per_device", "final_loss", "n_params", "batch_size",
                 "backend", "device_kind", "n_devices", "duration_s", "run_dir")
-
-
-def override_keys(points: list[Point]) -> list[str]:
-  keys = []
-  for p in points:
-    keys += [k for k in p.overrides if k not in keys]
-  return keys
 
 
 def write_csv(out_dir: str, points: list[Point], results: dict) -> None:

@@ -16,9 +16,11 @@ import pytest
 from conftest import REPO, cli_env, read_json, spawn
 
 from jaxbench import config as config_lib
+from jaxbench import outcome as outcome_lib
 from jaxbench import report as report_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import sweep as sweep_lib
+from jaxbench import sweepfile
 from jaxbench.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +68,7 @@ def swept(tmp_path_factory):
     assert time.monotonic() < deadline
     time.sleep(0.2)
   first = result_lines(out)[0]
-  killed_dir = os.path.join(out, "points", sweep_lib.build(sweep_file).points[1].id)
+  killed_dir = os.path.join(out, "points", sweepfile.build(sweep_file).points[1].id)
   while not os.path.exists(os.path.join(killed_dir, "log.txt")):
     assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
     time.sleep(0.1)
@@ -152,7 +154,7 @@ def get_sweep():
           "axes": {"model.remat": ["none", "full"], "env.XLA_FLAGS": [None, "--xla_x=1"]},
           "zip": [{"preset": ["nano", "tiny", "nope"], "batch_size": [4, 8, 8]}]}
 ''')
-  sweep = sweep_lib.build(path)
+  sweep = sweepfile.build(path)
   assert len(sweep.points) == 2 * 2 * 3
   p = sweep.points[1]
   assert p.overrides == {"steps": 2, "model.remat": "none", "env.XLA_FLAGS": None,
@@ -165,9 +167,9 @@ def get_sweep():
   # An unknown preset is one bad point, not a bad sweep; the ids do not depend on the order.
   assert sweep.points[2].problem and "unknown mpt preset 'nope'" in sweep.points[2].problem
   assert sweep.points[0].problem is None
-  again = sweep_lib.point_id(dict(reversed(list(p.overrides.items()))), sweep.base, False)
+  again = sweepfile.point_id(dict(reversed(list(p.overrides.items()))), sweep.base, False)
   assert again.split("-")[-1] == p.id.split("-")[-1]
-  assert sweep_lib.point_id(p.overrides, sweep.base, True) != p.id
+  assert sweepfile.point_id(p.overrides, sweep.base, True) != p.id
 
 
 @pytest.mark.parametrize("rc, log, timed_out, summary, status", [
@@ -212,7 +214,7 @@ def get_sweep():
     (-11, "  compiled in 1.0s", False, None, "crash"),
 ])
 def test_classify(rc, log, timed_out, summary, status):
-  got, reason = sweep_lib.classify(rc, log, timed_out, summary)
+  got, reason = outcome_lib.classify(rc, log, timed_out, summary)
   assert got == status, reason
   assert reason
 
@@ -253,7 +255,7 @@ class FakeRunner(sweep_lib.Runner):
 def test_max_batch_runs_the_point_at_the_largest_batch_and_resumes_its_trail(tmp_path):
   path = write_sweep(tmp_path, 'def get_sweep():\n  return {"base": "configs/mpt.py:nano", '
                                '"axes": {"batch_size": [4]}, "max_batch": {"limit": 16}}\n')
-  sweep = sweep_lib.build(path)
+  sweep = sweepfile.build(path)
   point, out = sweep.points[0], str(tmp_path / "out")
   runner = FakeRunner(capacity=22)
   r = sweep_lib.run_point(runner, point, out, sweep.max_batch, "p")
