@@ -43,6 +43,7 @@ import collections
 import csv
 import ctypes
 import datetime
+import fcntl
 import io
 import json
 import os
@@ -550,6 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     dry_run(sweep, results, args.retry)
     return 0
   os.makedirs(args.out, exist_ok=True)
+  lock = open(os.path.join(args.out, ".sweep.lock"), "w")
+  try:  # held while the sweep runs; the kernel lets go of it however the process ends
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    lock.close()
+    print(f"jaxbench sweep: bad input: --out={args.out}: another sweep is running there",
+          file=sys.stderr)
+    return 2
+  results = read_results(args.out)  # again, now that no other sweep writes it
   todo = [p for p in sweep.points if p.id not in results or results[p.id]["status"] in args.retry]
   display = Display(len(sweep.points))
   display.done = len(sweep.points) - len(todo)
@@ -574,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
+    lock.close()
   counts = collections.Counter(results[p.id]["status"] for p in sweep.points)
   display.note("jaxbench sweep: done: " + ", ".join(f"{n} {s}" for s, n in counts.items())
                + f"; {os.path.join(args.out, 'results.md')}")

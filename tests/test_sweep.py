@@ -147,6 +147,15 @@ def test_bad_sweep_files_exit_2_with_one_line(tmp_path, capsys, body, message):
   assert not os.path.exists(tmp_path / "o")
 
 
+def test_one_sweep_at_a_time_per_directory(swept, tmp_path, capsys):
+  import fcntl
+  with open(os.path.join(swept["out"], ".sweep.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+    assert sweep_lib.main(["jaxbench sweep", f"--sweep={swept['file']}",
+                           f"--out={swept['out']}", "--retry=timeout"]) == 2
+  assert "another sweep is running there" in capsys.readouterr().err
+
+
 def test_points_keys_env_and_ids(tmp_path):
   path = write_sweep(tmp_path, '''
 def get_sweep():
