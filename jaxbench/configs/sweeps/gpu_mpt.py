@@ -1,11 +1,9 @@
 """MPT 125m / 350m / 1b x global batch, bfloat16, seq 2048, on one GPU (LLM Foundry's sizes).
 
   jaxbench sweep --sweep=configs/sweeps/gpu_mpt.py --out=sweeps/gpu_mpt
-  jaxbench sweep --sweep=configs/sweeps/gpu_mpt.py --out=sweeps/gpu_mpt_max --max_batch
+  jaxbench report sweeps/gpu_mpt
 
-With --max_batch, each size's batch axis is the unit of the search (multiples of it are tried),
-so the largest batch that fits is found once per (size, unit); `batch_size: [1]` gives the exact
-maximum. More axes, for example:
+The largest batch of each size: gpu_mpt_max_batch.py. More axes, for example:
 
   "model.remat": ["none", "dots", "full"],
   "model.attention": ["xla", "cudnn"],
