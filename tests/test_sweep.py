@@ -198,7 +198,9 @@ def get_sweep():
     (1, "RuntimeError: HIP error: hipErrorOutOfMemory", False, None, "oom"),
     (1, "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
      False, None, "oom"),
-    # CPU: the OOM killer, Python, the C++ allocator, mmap.
+    # CPU: XLA's allocator (seen here under `ulimit -v`), the OOM killer, Python, C++, mmap.
+    (1, "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 930311160 "
+        "bytes.", False, None, "oom"),
     (-9, "step 1/10", False, None, "oom"),
     (1, "Traceback (most recent call last):\nMemoryError", False, None, "oom"),
     (-6, "terminate called after throwing an instance of 'std::bad_alloc'", False, None, "oom"),
