@@ -59,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.deterministic = False
   # Per-device peak TFLOP/s for MFU; 0 = the built-in table, else the cache of `jaxbench peak`.
   c.peak_tflops = 0.0
+  # Also write every metric of the run as TensorBoard scalars in the run directory (needs the
+  # `tensorboard` extra: tensorboardX), so `tensorboard --logdir` over runs or a sweep shows them.
+  c.tensorboard = False
 
   c.model = ml_collections.ConfigDict()
   m = c.model
@@ -234,6 +237,9 @@ def validate(c, n_devices: int) -> dict[str, int]:
                                      "(0 = table or measured peak)")
   if not isinstance(c.seed, int) or c.seed < 0:
     raise ConfigError("seed", f"{c.seed!r} must be an integer >= 0")
+  if c.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+    raise ConfigError("tensorboard", "True needs tensorboardX, which is not installed: "
+                                     "pip install 'jaxbench[tensorboard]'")
 
   m = c.model
   _choice(c, "model.attention", ATTENTIONS)

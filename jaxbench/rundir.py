@@ -1,14 +1,19 @@
 """The run directory: run.json (context), metrics.jsonl (a line per step), summary.json.
 
 Only process 0 writes. JSON files are replaced atomically; metrics lines are appended and flushed
-one at a time, so a crash never leaves a torn line that breaks a reader."""
+one at a time, so a crash never leaves a torn line that breaks a reader. With `tensorboard`, every
+numeric field of every metrics line is also a TensorBoard scalar (tensorboardX event files in the
+run directory), whatever framework trains."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import tempfile
+
+from jaxbench.errors import ConfigError
 
 
 def _clean(value):
@@ -53,13 +58,58 @@ def read_json(path: str) -> dict:
     return json.load(f)
 
 
+def import_tensorboardx():
+  """tensorboardX, without PyTorch: its writer imports torch whenever it can (to accept torch
+  tensors), which would cost a JAX run seconds and load a second set of CUDA libraries. torch is
+  hidden while tensorboardX loads, unless this process has it already (the PyTorch twin)."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's fallback
+  try:
+    import tensorboardX
+  finally:
+    if hide and "torch" in sys.modules and sys.modules["torch"] is None:
+      del sys.modules["torch"]
+  return tensorboardX
+
+
+class ScalarWriter:
+  """TensorBoard scalars (tensorboardX: pure Python, no TensorFlow) from metrics records: one tag
+  per numeric field, at the record's step. A record is one event holding all its values (an
+  event per value costs the loop ~10x more: each goes through the writer's queue)."""
+
+  def __init__(self, path: str):
+    try:
+      tensorboardx = import_tensorboardx()
+      from tensorboardX.proto.summary_pb2 import Summary
+    except ImportError:
+      raise ConfigError("tensorboard", "True needs tensorboardX, which is not installed: "
+                                       "pip install 'jaxbench[tensorboard]'") from None
+    self._summary = Summary
+    # A long queue: the loop hands records over and never waits for the writer thread.
+    self._writer = tensorboardx.FileWriter(path, max_queue=1024, flush_secs=10)
+
+  def add(self, record: dict) -> None:
+    values = [self._summary.Value(tag=key, simple_value=value) for key, value in record.items()
+              if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value)]
+    if values:
+      self._writer.add_summary(self._summary(value=values), global_step=record.get("step"))
+
+  def close(self) -> None:
+    self._writer.close()  # flushes
+
+
 class RunDir:
 
-  def __init__(self, path: str, writer: bool = True):
+  def __init__(self, path: str, writer: bool = True, tensorboard: bool = False):
     self.path = path
     self.writer = writer
     self._metrics = None
+    self._scalars = None
     if writer:
+      if tensorboard:
+        self._scalars = ScalarWriter(path)  # a missing tensorboardX fails before the directory
       os.makedirs(path, exist_ok=True)
 
   def file(self, name: str) -> str:
@@ -76,6 +126,8 @@ class RunDir:
       self._metrics = open(self.file("metrics.jsonl"), "a", buffering=1)
     self._metrics.write(json.dumps(_clean(record)) + "\n")
     self._metrics.flush()
+    if self._scalars is not None:
+      self._scalars.add(record)
 
   def truncate_metrics(self, last_step: int) -> None:
     """On resume: keep the records up to the checkpoint's step, so the steps trained again after
@@ -95,3 +147,6 @@ class RunDir:
       os.fsync(self._metrics.fileno())
       self._metrics.close()
       self._metrics = None
+    if self._scalars is not None:
+      self._scalars.close()
+      self._scalars = None

@@ -290,7 +290,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   if not tensor_local:
     say(f"  warning: mesh.tensor={mesh_shape['tensor']} spans hosts ({jax.local_device_count()} "
         "devices per host): tensor-parallel collectives will cross the slow links")
-  out = rundir_lib.RunDir(workdir, writer=is_writer)
+  out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),

@@ -1,0 +1,595 @@
+"""`jaxbench sweep`: a grid of training runs, each in its own process; resumable.
+
+  jaxbench sweep --sweep=configs/sweeps/<name>.py --out=DIR [--dry_run] [--timeout_s=S]
+                 [--max_batch] [--retry=timeout,crash,...]
+
+A sweep file is plain Python with `get_sweep()` returning a dict:
+
+  base       "configs/mpt.py:125m": the config file and preset every point starts from (required)
+  fixed      {key: value}: overrides every point gets
+  axes       {key: [values]}: the cartesian product of these ...
+  zip        [{key: [values], key: [values]}, ...]: ... times each group, whose lists (of equal
+             length) advance together
+  timeout_s  seconds a point may run (default 3600; --timeout_s replaces it)
+  max_batch  False, True or {"steps": 3, "limit": 64, "timeout_s": S}: see below
+
+A key is a config key (`batch_size`, `model.remat`, `mesh.fsdp`, `framework`, ...), `preset` (the
+preset of `base`'s config file), `config` (another `file.py:preset`), `env.NAME` (an environment
+variable of the point's process, e.g. `env.XLA_FLAGS`; None unsets it) or `timeout_s` (this point's
+own limit). The file and every key are checked before anything runs (exit 2, one line).
+
+Each point runs `jaxbench train` in a fresh process (a fresh XLA client, clean device memory) with
+its timeout, in DIR/points/<id>/: `run/` is its run directory, `log.txt` its stdout and stderr. The
+id is a readable prefix plus a hash of the point's overrides, so the same point keeps its id when
+the sweep file grows. A point ends as ok, oom, compile_error, timeout, bad_config (exit 2),
+diverged (exit 3) or crash, with the log's last lines; no point stops the others. As each point
+ends, a line is appended to DIR/results.jsonl and DIR/results.csv and DIR/results.md are rewritten.
+Rerunning the command skips every point with a line and runs the rest (e.g. the one a killed sweep
+was running); --retry=STATUS[,STATUS] also runs again the points that ended so (the last line for
+a point wins). SIGINT/SIGTERM stop the current point and the sweep; the point is run again next time.
+
+--max_batch: per point, the largest global batch_size that fits, among multiples of the point's own
+batch_size (so set it to the smallest valid batch, e.g. 1 per device): short runs (`steps`, default
+3) at 1x, 2x, 4x, ... until one runs out of memory (or reaches `limit` x, default 64), then
+bisection between the last that fit and the first that did not; the trail goes to
+DIR/points/<id>/max_batch.jsonl (kept across resumes) and results.jsonl, and the point then runs
+at the batch found. A point whose smallest batch does not fit ends as oom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import ctypes
+import datetime
+import fcntl
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from jaxbench import config as config_lib
+from jaxbench import rundir as rundir_lib
+from jaxbench import timing
+from jaxbench.outcome import STATUSES, classify, error_tail
+from jaxbench.sweepfile import BadInput, Point, Sweep, build, get_path, override_keys
+
+# summary.json fields copied into results.jsonl.
+SUMMARY_FIELDS = ("tokens_per_s_per_device_median", "mfu_median", "step_time_s_median", "compile_s",
+                  "peak_memory_bytes_per_device", "final_loss", "n_params", "backend",
+                  "device_kind", "n_devices")
+# run.json config fields copied into results.jsonl (what the point really ran).
+CONFIG_FIELDS = ("framework", "family", "preset", "batch_size", "microbatches", "seq_len", "dtype")
+# After SIGTERM (a clean stop at the next step boundary), a point gets this long before SIGKILL.
+TERM_GRACE_S = 10.0
+
+
+# --- Running a point ----------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+  """In the child before exec: the kernel kills it if the sweep dies (kill -9 included), so a
+  killed sweep leaves no point running on the device."""
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  except (OSError, AttributeError):
+    pass
+
+
+def _package_root() -> str:
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(point_env: dict) -> dict:
+  env = dict(os.environ)
+  # The points import the same jaxbench as this process, installed or not.
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+  env["PYTHONUNBUFFERED"] = "1"
+  for name, value in point_env.items():
+    if value is None:
+      env.pop(name, None)
+    else:
+      env[name] = value
+  return env
+
+
+def train_command(point: Point, workdir: str, extra_args=()) -> list[str]:
+  """The point's `jaxbench train`; `extra_args` (--config.KEY=VALUE) replace the point's own."""
+  replaced = {a.split("=", 1)[0] for a in extra_args}
+  own = [a for a in point.config_args if a.split("=", 1)[0] not in replaced]
+  return [sys.executable, "-m", "jaxbench", "train", f"--config={point.spec}", *own, *extra_args,
+          f"--workdir={workdir}"]
+
+
+class Stopped(Exception):
+  """SIGINT/SIGTERM to the sweep: the current point was stopped and is not recorded."""
+
+
+class Runner:
+  """Runs one process at a time, so a stop request can reach it; shows progress while waiting."""
+
+  def __init__(self, display):
+    self.display = display
+    self.proc = None
+    self.stop_signal = None
+
+  def handle(self, signum, frame):
+    self.stop_signal = signal.Signals(signum).name
+    if self.proc is not None and self.proc.poll() is None:
+      _signal_group(self.proc, signal.SIGTERM)
+
+  def run(self, cmd: list[str], env: dict, log_path: str, timeout_s: float, label: str) -> dict:
+    if self.stop_signal:
+      raise Stopped(self.stop_signal)
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+      log.write("$ " + " ".join(cmd) + "\n")
+      log.flush()
+      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True, preexec_fn=_die_with_parent)
+    timed_out, kill_at = False, None
+    try:
+      while True:
+        try:
+          self.proc.wait(timeout=1.0)
+          break
+        except subprocess.TimeoutExpired:
+          pass
+        now = time.monotonic()
+        timed_out = timed_out or now - start > timeout_s
+        if (timed_out or self.stop_signal) and kill_at is None:
+          _signal_group(self.proc, signal.SIGTERM)  # a clean stop writes summary.json
+          kill_at = now + TERM_GRACE_S
+        if kill_at is not None and now > kill_at:
+          _signal_group(self.proc, signal.SIGKILL)
+        self.display.tick(label, now - start)
+    finally:
+      if self.proc.poll() is None:  # an exception here: leave nothing running
+        _signal_group(self.proc, signal.SIGKILL)
+        self.proc.wait()
+    rc, self.proc = self.proc.returncode, None
+    if self.stop_signal and not timed_out:
+      raise Stopped(self.stop_signal)
+    with open(log_path, errors="replace") as f:
+      text = f.read()
+    return {"returncode": rc, "timed_out": timed_out, "log": text,
+            "duration_s": time.monotonic() - start}
+
+
+def _signal_group(proc, sig) -> None:
+  try:
+    os.killpg(proc.pid, sig)
+  except (ProcessLookupError, PermissionError):
+    pass
+
+
+def _read_summary(run_dir: str) -> dict | None:
+  try:
+    return rundir_lib.read_json(os.path.join(run_dir, "summary.json"))
+  except (OSError, ValueError):
+    return None
+
+
+def _read_run_config(run_dir: str) -> dict:
+  try:
+    return rundir_lib.read_json(os.path.join(run_dir, "run.json")).get("config", {})
+  except (OSError, ValueError):
+    return {}
+
+
+def _has_checkpoint(run_dir: str) -> bool:
+  """checkpoint.has_checkpoint (a finished checkpoint: a directory named by its step), without
+  importing Orbax and JAX into the sweep process. With one, `jaxbench train` resumes the point."""
+  try:
+    return any(n.isdigit() for n in os.listdir(os.path.join(run_dir, "checkpoints")))
+  except OSError:
+    return False
+
+
+def run_once(runner: Runner, point: Point, workdir: str, log_path: str, timeout_s: float,
+             label: str, extra_args=()) -> dict:
+  """One `jaxbench train` of the point; its status, reason and error tail."""
+  if os.path.exists(workdir) and not _has_checkpoint(workdir):
+    shutil.rmtree(workdir)  # an unfinished attempt without checkpoints: start it over
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  out = runner.run(train_command(point, workdir, extra_args), child_env(point.env), log_path,
+                   timeout_s, label)
+  summary = _read_summary(workdir)
+  status, reason = classify(out["returncode"], out["log"], out["timed_out"], summary)
+  return {"status": status, "reason": reason, "returncode": out["returncode"],
+          "duration_s": out["duration_s"], "summary": summary,
+          "error": None if status == "ok" else error_tail(out["log"])}
+
+
+def search_batch(probe, start: int, limit: int) -> tuple[int | None, list[dict]]:
+  """The largest multiple n (1 <= n <= limit) of the unit batch for which probe(n) is "ok": n
+  doubles until a probe fails, then bisection between the last that fit and the first that did
+  not. `probe(n)` returns a status; anything but "ok" counts as does-not-fit (the trail records
+  which). Returns (n or None when even 1 fails, the trail in probe order)."""
+  trail = []
+
+  def fits(n: int) -> bool:
+    status = probe(n)
+    trail.append({"multiple": n, "status": status})
+    return status == "ok"
+
+  if not fits(start):
+    return None, trail
+  good, bad = start, None
+  while bad is None:
+    nxt = min(good * 2, limit)
+    if nxt == good:
+      return good, trail
+    if fits(nxt):
+      good = nxt
+    else:
+      bad = nxt
+  while bad - good > 1:
+    mid = (good + bad) // 2
+    if fits(mid):
+      good = mid
+    else:
+      bad = mid
+  return good, trail
+
+
+def max_batch_point(runner: Runner, point: Point, point_dir: str, options: dict, label: str) -> dict:
+  """The search of --max_batch for one point; probes already run (in max_batch.jsonl) are reused."""
+  unit = int(_config_value(point, "batch_size"))
+  trail_path = os.path.join(point_dir, "max_batch.jsonl")
+  done = {}
+  if os.path.exists(trail_path):
+    done = {r["batch_size"]: r for r in rundir_lib.read_metrics(trail_path) if "batch_size" in r}
+  timeout = float(options.get("timeout_s") or point.timeout_s)
+  steps = int(options["steps"])
+  records = []
+
+  def probe(n: int) -> str:
+    batch = n * unit
+    if batch in done:
+      records.append(done[batch])
+      return done[batch]["status"]
+    workdir = os.path.abspath(os.path.join(point_dir, "max_batch", f"bs{batch}"))
+    args = [f"--config.batch_size={batch}", f"--config.steps={steps}",
+            "--config.warmup_steps_excluded=1", "--config.log_every=0",
+            "--config.checkpoint.every=0", "--config.eval.every=0", "--config.tensorboard=False"]
+    r = run_once(runner, point, workdir, workdir + ".log", timeout, f"{label} max_batch bs={batch}",
+                 args)
+    s = r["summary"] or {}
+    record = {"batch_size": batch, "status": r["status"], "reason": r["reason"],
+              "duration_s": round(r["duration_s"], 2),
+              "peak_memory_bytes_per_device": s.get("peak_memory_bytes_per_device"),
+              "tokens_per_s_per_device_median": s.get("tokens_per_s_per_device_median")}
+    with open(trail_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    records.append(record)
+    runner.display.note(f"    max_batch: batch_size {batch}: {r['status']}")
+    return r["status"]
+
+  os.makedirs(point_dir, exist_ok=True)
+  found, _ = search_batch(probe, 1, int(options["limit"]))
+  return {"unit": unit, "limit": int(options["limit"]) * unit, "steps": steps,
+          "batch_size": None if found is None else found * unit, "trail": records}
+
+
+def _config_value(point: Point, key: str):
+  if key in point.overrides:
+    return point.overrides[key]
+  return get_path(config_lib.load_config_file(point.spec), key)
+
+
+def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, label: str) -> dict:
+  point_dir = os.path.join(out_dir, "points", point.id)
+  os.makedirs(point_dir, exist_ok=True)
+  workdir = os.path.abspath(os.path.join(point_dir, "run"))
+  log_path = os.path.join(point_dir, "log.txt")
+  started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  result = {"id": point.id, "index": point.index, "overrides": point.overrides,
+            "config": point.spec, "started_at": started,
+            "run_dir": os.path.relpath(workdir, out_dir), "log": os.path.relpath(log_path, out_dir)}
+  if point.problem:
+    with open(log_path, "w") as f:
+      f.write(f"not run: {point.problem}\n")
+    return {**result, "status": "bad_config", "reason": "rejected before running",
+            "error": point.problem, "returncode": None, "duration_s": 0.0}
+  extra = []
+  if options is not None:
+    search = max_batch_point(runner, point, point_dir, options, label)
+    result["max_batch"] = search
+    if search["batch_size"] is None:
+      first = search["trail"][0] if search["trail"] else {}
+      status = first.get("status", "crash")
+      reason = f"max_batch: the smallest batch ({search['unit']}) did not run: " + first.get(
+          "reason", "")
+      tail = reason
+      log = os.path.join(point_dir, "max_batch", f"bs{search['unit']}.log")
+      if os.path.exists(log):
+        with open(log, errors="replace") as f:
+          tail = error_tail(f.read())
+      return {**result, "status": status, "reason": reason, "error": tail, "returncode": None,
+              "duration_s": 0.0}
+    extra = [f"--config.batch_size={search['batch_size']}"]
+  r = run_once(runner, point, workdir, log_path, point.timeout_s, label, extra)
+  result.update(status=r["status"], reason=r["reason"], returncode=r["returncode"],
+                duration_s=round(r["duration_s"], 2), error=r["error"])
+  summary = r["summary"] or {}
+  for key in SUMMARY_FIELDS:
+    result[key] = summary.get(key)
+  config = _read_run_config(workdir)
+  for key in CONFIG_FIELDS:
+    result[key] = config.get(key)
+  result["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  return result
+
+
+# --- Results --------------------------------------------------------------------------------------
+def read_results(out_dir: str) -> dict[str, dict]:
+  """id -> the last result line for it (a torn last line, from a kill mid-write, is ignored)."""
+  path = os.path.join(out_dir, "results.jsonl")
+  if not os.path.exists(path):
+    return {}
+  return {r["id"]: r for r in rundir_lib.read_metrics(path) if isinstance(r, dict) and "id" in r}
+
+
+def append_result(out_dir: str, result: dict) -> None:
+  with open(os.path.join(out_dir, "results.jsonl"), "a") as f:
+    f.write(json.dumps(rundir_lib._clean(result), default=str) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+TABLE_FIELDS = ("status", "tokens_per_s_per_device_median", "mfu_median", "step_time_s_median",
+                "compile_s", "peak_memory_bytes_per_device", "final_loss", "n_params", "batch_size",
+                "backend", "device_kind", "n_devices", "duration_s", "run_dir")
+
+
+def write_csv(out_dir: str, points: list[Point], results: dict) -> None:
+  keys = override_keys(points)
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  # A field that is also an override (batch_size) is what the point ran with: named apart.
+  w.writerow(["id", *keys, *(f"run_{f}" if f in keys else f for f in TABLE_FIELDS), "max_batch",
+              "error"])
+  for p in points:
+    r = results.get(p.id)
+    if r is None:
+      continue
+    error = (r.get("error") or "").splitlines()
+    search = (r.get("max_batch") or {}).get("batch_size")
+    w.writerow([p.id, *(p.overrides.get(k, "") for k in keys),
+                *("" if r.get(f) is None else r.get(f) for f in TABLE_FIELDS),
+                "" if search is None else search, error[-1] if error else ""])
+  _write_text(os.path.join(out_dir, "results.csv"), buf.getvalue())
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _md(text) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def format_results_md(sweep: Sweep, results: dict) -> str:
+  from jaxbench.compare import fmt_bytes, fmt_count, fmt_pct, fmt_seconds
+  keys = sweep.varying
+  head = ["#", *keys, "status", "tokens/s/device", "MFU", "step time", "compile", "peak memory",
+          "final loss", "point"]
+  rows = []
+  for p in sweep.points:
+    r = results.get(p.id)
+    if r is None:
+      rows.append([str(p.index), *(_md(p.overrides.get(k, "")) for k in keys), "pending",
+                   *[""] * 6, p.id])
+      continue
+    status = r["status"]
+    if r.get("max_batch") and r["max_batch"].get("batch_size"):
+      status += f" (max batch {r['max_batch']['batch_size']})"
+    loss = r.get("final_loss")
+    rows.append([str(p.index), *(_md(p.overrides.get(k, "")) for k in keys), status,
+                 fmt_count(r.get("tokens_per_s_per_device_median")), fmt_pct(r.get("mfu_median")),
+                 fmt_seconds(r.get("step_time_s_median")), fmt_seconds(r.get("compile_s")),
+                 fmt_bytes(r.get("peak_memory_bytes_per_device")),
+                 f"{loss:.4f}" if isinstance(loss, float) else "", f"`{p.id}`"])
+  done = sum(p.id in results for p in sweep.points)
+  lines = [f"# Sweep {os.path.basename(sweep.path)}", "",
+           f"Base config `{sweep.base}`; {done}/{len(sweep.points)} points done.",
+           "Every point: " + (", ".join(
+               f"`{k}={v}`" for k, v in sweep.points[0].overrides.items()
+               if k not in sweep.varying) or "no fixed overrides") + ".", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  failed = [(p, results[p.id]) for p in sweep.points
+            if p.id in results and results[p.id]["status"] != "ok"]
+  if failed:
+    lines += ["", "## Failures", ""]
+    for p, r in failed:
+      last = (r.get("error") or "").splitlines()
+      lines.append(f"- `{p.id}`: **{r['status']}** ({_md(r.get('reason', ''))})"
+                   + (f": `{_md(last[-1])[:300]}`" if last else ""))
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(out_dir: str, sweep: Sweep, results: dict) -> None:
+  write_csv(out_dir, sweep.points, results)
+  _write_text(os.path.join(out_dir, "results.md"), format_results_md(sweep, results))
+
+
+# --- Progress ---------------------------------------------------------------------------------------
+class Display:
+  """Progress on stderr: one line rewritten in place on a terminal, plain lines otherwise."""
+
+  def __init__(self, total: int, stream=None):
+    self.stream = stream or sys.stderr
+    self.tty = self.stream.isatty()
+    self.total = total
+    self.done = 0
+    self.start = time.monotonic()
+    self.run_times = []  # points run by this invocation, for the ETA
+    self._live = False
+
+  def eta(self, running_s: float = 0.0) -> str:
+    left = self.total - self.done
+    if not self.run_times or not left:
+      return "?" if left else "0s"
+    mean = sum(self.run_times) / len(self.run_times)
+    return timing.format_duration(max(mean * left - running_s, 0.0))
+
+  def _status(self) -> str:
+    return (f"[{self.done}/{self.total} done, elapsed "
+            f"{timing.format_duration(time.monotonic() - self.start)}")
+
+  def _clear(self) -> None:
+    if self._live:
+      self.stream.write("\r\033[K")
+      self._live = False
+
+  def note(self, text: str) -> None:
+    self._clear()
+    print(text, file=self.stream, flush=True)
+
+  def begin(self, label: str) -> None:
+    self.note(f"{self._status()}, ETA {self.eta()}] running {label}")
+
+  def tick(self, label: str, running_s: float) -> None:
+    if not self.tty:
+      return
+    self.stream.write(f"\r\033[K{self._status()}, ETA {self.eta(running_s)}] {label} "
+                      f"{timing.format_duration(running_s)}")
+    self.stream.flush()
+    self._live = True
+
+  def end(self, label: str, result: dict, ran: bool) -> None:
+    self.done += 1
+    if ran:
+      self.run_times.append(result.get("duration_s") or 0.0)
+    tail = ""
+    if result["status"] != "ok" and result.get("error"):
+      tail = ": " + result["error"].splitlines()[-1][:160]
+    elif result.get("tokens_per_s_per_device_median"):
+      tail = f": {result['tokens_per_s_per_device_median']:,.0f} tokens/s/device"
+    self.note(f"{self._status()}, ETA {self.eta()}] {label} -> {result['status']}{tail}")
+
+
+def describe_point(p: Point) -> str:
+  parts = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in p.overrides.items()]
+  return ", ".join(parts) or "(base config)"
+
+
+# --- `jaxbench sweep` --------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):
+    raise BadInput(message)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  parser = _Parser(prog=argv[0] if argv else "jaxbench sweep", add_help=False)
+  parser.add_argument("--sweep", required=True)
+  parser.add_argument("--out", default=None)
+  parser.add_argument("--dry_run", action="store_true")
+  parser.add_argument("--timeout_s", type=float, default=None)
+  parser.add_argument("--max_batch", action="store_true")
+  parser.add_argument("--retry", default="")
+  args = parser.parse_args(argv[1:])
+  args.retry = tuple(s for s in args.retry.split(",") if s)
+  for status in args.retry:
+    if status not in STATUSES or status == "ok":
+      raise BadInput(f"--retry: {status!r} is not a failure status; allowed: "
+                     f"{', '.join(STATUSES[1:])}")
+  if args.timeout_s is not None and not args.timeout_s > 0:
+    raise BadInput(f"--timeout_s must be > 0, got {args.timeout_s}")
+  if args.out is None and not args.dry_run:
+    raise BadInput("--out=DIR is required (the points' run directories and results go there)")
+  if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise BadInput(f"--out={args.out} exists and is not a directory")
+  return args
+
+
+def dry_run(sweep: Sweep, results: dict, retry=()) -> None:
+  print(f"sweep {sweep.path}: {len(sweep.points)} points, base {sweep.base}"
+        + (f", max_batch search {sweep.max_batch}" if sweep.max_batch else ""))
+  for p in sweep.points:
+    r = results.get(p.id)
+    if r and r["status"] in retry:
+      state = f"to run again (was {r['status']})"
+    elif r:
+      state = f"done: {r['status']}"
+    else:
+      state = "bad_config: " + p.problem if p.problem else "to run"
+    env = " ".join(f"{k}={shlex.quote(v)}" if v is not None else f"(unset {k})"
+                   for k, v in p.env.items())
+    print(f"  [{p.index}] {p.id}  ({state}; timeout {timing.format_duration(p.timeout_s)})")
+    print(f"      {describe_point(p)}")
+    print(f"      {env + ' ' if env else ''}jaxbench train "
+          + " ".join(shlex.quote(a) for a in [f"--config={p.spec}", *p.config_args]))
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__.strip())
+    return 0
+  try:
+    args = parse_args(argv)
+    sweep = build(args.sweep, args.timeout_s, args.max_batch)
+  except BadInput as e:
+    print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
+    return 2
+  results = read_results(args.out) if args.out else {}
+  if args.dry_run:
+    dry_run(sweep, results, args.retry)
+    return 0
+  os.makedirs(args.out, exist_ok=True)
+  lock = open(os.path.join(args.out, ".sweep.lock"), "w")
+  try:  # held while the sweep runs; the kernel lets go of it however the process ends
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    lock.close()
+    print(f"jaxbench sweep: bad input: --out={args.out}: another sweep is running there",
+          file=sys.stderr)
+    return 2
+  results = read_results(args.out)  # again, now that no other sweep writes it
+  todo = [p for p in sweep.points if p.id not in results or results[p.id]["status"] in args.retry]
+  display = Display(len(sweep.points))
+  display.done = len(sweep.points) - len(todo)
+  display.note(f"jaxbench sweep: {len(sweep.points)} points, {display.done} already done, "
+               f"{len(todo)} to run; results in {os.path.abspath(args.out)}")
+  runner = Runner(display)
+  previous = {sig: signal.signal(sig, runner.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+  write_tables(args.out, sweep, results)
+  try:
+    for p in todo:
+      label = f"[{p.index}] {p.id}"
+      display.begin(f"{label}: {describe_point(p)}")
+      result = run_point(runner, p, args.out, sweep.max_batch, label)
+      append_result(args.out, result)
+      results[p.id] = result
+      write_tables(args.out, sweep, results)
+      display.end(label, result, ran=bool(result.get("duration_s")))
+  except Stopped as e:
+    display.note(f"jaxbench sweep: {e} received: stopped; rerun the same command to resume "
+                 f"({len(sweep.points) - display.done} points left)")
+    return 0
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+    lock.close()
+  counts = collections.Counter(results[p.id]["status"] for p in sweep.points)
+  display.note("jaxbench sweep: done: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+               + f"; {os.path.join(args.out, 'results.md')}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
