@@ -1,7 +1,7 @@
 """`jaxbench compile`: the full train step compiled for a GPU that is not here.
 
   jaxbench compile [--config=...] [--config.KEY=VALUE ...] --target=h100|a100|mi300x|PATH.txtpb
-                   [--topology=PxHxD] [--dump=DIR] [--json]
+                   [--topology=PxHxD] [--dump=DIR] [--json] [--report=PATH]
 
 XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
 attached: the same jitted step `jaxbench train` runs (forward, backward, AdamW, accumulation, the
@@ -433,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         "dump": flags.DEFINE_string("dump", None, "Keep the optimized HLO (and XLA's dumps, PTX "
                                     "included) in this folder.", flag_values=fv),
         "json": flags.DEFINE_bool("json", False, "Print the report as JSON.", flag_values=fv),
+        "report": flags.DEFINE_string("report", None, "Also write the report as JSON to this "
+                                      "file (how `jaxbench sweep --compile_only` reads it).",
+                                      flag_values=fv),
     }
 
   def warn(message):
@@ -457,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"jaxbench compile: bad input: {e}", file=sys.stderr)
     return 2
+  if extra["report"]:
+    from jaxbench import rundir
+    rundir.write_json(extra["report"], r)
   print(json.dumps(r, indent=2) if extra["json"] else format_report(r))
   return 0 if r["compiled"] else 1
 

@@ -1,7 +1,7 @@
 """`jaxbench sweep`: a grid of training runs, each in its own process; resumable.
 
   jaxbench sweep --sweep=configs/sweeps/<name>.py --out=DIR [--dry_run] [--timeout_s=S]
-                 [--max_batch] [--retry=timeout,crash,...]
+                 [--max_batch] [--retry=timeout,crash,...] [--compile_only=TARGET [--topology=PxHxD]]
 
 A sweep file is plain Python with `get_sweep()` returning a dict:
 
@@ -12,6 +12,8 @@ A sweep file is plain Python with `get_sweep()` returning a dict:
              length) advance together
   timeout_s  seconds a point may run (default 3600; --timeout_s replaces it)
   max_batch  False, True or {"steps": 3, "limit": 64, "timeout_s": S}: see below
+  compile_only  False, a target (h100, a100, PATH.txtpb) or {"target": ..., "topology": "1x1x8"}:
+             see below (--compile_only / --topology replace it)
 
 A key is a config key (`batch_size`, `model.remat`, `mesh.fsdp`, `framework`, ...), `preset` (the
 preset of `base`'s config file), `config` (another `file.py:preset`), `env.NAME` (an environment
@@ -34,6 +36,13 @@ batch_size (so set it to the smallest valid batch, e.g. 1 per device): short run
 bisection between the last that fit and the first that did not; the trail goes to
 DIR/points/<id>/max_batch.jsonl (kept across resumes) and results.jsonl, and the point then runs
 at the batch found. A point whose smallest batch does not fit ends as oom.
+
+--compile_only=TARGET: every point is `jaxbench compile` for that GPU instead of a training run
+(no GPU needed: see `jaxbench compile --help`): ok when the step compiles and fits the target's
+memory, oom when it compiles and does not ("short by" in the reason), compile_error when XLA rejects
+it. results.jsonl then holds XLA's per-device memory (peak_memory_bytes_per_device, named by
+peak_memory_source), fits, short_by_bytes, step_time_lower_bound_s and mfu_upper_bound. With
+--max_batch the search runs deviceless too: the largest batch that fits an H100, found on a laptop.
 """
 
 from __future__ import annotations
@@ -64,6 +73,9 @@ from jaxbench.sweepfile import BadInput, Point, Sweep, build, get_path, override
 SUMMARY_FIELDS = ("tokens_per_s_per_device_median", "mfu_median", "step_time_s_median", "compile_s",
                   "peak_memory_bytes_per_device", "final_loss", "n_params", "backend",
                   "device_kind", "n_devices")
+# compile_only points: what `jaxbench compile` found, beside SUMMARY_FIELDS.
+AOT_FIELDS = ("peak_memory_source", "fits", "short_by_bytes", "pool_bytes",
+              "step_time_lower_bound_s", "mfu_upper_bound")
 # run.json config fields copied into results.jsonl (what the point really ran).
 CONFIG_FIELDS = ("framework", "family", "preset", "batch_size", "microbatches", "seq_len", "dtype")
 # After SIGTERM (a clean stop at the next step boundary), a point gets this long before SIGKILL.
@@ -170,11 +182,15 @@ def _signal_group(proc, sig) -> None:
     pass
 
 
-def _read_summary(run_dir: str) -> dict | None:
+def _read_json_or_none(path: str) -> dict | None:
   try:
-    return rundir_lib.read_json(os.path.join(run_dir, "summary.json"))
+    return rundir_lib.read_json(path)
   except (OSError, ValueError):
     return None
+
+
+def _read_summary(run_dir: str) -> dict | None:
+  return _read_json_or_none(os.path.join(run_dir, "summary.json"))
 
 
 def _read_run_config(run_dir: str) -> dict:
@@ -193,12 +209,67 @@ def _has_checkpoint(run_dir: str) -> bool:
     return False
 
 
+def compile_command(point: Point, report_path: str, aot: dict, extra_args=()) -> list[str]:
+  """The point's `jaxbench compile` for the sweep's target (compile_only): nothing runs."""
+  cmd = train_command(point, "-", extra_args)[:-1]  # without --workdir
+  cmd[3] = "compile"
+  cmd += [f"--target={aot['target']}", f"--report={report_path}"]
+  if aot.get("topology"):
+    cmd.append(f"--topology={aot['topology']}")
+  return cmd
+
+
+def compile_summary(report: dict | None) -> dict | None:
+  """The results fields of a compile-only point, from `jaxbench compile --report`. Memory is XLA's
+  buffer assignment for the target (nothing ran), named so in peak_memory_source."""
+  if not report:
+    return None
+  memory, roofline = report.get("memory") or {}, report.get("roofline") or {}
+  target = report.get("target") or {}
+  return {"status": "compiled" if report.get("compiled") else "not compiled",
+          "compile_s": (report.get("lower_s") or 0.0) + (report.get("compile_s") or 0.0),
+          "n_params": report.get("n_params"), "backend": target.get("platform"),
+          "device_kind": target.get("device"), "n_devices": report.get("n_devices"),
+          "peak_memory_bytes_per_device": memory.get("total_bytes"),
+          "peak_memory_source": (f"XLA buffer assignment of the step compiled for "
+                                 f"{target.get('device')} (compile_only: nothing ran)"),
+          "fits": memory.get("fits"), "short_by_bytes": memory.get("short_by_bytes"),
+          "pool_bytes": memory.get("pool_bytes"),
+          "step_time_lower_bound_s": roofline.get("step_time_lower_bound_s"),
+          "mfu_upper_bound": roofline.get("mfu_upper_bound"),
+          "config": {"framework": "jax", **(report.get("config") or {})}}
+
+
+def classify_compile(returncode, log: str, timed_out: bool, summary: dict | None) -> tuple[str, str]:
+  """A compile-only point: ok when the step compiled and fits the target, oom when it compiled
+  and does not fit, compile_error when the compiler rejected it."""
+  if returncode == 0 and summary and summary["status"] == "compiled":
+    if summary["fits"] is False:
+      return "oom", (f"does not fit {summary['device_kind']}: short by "
+                     f"{summary['short_by_bytes'] / 2**30:.2f} GiB")
+    return "ok", "compiled, fits" if summary["fits"] else "compiled"
+  if returncode == 1 and not timed_out:
+    return "compile_error", "the compiler rejected the step"
+  return classify(returncode, log, timed_out, {"status": "finished"} if returncode == 0 else None)
+
+
 def run_once(runner: Runner, point: Point, workdir: str, log_path: str, timeout_s: float,
-             label: str, extra_args=()) -> dict:
-  """One `jaxbench train` of the point; its status, reason and error tail."""
+             label: str, extra_args=(), aot: dict | None = None) -> dict:
+  """One `jaxbench train` of the point (or with `aot`, one `jaxbench compile` for that target);
+  its status, reason and error tail."""
   if os.path.exists(workdir) and not _has_checkpoint(workdir):
     shutil.rmtree(workdir)  # an unfinished attempt without checkpoints: start it over
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  if aot:
+    os.makedirs(workdir, exist_ok=True)
+    report_path = os.path.join(workdir, "compile.json")
+    out = runner.run(compile_command(point, report_path, aot, extra_args), child_env(point.env),
+                     log_path, timeout_s, label)
+    summary = compile_summary(_read_json_or_none(report_path))
+    status, reason = classify_compile(out["returncode"], out["log"], out["timed_out"], summary)
+    error = None if status == "ok" else reason if status == "oom" else error_tail(out["log"])
+    return {"status": status, "reason": reason, "returncode": out["returncode"],
+            "duration_s": out["duration_s"], "summary": summary, "error": error}
   out = runner.run(train_command(point, workdir, extra_args), child_env(point.env), log_path,
                    timeout_s, label)
   summary = _read_summary(workdir)
@@ -240,7 +311,8 @@ def search_batch(probe, start: int, limit: int) -> tuple[int | None, list[dict]]
   return good, trail
 
 
-def max_batch_point(runner: Runner, point: Point, point_dir: str, options: dict, label: str) -> dict:
+def max_batch_point(runner: Runner, point: Point, point_dir: str, options: dict, label: str,
+                    aot: dict | None = None) -> dict:
   """The search of --max_batch for one point; probes already run (in max_batch.jsonl) are reused."""
   unit = int(_config_value(point, "batch_size"))
   trail_path = os.path.join(point_dir, "max_batch.jsonl")
@@ -261,7 +333,7 @@ def max_batch_point(runner: Runner, point: Point, point_dir: str, options: dict,
             "--config.warmup_steps_excluded=1", "--config.log_every=0",
             "--config.checkpoint.every=0", "--config.eval.every=0", "--config.tensorboard=False"]
     r = run_once(runner, point, workdir, workdir + ".log", timeout, f"{label} max_batch bs={batch}",
-                 args)
+                 args, aot)
     s = r["summary"] or {}
     record = {"batch_size": batch, "status": r["status"], "reason": r["reason"],
               "duration_s": round(r["duration_s"], 2),
@@ -285,7 +357,8 @@ def _config_value(point: Point, key: str):
   return get_path(config_lib.load_config_file(point.spec), key)
 
 
-def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, label: str) -> dict:
+def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, label: str,
+              aot: dict | None = None) -> dict:
   point_dir = os.path.join(out_dir, "points", point.id)
   os.makedirs(point_dir, exist_ok=True)
   workdir = os.path.abspath(os.path.join(point_dir, "run"))
@@ -301,7 +374,7 @@ def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, 
             "error": point.problem, "returncode": None, "duration_s": 0.0}
   extra = []
   if options is not None:
-    search = max_batch_point(runner, point, point_dir, options, label)
+    search = max_batch_point(runner, point, point_dir, options, label, aot)
     result["max_batch"] = search
     if search["batch_size"] is None:
       first = search["trail"][0] if search["trail"] else {}
@@ -316,13 +389,17 @@ def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, 
       return {**result, "status": status, "reason": reason, "error": tail, "returncode": None,
               "duration_s": 0.0}
     extra = [f"--config.batch_size={search['batch_size']}"]
-  r = run_once(runner, point, workdir, log_path, point.timeout_s, label, extra)
+  r = run_once(runner, point, workdir, log_path, point.timeout_s, label, extra, aot)
   result.update(status=r["status"], reason=r["reason"], returncode=r["returncode"],
                 duration_s=round(r["duration_s"], 2), error=r["error"])
   summary = r["summary"] or {}
   for key in SUMMARY_FIELDS:
     result[key] = summary.get(key)
-  config = _read_run_config(workdir)
+  if aot:
+    result["compile_only"] = aot
+    for key in AOT_FIELDS:
+      result[key] = summary.get(key)
+  config = summary.get("config", {}) if aot else _read_run_config(workdir)
   for key in CONFIG_FIELDS:
     result[key] = config.get(key)
   result["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -501,6 +578,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--timeout_s", type=float, default=None)
   parser.add_argument("--max_batch", action="store_true")
   parser.add_argument("--retry", default="")
+  parser.add_argument("--compile_only", default=None)
+  parser.add_argument("--topology", default=None)
   args = parser.parse_args(argv[1:])
   args.retry = tuple(s for s in args.retry.split(",") if s)
   for status in args.retry:
@@ -518,7 +597,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def dry_run(sweep: Sweep, results: dict, retry=()) -> None:
   print(f"sweep {sweep.path}: {len(sweep.points)} points, base {sweep.base}"
-        + (f", max_batch search {sweep.max_batch}" if sweep.max_batch else ""))
+        + (f", max_batch search {sweep.max_batch}" if sweep.max_batch else "")
+        + (f", compile only for {sweep.compile_only['target']}" if sweep.compile_only else ""))
   for p in sweep.points:
     r = results.get(p.id)
     if r and r["status"] in retry:
@@ -531,8 +611,12 @@ def dry_run(sweep: Sweep, results: dict, retry=()) -> None:
                    for k, v in p.env.items())
     print(f"  [{p.index}] {p.id}  ({state}; timeout {timing.format_duration(p.timeout_s)})")
     print(f"      {describe_point(p)}")
-    print(f"      {env + ' ' if env else ''}jaxbench train "
-          + " ".join(shlex.quote(a) for a in [f"--config={p.spec}", *p.config_args]))
+    aot = sweep.compile_only
+    command = "jaxbench compile" if aot else "jaxbench train"
+    args = [f"--config={p.spec}", *p.config_args]
+    if aot:
+      args += [f"--target={aot['target']}"] + ([f"--topology={aot['topology']}"] if aot["topology"] else [])
+    print(f"      {env + ' ' if env else ''}{command} " + " ".join(shlex.quote(a) for a in args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     args = parse_args(argv)
-    sweep = build(args.sweep, args.timeout_s, args.max_batch)
+    sweep = build(args.sweep, args.timeout_s, args.max_batch, args.compile_only, args.topology)
   except BadInput as e:
     print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
     return 2
@@ -572,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in todo:
       label = f"[{p.index}] {p.id}"
       display.begin(f"{label}: {describe_point(p)}")
-      result = run_point(runner, p, args.out, sweep.max_batch, label)
+      result = run_point(runner, p, args.out, sweep.max_batch, label, sweep.compile_only)
       append_result(args.out, result)
       results[p.id] = result
       write_tables(args.out, sweep, results)

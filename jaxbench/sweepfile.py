@@ -19,7 +19,7 @@ from jaxbench import config as config_lib
 from jaxbench.errors import ConfigError
 
 SWEEP_DIR = os.path.join(config_lib.CONFIG_DIR, "sweeps")
-SWEEP_KEYS = ("base", "fixed", "axes", "zip", "timeout_s", "max_batch")
+SWEEP_KEYS = ("base", "fixed", "axes", "zip", "timeout_s", "max_batch", "compile_only")
 DEFAULT_TIMEOUT_S = 3600.0
 MAX_BATCH_DEFAULTS = {"steps": 3, "limit": 64, "timeout_s": None}
 ENV_PREFIX = "env."
@@ -47,6 +47,8 @@ class Sweep:
   base: str
   points: list
   max_batch: dict | None  # the search's options, None when off
+  # {"target": ..., "topology": ... or None}: points are compiled for that GPU, not run
+  compile_only: dict | None = None
   varying: list = dataclasses.field(default_factory=list)  # the axes' and zip groups' keys
 
 
@@ -152,12 +154,14 @@ def _set_path(c, key: str, value) -> None:
   node[leaf] = value
 
 
-def point_id(overrides: dict, base: str, search: bool, varying=None) -> str:
+def point_id(overrides: dict, base: str, search: bool, varying=None, aot: dict | None = None) -> str:
   """A readable prefix (the `varying` keys' values) and a hash of everything that defines the
   point (not its timeout)."""
   payload = {"base": base, "overrides": {k: v for k, v in overrides.items() if k != "timeout_s"}}
   if search:
     payload["max_batch"] = True
+  if aot:
+    payload["compile_only"] = aot
   digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()[:8]
   parts = []
   for key, value in overrides.items():
@@ -170,7 +174,7 @@ def point_id(overrides: dict, base: str, search: bool, varying=None) -> str:
 
 
 def resolve_point(index: int, overrides: dict, base: str, timeout_s: float, loaded: dict,
-                  search: bool, varying=None) -> Point:
+                  search: bool, varying=None, aot: dict | None = None) -> Point:
   """Checks one point's keys against its config file (BadInput: the sweep is wrong) and its values'
   types (Point.problem: this point is bad_config)."""
   spec = overrides.get("config", base)
@@ -184,7 +188,7 @@ def resolve_point(index: int, overrides: dict, base: str, timeout_s: float, load
     raise BadInput(f"sweep: no config file {path!r} (point {index})")
   full = resolved + (":" + preset if preset else "")
   point = Point(index=index, overrides=overrides, spec=full, config_args=[], env={},
-                timeout_s=timeout_s, id=point_id(overrides, base, search, varying))
+                timeout_s=timeout_s, id=point_id(overrides, base, search, varying, aot))
   if full not in loaded:
     try:
       loaded[full] = config_lib.load_config_file(full)
@@ -226,8 +230,43 @@ def resolve_point(index: int, overrides: dict, base: str, timeout_s: float, load
   return point
 
 
-def build(path: str, timeout_s: float | None = None, max_batch: bool = False) -> Sweep:
+def compile_only_options(value, target: str | None = None, topology: str | None = None,
+                         where: str = "sweep file") -> dict | None:
+  """The sweep file's `compile_only` (False, a target name or path, or {"target", "topology"}),
+  with --compile_only / --topology from the command line taking precedence."""
+  from jaxbench import compile as compile_lib  # no JAX at import: names and files only
+  if isinstance(value, str):
+    value = {"target": value}
+  if value in (None, False):
+    value = {}
+  if not isinstance(value, dict):
+    raise BadInput(f"{where}: compile_only must be False, a target (h100, a100, PATH.txtpb) or "
+                   f"{{'target': ..., 'topology': 'PxHxD'}}, got {value!r}")
+  unknown = sorted(set(value) - {"target", "topology"})
+  if unknown:
+    raise BadInput(f"{where}: compile_only: unknown option {unknown[0]!r}; allowed: target, topology")
+  options = {"target": target or value.get("target"), "topology": topology or value.get("topology")}
+  if not options["target"]:
+    if options["topology"]:
+      raise BadInput("--topology needs a compile_only target (--compile_only=h100)")
+    return None
+  try:
+    _, path = compile_lib.resolve_target_path(str(options["target"]))
+  except ConfigError as e:
+    raise BadInput(f"compile_only: {e}") from None
+  if str(options["target"]).lower() in compile_lib.TARGETS:
+    options["target"] = str(options["target"]).lower()
+  else:  # a description file: the points run elsewhere (their own cwd), so an absolute path
+    options["target"] = os.path.abspath(path)
+  if options["topology"] and not re.fullmatch(r"\d+x\d+x\d+", str(options["topology"])):
+    raise BadInput(f"compile_only: topology {options['topology']!r}: expected PARTITIONSxHOSTSxDEVICES")
+  return options
+
+
+def build(path: str, timeout_s: float | None = None, max_batch: bool = False,
+          compile_only: str | None = None, topology: str | None = None) -> Sweep:
   sweep = load_sweep_file(path)
+  aot = compile_only_options(sweep.get("compile_only"), compile_only, topology)
   base = sweep.get("base")
   if not isinstance(base, str) or not base:
     raise BadInput(f"sweep file {path}: 'base' must name a config, e.g. 'configs/mpt.py:125m'")
@@ -256,14 +295,14 @@ def build(path: str, timeout_s: float | None = None, max_batch: bool = False) ->
   varying = set(sweep.get("axes") or {})
   for group in ([sweep["zip"]] if isinstance(sweep.get("zip"), dict) else sweep.get("zip") or []):
     varying |= set(group) if isinstance(group, dict) else set()
-  points = [resolve_point(i, o, base, timeout, loaded, options is not None, varying)
+  points = [resolve_point(i, o, base, timeout, loaded, options is not None, varying, aot)
             for i, o in enumerate(expand(sweep))]
   ids = collections.Counter(p.id for p in points)
   dup = [i for i, n in ids.items() if n > 1]
   if dup:
     raise BadInput(f"sweep file: two points are the same ({dup[0]}); remove the repeated value")
   return Sweep(path=path, base=base, points=points, max_batch=options,
-               varying=[k for k in override_keys(points) if k in varying])
+               varying=[k for k in override_keys(points) if k in varying], compile_only=aot)
 
 
 def override_keys(points: list[Point]) -> list[str]:

@@ -14,6 +14,9 @@ import pytest
 from conftest import REPO, cli_env, read_json
 from jaxbench import compile as compile_lib
 from jaxbench import config as config_lib
+from jaxbench import rundir as rundir_lib
+from jaxbench import sweep as sweep_lib
+from jaxbench import sweepfile
 
 HAVE_AOT = compile_lib.plugin_problem("cuda") is None
 if not HAVE_AOT and os.environ.get("JAXBENCH_REQUIRE_AOT") == "1":
@@ -39,7 +42,8 @@ def reports(tmp_path_factory):
   proc = subprocess.run([sys.executable, "-m", "jaxbench", "compile", "--config=configs/mpt.py:nano",
                          "--config.mesh.data=1", "--config.mesh.fsdp=8", "--topology=1x2x4",
                          "--target=" + os.path.join(REPO, "jaxbench", "targets", "a100_sxm_80.txtpb"),
-                         "--json", f"--dump={tmp / 'dump'}"], cwd=str(tmp), env=cli_env(tmp),
+                         "--json", f"--dump={tmp / 'dump'}", f"--report={tmp / 'report.json'}"],
+                        cwd=str(tmp), env=cli_env(tmp),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return {
@@ -48,6 +52,7 @@ def reports(tmp_path_factory):
       "huge_batch": run("h100", "1x1x1", "configs/mpt.py:tiny", "--config.batch_size=4096",
                         "--config.seq_len=2048"),
       "fsdp8": json.loads(proc.stdout), "dump": os.listdir(tmp / "dump"),
+      "fsdp8_report_file": read_json(tmp / "report.json"),
       "warnings": warnings,
   }
 
@@ -86,6 +91,7 @@ def test_fsdp8_over_two_hosts_for_a100_lists_the_collectives_it_implies(reports)
   assert r["compiled"], r.get("error")
   assert r["target"]["device"].startswith("NVIDIA A100") and r["processes"] == 2
   assert r["target"]["name"] == "a100_sxm_80" and r["memory"]["fits"]
+  assert reports["fsdp8_report_file"] == r  # --report: what `jaxbench sweep --compile_only` reads
   assert "train_step.optimized.hlo.txt" in reports["dump"]
   assert any(name.endswith(".ptx") for name in reports["dump"]), reports["dump"][:20]
   assert r["config"]["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
@@ -153,3 +159,54 @@ def test_other_commands_stay_quiet_with_the_plugin_and_no_gpu(tmp_path):
   run = read_json(tmp_path / "run" / "run.json")
   assert run["backend"] == "cpu"
   assert "no such GPU" in run["env"]["JAXBENCH_PLATFORMS_NOTE"]
+
+
+class FakeCompiler(sweep_lib.Runner):
+  """`jaxbench compile` without compiling: a batch "fits" up to `capacity` sequences."""
+
+  def __init__(self, capacity):
+    super().__init__(sweep_lib.Display(1, stream=open(os.devnull, "w")))
+    self.capacity, self.commands = capacity, []
+
+  def run(self, cmd, env, log_path, timeout_s, label):
+    self.commands.append(cmd)
+    batch = int([a for a in cmd if a.startswith("--config.batch_size=")][-1].split("=")[1])
+    report = [a for a in cmd if a.startswith("--report=")][0].split("=", 1)[1]
+    fits = batch <= self.capacity
+    rundir_lib.write_json(report, {
+        "compiled": True, "lower_s": 1.0, "compile_s": 2.0, "n_params": 10, "n_devices": 8,
+        "target": {"device": "NVIDIA H100 80GB HBM3", "platform": "cuda"},
+        "config": {"family": "mpt", "batch_size": batch},
+        "memory": {"total_bytes": batch * 2**30, "fits": fits, "pool_bytes": self.capacity * 2**30,
+                   "short_by_bytes": max(0, batch - self.capacity) * 2**30},
+        "roofline": {"step_time_lower_bound_s": 0.5, "mfu_upper_bound": 0.9}})
+    with open(log_path, "w") as f:
+      f.write("compiled\n")
+    return {"returncode": 0, "timed_out": False, "log": "compiled\n", "duration_s": 0.1}
+
+
+def test_compile_only_sweep_finds_the_largest_batch_that_fits_without_a_gpu(tmp_path):
+  path = tmp_path / "aot.py"
+  path.write_text('def get_sweep():\n  return {"base": "configs/mpt.py:nano", "fixed": '
+                  '{"mesh.data": 1, "mesh.fsdp": 8}, "axes": {"batch_size": [8]}, "max_batch": '
+                  '{"limit": 8}, "compile_only": {"target": "h100", "topology": "1x1x8"}}\n')
+  sweep = sweepfile.build(str(path))
+  assert sweep.compile_only == {"target": "h100", "topology": "1x1x8"}
+  # The command line replaces the file's target, and a compile-only point is a point of its own.
+  assert sweepfile.build(str(path), compile_only="a100").compile_only["target"] == "a100"
+  assert sweepfile.build(str(path), compile_only="a100").points[0].id != sweep.points[0].id
+  runner = FakeCompiler(capacity=44)
+  r = sweep_lib.run_point(runner, sweep.points[0], str(tmp_path / "out"), sweep.max_batch, "p",
+                          sweep.compile_only)
+  assert r["status"] == "ok" and r["max_batch"]["batch_size"] == 40  # 5 x 8 fits, 6 x 8 does not
+  assert all(c[3] == "compile" and "--target=h100" in c and "--topology=1x1x8" in c
+             for c in runner.commands)
+  assert r["fits"] is True and r["peak_memory_bytes_per_device"] == 40 * 2**30
+  assert "nothing ran" in r["peak_memory_source"] and r["device_kind"].startswith("NVIDIA H100")
+
+
+def test_compile_only_bad_target_is_bad_input(tmp_path):
+  path = tmp_path / "aot.py"
+  path.write_text('def get_sweep():\n  return {"base": "configs/mpt.py:nano", "compile_only": "b200"}\n')
+  with pytest.raises(sweepfile.BadInput, match="b200"):
+    sweepfile.build(str(path))
