@@ -17,7 +17,6 @@ torch or transformers. JAX runs on the CPU here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, read_json, run_cli
+from conftest import cli_env, read_json, run_cli
 
 from jaxbench import compare, config, model, optim, step, train
 from jaxbench.twin import convert
@@ -25,12 +25,10 @@ from jaxbench.twin import train as twin_train  # noqa: E402
 torch.set_num_threads(1)
 
 PARITY_CASES = {
-    "mpt-nano": ("mpt", "nano", {}),
+    "mpt-tiny": ("mpt", "tiny", {"seq_len": 32}),
     "mpt-nano-alibi-bias-unrolled": ("mpt", "nano", {"model.position": "alibi", "model.bias": True,
                                                      "model.scan_layers": False}),
     "llama-nano-gqa": ("llama", "nano", {}),  # 4 query heads over 2 key/value heads
-    "llama-tiny-gqa-tied": ("llama", "tiny", {"model.tie_embeddings": True, "model.n_layers": 1,
-                                              "seq_len": 32}),
 }
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import checkpoint as torch_checkpoint
 
-from jaxbench.model import ModelConfig, param_count  # noqa: F401  (one config, one count)
+from jaxbench.model import ModelConfig  # one config for both frameworks
 
 
 # --- attention helpers: q [B, H, S, D], k/v [B, K, S, D] -> [B, H, S, D] (causal) ----------------
