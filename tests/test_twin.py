@@ -125,15 +125,17 @@ def test_weight_decay_mask_matches_optax():
 
 # --- ten steps: JAX in-process, the twin through the command line ---------------------------------
 
+# The subprocess runs take their peak from the command line: measuring the CPU's (their cache
+# directory is the test's own) would cost each process seconds.
 TEN_STEPS = ["--config=configs/mpt.py:nano", "--config.steps=10", "--config.log_every=0",
-             "--config.warmup_steps_excluded=2"]
+             "--config.warmup_steps_excluded=2", "--config.peak_tflops=0.2"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """The JAX run and the twin's run of the same config, seed and data."""
   tmp = tmp_path_factory.mktemp("twin")
-  c = make_config("mpt", "nano", steps=10, log_every=0, warmup_steps_excluded=2)
+  c = make_config("mpt", "nano", steps=10, log_every=0, warmup_steps_excluded=2, peak_tflops=0.2)
   train.run(c, str(tmp / "jax"))
   twin = run_cli(["train", *TEN_STEPS, "--config.framework=torch", f"--workdir={tmp / 'torch'}"],
                  tmp, OMP_NUM_THREADS=1)
