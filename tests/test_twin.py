@@ -25,7 +25,7 @@ from jaxbench.twin import train as twin_train  # noqa: E402
 torch.set_num_threads(1)
 
 PARITY_CASES = {
-    "mpt-tiny": ("mpt", "tiny", {"seq_len": 32}),
+    "mpt-nano": ("mpt", "nano", {}),
     "mpt-nano-alibi-bias-unrolled": ("mpt", "nano", {"model.position": "alibi", "model.bias": True,
                                                      "model.scan_layers": False}),
     "llama-nano-gqa": ("llama", "nano", {}),  # 4 query heads over 2 key/value heads
