@@ -186,10 +186,12 @@ def test_bad_torch_config_exits_2_naming_the_key(tmp_path, capsys, flag, key):
   assert not os.path.exists(tmp_path / "run")
 
 
-def test_missing_torch_exits_2_naming_the_extra(tmp_path, monkeypatch):
+def test_missing_torch_exits_2_naming_the_extra(tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
   c = make_config("mpt", "nano", framework="torch")
   assert twin_train.main(c, str(tmp_path / "run")) == 2
+  err = capsys.readouterr().err
+  assert "framework" in err and "`torch` extra" in err and len(err.strip().splitlines()) == 1
 
 
 def test_fsdp_under_torchrun_trains_the_same_curve(runs, tmp_path):
