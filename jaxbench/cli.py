@@ -19,13 +19,15 @@ COMMANDS = {
     "compile": ("jaxbench.compile", "compile the train step for a GPU that is not here: memory "
                 "fit, kernels, collectives, roofline bound"),
     "peak": ("jaxbench.peak", "measure this machine's matmul peak (TFLOP/s per device)"),
+    "export-hf": ("jaxbench.export_hf", "a run's latest checkpoint as a Hugging Face model folder "
+                  "(safetensors + config.json)"),
 }
 
 
 def usage() -> str:
   lines = ["usage: jaxbench <command> [flags]   (jaxbench <command> --help for its flags)", "",
            "commands:"]
-  lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+  lines += [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
   return "\n".join(lines)
 
 

@@ -17,7 +17,10 @@ from jaxbench.errors import ConfigError
 
 # Names the rest of the code accepts; validate() quotes these lists in its messages.
 FAMILIES = ("mpt", "llama")
-FRAMEWORKS = ("jax",)
+FRAMEWORKS = ("jax", "torch")
+TORCH_PARALLEL = ("auto", "none", "ddp", "fsdp")
+TORCH_INITS = ("jax", "torch")
+TORCH_MATMUL_PRECISIONS = ("highest", "high", "medium")
 DTYPES = ("bfloat16", "float32")
 ATTENTIONS = ("auto", "xla", "jax", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -34,7 +37,8 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "mpt.py") + ":tiny"
 def base_config() -> ml_collections.ConfigDict:
   """Every key a run reads, with its default. Config files override what their preset changes."""
   c = ml_collections.ConfigDict()
-  # Which implementation trains: `jax` (this package).
+  # Which implementation trains: `jax` (Flax + Optax) or `torch` (the PyTorch twin in
+  # jaxbench/twin/, the same model, data, optimizer and run directory; the `torch` extra).
   c.framework = "jax"
   # Model family and preset name, set by the config file (recorded in run.json).
   c.family = "mpt"
@@ -136,6 +140,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   # Write in the background while training goes on (the device-to-host copy is not).
   c.checkpoint.async_save = True
+
+  # Options of the PyTorch twin (framework=torch); the JAX run ignores them.
+  c.torch = ml_collections.ConfigDict()
+  # torch.compile the model (its first steps' warm-up is recorded apart as compile_s), else eager.
+  c.torch.compile = False
+  # AdamW's fused kernel where the device has one (CUDA, ROCm, CPU), else the foreach kernel.
+  c.torch.fused_adamw = True
+  # Parallelism under torchrun: auto (ddp for mesh.data > 1, fsdp for mesh.fsdp > 1), none (one
+  # process), ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard; mesh.data > 1 too: HSDP).
+  # mesh.tensor > 1 is not supported by the twin.
+  c.torch.parallel = "auto"
+  # Initial weights: jax (the very weights the JAX run of the same seed starts from, made by JAX
+  # on the CPU and converted) or torch (the same distributions drawn by torch: for models too big
+  # to initialize on the host's CPU).
+  c.torch.init = "jax"
+  # torch.set_float32_matmul_precision on GPUs: high lets float32 matmuls run as TF32, as XLA
+  # does by default on NVIDIA GPUs (the float32 peak in the MFU table assumes it); highest does not.
+  c.torch.float32_matmul_precision = "high"
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh axes; the product must equal the device count. One axis may be -1: the rest.
@@ -282,6 +304,10 @@ def validate(c, n_devices: int) -> dict[str, int]:
       raise ConfigError(f"optimizer.{key}", f"{o[key]} must be in [0, 1)")
   if o.weight_decay < 0 or o.clip_norm < 0 or o.eps <= 0:
     raise ConfigError("optimizer", "weight_decay and clip_norm must be >= 0, eps > 0")
+
+  _choice(c, "torch.parallel", TORCH_PARALLEL)
+  _choice(c, "torch.init", TORCH_INITS)
+  _choice(c, "torch.float32_matmul_precision", TORCH_MATMUL_PRECISIONS)
 
   _choice(c, "data.synthetic", SYNTHETIC)
   if not 1 <= c.data.markov_branching <= m.vocab_size:

@@ -19,15 +19,18 @@ def schedule(c) -> optax.Schedule:
       end_value=o.lr * o.min_lr_ratio)
 
 
+def decays(name: str, decay_embeddings: bool) -> bool:
+  """Whether the parameter leaf called `name` is weight-decayed (the twin asks this too)."""
+  if name in _NO_DECAY:
+    return False
+  if name in _EMBEDDINGS:
+    return decay_embeddings
+  return True
+
+
 def decay_mask(params, decay_embeddings: bool):
-  def decide(path, _):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name in _NO_DECAY:
-      return False
-    if name in _EMBEDDINGS:
-      return decay_embeddings
-    return True
-  return jax.tree_util.tree_map_with_path(decide, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: decays(str(getattr(path[-1], "key", path[-1])), decay_embeddings), params)
 
 
 def make_optimizer(c) -> optax.GradientTransformation:

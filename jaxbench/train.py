@@ -547,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     c, workdir, cluster = parse_args(argv)
+    if c.framework == "torch":  # the PyTorch twin: same config, run directory and exit codes
+      from jaxbench.twin import train as twin_train
+      return twin_train.main(c, workdir, cluster)
     # Decided before the processes meet, so no process sees another's fresh run.json.
     resuming = _check_workdir(workdir)
     determinism = apply_determinism(c)  # before any backend starts

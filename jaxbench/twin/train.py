@@ -1,0 +1,586 @@
+"""`jaxbench train --config.framework=torch`: the PyTorch twin's run, timed as the JAX run is.
+
+The path of a run, in order (as jaxbench/train.py): config -> checks -> process group -> model
+with the JAX run's initial weights (converted) -> parallelize (DDP / FSDP2, compile) -> warm-up
+(torch.compile's compilation, timed apart as compile_s) -> timed steps -> the same run directory
+files (run.json, metrics.jsonl, summary.json) through runlog.py and rundir.py.
+
+Same semantics as the JAX step: the framework-neutral numpy batches of data.py; the mean
+next-token loss over microbatches; the global gradient norm before clipping; Optax's
+clip_by_global_norm (scale by clip/norm when norm > clip, no epsilon) and adamw (bias-corrected
+moments, eps outside the square root, decoupled decay lr * wd * p, masked as optim.decays says);
+the learning rate of step t (1-based) is the Optax schedule at t - 1, evaluated by Optax itself.
+
+Several devices: one process per device under torchrun (`torchrun --nproc_per_node=N -m jaxbench
+train --config.framework=torch ...`): mesh.data -> DDP, mesh.fsdp -> FSDP2 (fully_shard), both ->
+HSDP; NCCL/RCCL on GPUs, gloo on CPU. JAX is used only on the CPU, in this process, for the
+initial weights, the learning-rate values and the measured CPU peak: it never touches a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from jaxbench import config as config_lib
+from jaxbench import data as data_lib
+from jaxbench import rundir as rundir_lib
+from jaxbench import runlog
+from jaxbench.errors import ConfigError, Diverged
+
+EXTRA_HINT = 'the PyTorch twin needs torch: pip install -e ".[torch]" (the `torch` extra)'
+
+
+def cpu_only_jax():
+  """JAX, confined to the CPU before any backend starts (it must not take GPU memory here)."""
+  import jax
+  from jax._src import xla_bridge  # private: whether a backend has started already
+  if not getattr(xla_bridge, "_backends", None):
+    jax.config.update("jax_platforms", "cpu")
+  return jax
+
+
+def import_torch():
+  try:
+    import torch
+  except ImportError:
+    raise ConfigError("framework", f"torch is not installed; {EXTRA_HINT}") from None
+  return torch
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop needs, derived from the config before the first step."""
+  config: Any
+  device: Any
+  rank: int
+  world: int
+  mesh_shape: dict
+  parallel: str
+  model_cfg: Any
+  module: Any  # the bare Transformer (named parameters, state dict)
+  model: Any  # what runs: DDP-wrapped or FSDP-sharded
+  loss_fn: Any  # tokens [b, S+1] -> mean loss (compiled with torch.compile)
+  optimizer: Any
+  params: list
+  lr_values: list
+  n_params: int
+  param_counts: dict
+  flops: dict
+  info: dict  # run.json's torch entry
+
+
+def resolve_parallel(c, world: int, mesh_shape: dict) -> str:
+  """torch.parallel against the mesh: none, ddp, fsdp (fsdp with mesh.data > 1 is HSDP)."""
+  if mesh_shape["tensor"] > 1:
+    raise ConfigError("mesh.tensor", f"{mesh_shape['tensor']}: the torch twin has no tensor "
+                                     "parallelism; allowed with framework=torch: 1")
+  wanted = c.torch.parallel
+  if world == 1:
+    if wanted in ("ddp", "fsdp"):
+      raise ConfigError("torch.parallel", f"{wanted} needs several processes: start the run with "
+                                          "torchrun --nproc_per_node=N; allowed here: auto, none")
+    return "none"
+  if wanted == "none":
+    raise ConfigError("torch.parallel", f"none, but torchrun started {world} processes; allowed: "
+                                        "auto, ddp, fsdp")
+  if wanted == "ddp" and mesh_shape["fsdp"] > 1:
+    raise ConfigError("torch.parallel", f"ddp with mesh.fsdp={mesh_shape['fsdp']}; use fsdp, or "
+                                        "mesh.fsdp=1")
+  if wanted == "fsdp" and mesh_shape["fsdp"] == 1:
+    raise ConfigError("mesh.fsdp", f"1 with torch.parallel=fsdp: set mesh.fsdp (e.g. -1) to the "
+                                   f"processes to shard over (of {world})")
+  if wanted == "auto":
+    return "fsdp" if mesh_shape["fsdp"] > 1 else "ddp"
+  return wanted
+
+
+def _init_process_group(torch):
+  """(rank, world, local_rank) from torchrun's environment; the group is started when world > 1."""
+  world = int(os.environ.get("WORLD_SIZE", "1"))
+  rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+  if world > 1 and not torch.distributed.is_initialized():
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+      torch.cuda.set_device(local_rank)
+    torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=300))
+  return rank, world, local_rank
+
+
+def jax_initial_params(c):
+  """The very params the JAX run of this config and seed starts from, as numpy (made on the CPU)."""
+  jax = cpu_only_jax()
+  import flax.linen as nn
+  from jaxbench import model as model_lib
+  cfg = model_lib.ModelConfig.from_config(c, "xla")
+  model = model_lib.Transformer(cfg)
+  tokens = jax.numpy.zeros((1, c.seq_len), jax.numpy.int32)
+  init = jax.jit(lambda key: nn.unbox(model.init(key, tokens)["params"]))
+  return jax.device_get(init(jax.random.key(c.seed)))
+
+
+def lr_values(c) -> list[float]:
+  """The Optax schedule's learning rate before each optimizer step (index = steps done)."""
+  jax = cpu_only_jax()
+  from jaxbench import optim
+  return [float(x) for x in jax.device_get(jax.vmap(optim.schedule(c))(jax.numpy.arange(c.steps)))]
+
+
+def _sdpa_backend(torch, c, cfg, device) -> dict:
+  """The kernel F.scaled_dot_product_attention picks for this model's shapes and dtype."""
+  from torch.nn.attention import SDPBackend
+  names = {int(v): k for k, v in SDPBackend.__members__.items()}
+  dtype = torch.bfloat16 if c.dtype == "bfloat16" else torch.float32
+  q = torch.zeros(1, cfg.n_heads, c.seq_len, cfg.head_dim, dtype=dtype, device=device)
+  kv = torch.zeros(1, cfg.n_kv_heads, c.seq_len, cfg.head_dim, dtype=dtype, device=device)
+  mask = None
+  if cfg.position == "alibi":
+    from jaxbench.twin import model as twin_model
+    mask = twin_model.alibi_mask(cfg.n_heads, c.seq_len, device).to(dtype)
+  try:
+    choice = torch._fused_sdp_choice(q, kv, kv, mask, 0.0, mask is None, scale=None,
+                                     enable_gqa=cfg.n_kv_heads != cfg.n_heads)
+    backend = names.get(int(choice), str(choice))
+  except Exception as e:  # a private API: say so rather than guess
+    backend = f"unknown ({type(e).__name__}: {e})"
+  return {"implementation": "sdpa", "backend": backend,
+          "reason": "F.scaled_dot_product_attention's own choice for these shapes, dtype and "
+                    f"device (model.attention={c.model.attention} chooses JAX's kernel)"}
+
+
+def _optimizer(torch, c, module, device) -> tuple[Any, list, dict]:
+  """AdamW with Optax's decay mask; fused where the device has the kernel, else foreach."""
+  from jaxbench import optim
+  from jaxbench.twin import convert
+  o = c.optimizer
+  decay, no_decay = [], []
+  for name, p in module.named_parameters():
+    (decay if optim.decays(convert.jax_name(name), o.decay_embeddings) else no_decay).append(p)
+  groups = [{"params": decay, "weight_decay": o.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+  kwargs = dict(lr=0.0, betas=(o.b1, o.b2), eps=o.eps)
+  note = None
+  if c.torch.fused_adamw:
+    try:
+      optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
+      return optimizer, decay + no_decay, {"adamw": "fused"}
+    except (RuntimeError, ValueError) as e:
+      note = f"fused AdamW unavailable here ({str(e).splitlines()[0][:200]}); foreach used"
+  optimizer = torch.optim.AdamW(groups, foreach=True, **kwargs)
+  return optimizer, decay + no_decay, {"adamw": "foreach", "adamw_note": note}
+
+
+def build(c, device=None) -> Setup:
+  """Config -> checks -> process group -> model (initial weights) -> parallelize -> optimizer."""
+  if c.checkpoint.every:
+    raise ConfigError("checkpoint.every", f"{c.checkpoint.every}: the torch twin does not write "
+                                          "checkpoints; allowed with framework=torch: 0")
+  torch = import_torch()
+  from jaxbench import flops as flops_lib
+  from jaxbench import model as model_lib
+  from jaxbench.twin import convert
+  from jaxbench.twin import model as twin_model
+
+  if c.mesh.tensor != 1:
+    raise ConfigError("mesh.tensor", f"{c.mesh.tensor}: the torch twin has no tensor parallelism; "
+                                     "allowed with framework=torch: 1")
+  rank, world, local_rank = _init_process_group(torch)
+  mesh_shape = config_lib.validate(c, world)
+  parallel = resolve_parallel(c, world, mesh_shape)
+  if device is None:
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+  if c.model.attention == "cudnn" and device.type != "cuda":
+    raise ConfigError("model.attention", f"cudnn needs a CUDA GPU, the twin runs on {device.type}; "
+                                         "allowed here: auto, xla, jax")
+  if device.type == "cuda":
+    torch.set_float32_matmul_precision(c.torch.float32_matmul_precision)
+
+  cfg = model_lib.ModelConfig.from_config(c, "xla")
+  counts = model_lib.param_count(cfg)
+  with torch.device("cpu"):
+    module = twin_model.Transformer(cfg)
+  if c.torch.init == "jax":
+    state = convert.jax_to_torch(jax_initial_params(c), cfg)
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
+  else:
+    twin_model.init_weights(module, c.seed)
+  n_params = sum(p.numel() for p in module.parameters())
+  if n_params != counts["total"]:
+    raise RuntimeError(f"the twin has {n_params:,} params, the analytic count is "
+                       f"{counts['total']:,}: a bug in twin/model.py")
+  module.to(device)
+
+  model = module
+  if parallel == "fsdp":
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    if mesh_shape["data"] > 1:  # HSDP: replicate over data, shard over fsdp
+      mesh = init_device_mesh(device.type, (mesh_shape["data"], mesh_shape["fsdp"]),
+                              mesh_dim_names=("data", "fsdp"))
+    else:
+      mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("fsdp",))
+    for layer in module.layers:
+      if c.torch.compile:
+        layer.compile()
+      fully_shard(layer, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+  elif parallel == "ddp":
+    from torch.nn.parallel import DistributedDataParallel
+    model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+  def loss_fn(tokens):
+    return twin_model.cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+
+  if c.torch.compile and parallel != "fsdp":
+    loss_fn = torch.compile(loss_fn)
+  optimizer, params, adamw_info = _optimizer(torch, c, module, device)
+  info = {
+      "version": torch.__version__, "cuda": torch.version.cuda,
+      "hip": getattr(torch.version, "hip", None),
+      "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+      "device": str(device), "device_names": _device_names(torch, device, world),
+      "num_threads": torch.get_num_threads(),
+      "compile": "torch.compile (inductor, per block under fsdp)" if c.torch.compile else "eager",
+      "autocast": "bfloat16" if c.dtype == "bfloat16" else None,
+      "float32_matmul_precision": torch.get_float32_matmul_precision(), "parallel": parallel,
+      "init": ("converted from the JAX run's initial params (same seed)" if c.torch.init == "jax"
+               else "native torch draws of the same distributions (not the JAX values)"),
+      "remat": "none" if c.model.remat == "none" else
+               f"full activation checkpointing per block (model.remat={c.model.remat})",
+      **adamw_info,
+  }
+  return Setup(config=c, device=device, rank=rank, world=world, mesh_shape=mesh_shape,
+               parallel=parallel, model_cfg=cfg, module=module, model=model, loss_fn=loss_fn,
+               optimizer=optimizer, params=params, lr_values=lr_values(c), n_params=n_params,
+               param_counts=counts, flops=flops_lib.flops_per_token(cfg, c.seq_len), info=info)
+
+
+def _device_names(torch, device, world: int) -> list[str]:
+  if device.type == "cuda":
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+  from jaxbench import sysinfo
+  return [sysinfo.cpu_model()]
+
+
+# --- one step -------------------------------------------------------------------------------------
+
+def _autocast(torch, s: Setup):
+  return torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.config.dtype == "bfloat16")
+
+
+def _attention_context(torch, s: Setup):
+  if s.config.model.attention != "cudnn":
+    return contextlib.nullcontext()
+  from torch.nn.attention import SDPBackend, sdpa_kernel
+  return sdpa_kernel(SDPBackend.CUDNN_ATTENTION)
+
+
+def _grad_sync(s: Setup, on: bool):
+  """Gradient all-reduce only after the last microbatch."""
+  if s.parallel == "ddp" and not on:
+    return s.model.no_sync()
+  if s.parallel == "fsdp":
+    s.module.set_requires_gradient_sync(on)
+  return contextlib.nullcontext()
+
+
+def train_step(s: Setup, batch, step_index: int):
+  """One optimizer step on this process's rows; returns (loss, grad_norm) as device tensors.
+  batch: int64 [microbatches, rows, seq_len + 1]."""
+  import torch
+  c = s.config
+  for group in s.optimizer.param_groups:
+    group["lr"] = s.lr_values[step_index]
+  n_micro = batch.shape[0]
+  total = torch.zeros((), device=s.device)
+  for j in range(n_micro):
+    with _grad_sync(s, j == n_micro - 1):
+      with _autocast(torch, s), _attention_context(torch, s):
+        loss = s.loss_fn(batch[j])
+      (loss / n_micro).backward()
+    total += loss.detach() / n_micro
+  grads = [p.grad for p in s.params if p.grad is not None]
+  norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+  if c.optimizer.clip_norm > 0:
+    # Optax's clip_by_global_norm: scale by clip / norm only when norm exceeds clip, no epsilon.
+    torch._foreach_mul_(grads, torch.clamp(c.optimizer.clip_norm / norm, max=1.0))
+  s.optimizer.step()
+  s.optimizer.zero_grad(set_to_none=True)
+  if hasattr(norm, "full_tensor"):  # FSDP2: a replicated DTensor
+    norm = norm.full_tensor()
+  if s.world > 1:  # the mean over processes of their rows' mean loss: the global batch's mean
+    torch.distributed.all_reduce(total)
+    total = total / s.world
+  return total, norm
+
+
+def warm_up(s: Setup, batch) -> None:
+  """Forward and backward of one microbatch, gradients dropped: torch.compile compiles both
+  graphs here (and eager mode allocates), so that step 1 is an ordinary step. No weight changes."""
+  import torch
+  with _autocast(torch, s), _attention_context(torch, s):
+    loss = s.loss_fn(batch[0])
+  loss.backward()
+  s.optimizer.zero_grad(set_to_none=True)
+  _synchronize(torch, s.device)
+
+
+def evaluate(s: Setup, batches) -> float:
+  """Mean held-out loss over the eval batches (step.make_eval_step's mean of microbatch means)."""
+  import torch
+  s.model.eval()
+  totals = []
+  with torch.no_grad(), _autocast(torch, s), _attention_context(torch, s):
+    for batch in batches:
+      totals.append(sum(s.loss_fn(b) for b in batch) / batch.shape[0])
+  s.model.train()
+  mean = torch.stack(totals).mean()
+  if s.world > 1:
+    torch.distributed.all_reduce(mean)
+    mean = mean / s.world
+  return float(mean)
+
+
+def _synchronize(torch, device) -> None:
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
+def local_rows(batch, rank: int, world: int):
+  """This process's rows of a global batch [micro, batch, S+1] (the JAX batch sharding's order:
+  rank = data index * fsdp + fsdp index)."""
+  rows = batch.shape[1] // world
+  return batch[:, rank * rows:(rank + 1) * rows]
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def _peak(torch, s: Setup):
+  jax = cpu_only_jax()
+  from jaxbench import peak as peak_lib
+  c = s.config
+  if c.peak_tflops:
+    return peak_lib.resolve_peak(jax.devices("cpu")[:1], c.dtype, c.peak_tflops)
+  if s.device.type == "cuda":
+    kind = torch.cuda.get_device_name(s.device)
+    peak = peak_lib.table_peak(kind, "gpu", c.dtype)
+    if peak.tflops and c.dtype == "float32" and torch.get_float32_matmul_precision() == "highest":
+      return peak_lib.Peak(None, "unknown", f"{kind}: torch float32_matmul_precision=highest "
+                           "(no TF32); the float32 table peak assumes TF32: set "
+                           "--config.peak_tflops")
+    return peak
+  # CPU: the same measured (cached) XLA matmul peak as the JAX run's, per device.
+  return peak_lib.resolve_peak(jax.devices("cpu")[:1], c.dtype, 0.0)
+
+
+def _peak_memory(torch, device) -> tuple[int | None, str]:
+  if device.type == "cuda":
+    return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
+  import resource
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+          "process peak RSS (the device's memory and everything else the process holds)")
+
+
+def _backend(torch, s: Setup) -> dict:
+  from jaxbench import sysinfo
+  cuda = s.device.type == "cuda"
+  hip = getattr(torch.version, "hip", None)
+  version = (f"HIP {hip}" if hip else f"CUDA {torch.version.cuda}") if cuda else None
+  return {"backend": "gpu" if cuda else "cpu", "platform": ("rocm" if hip else "cuda") if cuda else "cpu",
+          "platform_version": version, "driver": sysinfo.driver(),
+          "device_kind": torch.cuda.get_device_name(s.device) if cuda else "cpu",
+          "n_devices": s.world, "n_local_devices": int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+          "process_count": s.world, "process_index": s.rank}
+
+
+def _default_workdir(torch, c, platform: str, world: int) -> str:
+  stamp = [int(time.time())]
+  if world > 1:  # every process names the same directory: process 0's clock decides
+    torch.distributed.broadcast_object_list(stamp, src=0)
+  name = datetime.datetime.fromtimestamp(stamp[0]).strftime("%Y%m%d-%H%M%S")
+  return os.path.join("runs", f"{name}-{c.family}-{c.preset}-torch-{platform}")
+
+
+def run(c, workdir: str | None = None) -> dict:
+  """Trains per config `c` with the twin; returns summary.json's contents. ConfigError before
+  anything runs on bad input, Diverged on a non-finite loss."""
+  cpu_only_jax()
+  if workdir and os.path.exists(os.path.join(workdir, "run.json")):
+    raise ConfigError("--workdir", f"{workdir} already holds a run; the torch twin does not "
+                                   "resume: choose a new directory")
+  train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
+  eval_data = data_lib.make(c, "val") if c.eval.every else None
+  s = build(c)
+  torch = import_torch()
+  from jaxbench import sysinfo
+  is_writer = s.rank == 0
+  say = print if is_writer else (lambda *a, **k: None)
+  backend = _backend(torch, s)
+  workdir = workdir or _default_workdir(torch, c, backend["platform"], s.world)
+  m, flops = c.model, s.flops
+  say(f"jaxbench (torch twin): {c.family}:{c.preset}  d_model={m.d_model} n_layers={m.n_layers} "
+      f"n_heads={m.n_heads} n_kv_heads={m.n_kv_heads} d_ff={m.d_ff} vocab={m.vocab_size} "
+      f"seq_len={c.seq_len}")
+  say(f"  params {s.n_params:,} ({s.n_params / 1e6:.1f}M)  FLOPs/token "
+      f"{flops['flops_per_token']:,} ({flops['formula']})")
+  say(f"  {s.world} x {backend['device_kind']} ({s.device.type}), torch {torch.__version__}, "
+      f"parallel {s.parallel}, dtype {c.dtype}, {s.info['compile']}, AdamW {s.info['adamw']}")
+  attention = _sdpa_backend(torch, c, s.model_cfg, s.device)
+  say(f"  attention: SDPA, backend {attention['backend']}; initial weights: {s.info['init']}")
+  peak = _peak(torch, s)
+  peak_text = f"{peak.tflops:.4g} TFLOP/s" if peak.tflops is not None else "unknown"
+  say(f"  peak per device: {peak_text} ({peak.source}: {peak.detail})")
+  out = rundir_lib.RunDir(workdir, writer=is_writer)
+  say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
+  versions = sysinfo.versions()
+  versions["torch"] = torch.__version__
+  run_info = {
+      "config": c.to_dict(), "framework": "torch", "started_at": sysinfo.now_iso(),
+      "versions": versions, **backend,
+      "distributed": f"torchrun: {s.world} processes" if s.world > 1 else "single process",
+      "mesh": s.mesh_shape, "torch": s.info, "attention": attention,
+      "n_params": s.n_params, "param_counts": s.param_counts, **flops,
+      "peak": dataclasses.asdict(peak),
+      "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
+      "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
+      "data": (train_data.describe() if hasattr(train_data, "describe")
+               else {"synthetic": c.data.synthetic, "seed": c.seed}),
+      "deterministic": {"requested": bool(c.deterministic),
+                        "note": "the twin does not set torch's deterministic algorithms"},
+  }
+  out.write("run.json", run_info)
+
+  progress = runlog.Progress()
+  with runlog.StopRequest() as stop:
+    try:
+      _train(s, torch, peak, out, run_info, progress, stop, say, train_data, eval_data)
+    except Diverged as e:
+      progress.status, progress.error = "diverged", str(e)
+      raise
+    except BaseException as e:
+      progress.status, progress.error = "failed", f"{type(e).__name__}: {e}"
+      raise
+    finally:
+      summary = runlog.summary(
+          progress, tokens_per_step=c.batch_size * c.seq_len, n_devices=s.world,
+          flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops,
+          peak_source=peak.source, peak_memory=_peak_memory(torch, s.device),
+          backend=backend["backend"], device_kind=backend["device_kind"], n_params=s.n_params)
+      summary["framework"] = "torch"
+      out.write("summary.json", summary)
+      out.close()
+  say(runlog.done_line(summary))
+  say(f"run directory: {os.path.abspath(out.path)}")
+  return summary
+
+
+def _any_process(torch, s: Setup, flag: bool) -> bool:
+  if s.world == 1:
+    return flag
+  t = torch.tensor([1.0 if flag else 0.0])
+  torch.distributed.all_reduce(t)
+  return bool(t.item() > 0)
+
+
+def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, train_data,
+           eval_data) -> None:
+  c = s.config
+  tokens_per_step = c.batch_size * c.seq_len
+
+  def put(batch):
+    return torch.from_numpy(local_rows(batch, s.rank, s.world)).to(s.device, torch.long)
+
+  p.status = "compiling" if c.torch.compile else "warming up"
+  batch = put(train_data.batch(0))
+  say("  compiling (torch.compile) ..." if c.torch.compile else "  warming up (eager) ...", flush=True)
+  t0 = time.perf_counter()
+  warm_up(s, batch)
+  p.compile_s = time.perf_counter() - t0
+  run_info["compile"] = {"compile_s": p.compile_s, "mode": s.info["compile"],
+                         "what": "one forward and backward of the first microbatch, gradients "
+                                 "dropped (torch.compile compiles both graphs here)",
+                         "model_flops_per_step": s.flops["flops_per_token"] * tokens_per_step}
+  out.write("run.json", run_info)
+  say(f"  warm-up done in {p.compile_s:.1f}s", flush=True)
+  if _any_process(torch, s, stop.signal_name is not None):
+    p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
+    return
+
+  eval_batches = ([put(eval_data.batch(j)) for j in range(c.eval.batches)]
+                  if eval_data is not None else None)
+  p.status = "training"
+  prefetch = data_lib.Prefetcher(lambda step: put(train_data.batch(step)), 1, c.steps)
+  try:
+    data_wait_s = 0.0  # the first batch was fetched before the warm-up
+    start = t_prev = time.perf_counter()
+    for i in range(c.steps):
+      step = i + 1
+      last = step == c.steps
+      loss_t, norm_t = train_step(s, batch, i)
+      loss, grad_norm = float(loss_t), float(norm_t)  # waits for this step's loss and norm
+      _synchronize(torch, s.device)  # and for the optimizer's update
+      step_time = time.perf_counter() - t_prev
+      finite = math.isfinite(loss) and math.isfinite(grad_norm)
+      stopping = _any_process(torch, s, stop.signal_name is not None)
+      eval_loss = eval_s = None
+      if eval_batches is not None and finite and (step % c.eval.every == 0 or last):
+        t_eval = time.perf_counter()  # recorded apart, in no step's time
+        eval_loss = evaluate(s, eval_batches)
+        eval_s = time.perf_counter() - t_eval
+      # The next step's time starts here: fetching its batch and writing this record are in it,
+      # as in the JAX loop.
+      t_prev = time.perf_counter()
+      record = runlog.step_record(step, loss, grad_norm, s.lr_values[i], step_time,
+                                  tokens_per_step, s.world, s.flops["flops_per_token"], peak.tflops)
+      record["data_wait_s"] = data_wait_s
+      if not last and not stopping and finite:
+        batch, data_wait_s = prefetch.get(step)
+      if eval_loss is not None:
+        record["eval_loss"], record["eval_s"] = eval_loss, eval_s
+      out.append_metrics(record)
+      if i >= c.warmup_steps_excluded:
+        p.step_times.append(step_time)
+      p.steps, p.final_loss = step, loss
+      if not finite:
+        say(runlog.progress_line(record, c.steps, None))
+        raise Diverged(step, loss, grad_norm)
+      if last or i == 0 or (c.log_every and step % c.log_every == 0) or stopping:
+        eta = (time.perf_counter() - start) / (i + 1) * (c.steps - step)
+        say(runlog.progress_line(record, c.steps, eta), flush=True)
+      if stopping and not last:
+        p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
+        break
+    else:
+      p.status = "finished"
+  finally:
+    prefetch.close()
+
+
+# --- command line (reached through jaxbench train's main) -----------------------------------------
+
+def main(c, workdir: str | None, cluster_flags=(None, None, None)) -> int:
+  """`jaxbench train` with framework=torch: exit codes of the contract."""
+  try:
+    if any(v is not None for v in cluster_flags):
+      raise ConfigError("--coordinator_address", "the torch twin takes its processes from torchrun "
+                                                 "(torchrun --nproc_per_node=N -m jaxbench train ...)")
+    run(c, workdir)
+  except ConfigError as e:
+    print(f"jaxbench train: bad input: {e}", file=sys.stderr)
+    return 2
+  except Diverged as e:
+    print(f"jaxbench train: {e}", file=sys.stderr)
+    return 3
+  finally:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+      torch.distributed.destroy_process_group()
+  return 0

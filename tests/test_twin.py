@@ -1,0 +1,208 @@
+"""The PyTorch twin is the JAX model: same logits, same first gradients, same ten-step loss curve
+from the same weights and data; its run directory is read by every jaxbench tool; torchrun with
+FSDP2 (gloo on CPU) trains the same curve as one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import cli_env, read_json, run_cli
+
+from jaxbench import compare, config, model, optim, step, train
+from jaxbench.twin import convert
+
+torch = pytest.importorskip("torch")
+from jaxbench.twin import model as twin_model  # noqa: E402
+from jaxbench.twin import train as twin_train  # noqa: E402
+
+# The machine running the tests is shared: one torch thread avoids OpenMP barrier stalls there.
+torch.set_num_threads(1)
+
+PARITY_CASES = {
+    "mpt-nano": ("mpt", "nano", {}),
+    "mpt-nano-alibi-bias-unrolled": ("mpt", "nano", {"model.position": "alibi", "model.bias": True,
+                                                     "model.scan_layers": False}),
+    "llama-nano-gqa": ("llama", "nano", {}),  # 4 query heads over 2 key/value heads
+}
+
+
+def make_config(family, preset, **overrides):
+  c = config.load_config_file(f"configs/{family}.py:{preset}")
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def relative_error(a, b, floor=0.0) -> float:
+  """max |a - b| over max |a| (or `floor` where larger): relative to the tensor's scale, so
+  near-zero entries, or a gradient that is zero in exact arithmetic (the key bias's: softmax
+  ignores a per-row constant), do not count as large relative errors."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / max(np.abs(a).max(), floor))
+
+
+def random_params(cfg, seed=0):
+  """Params of the model's shapes, every leaf random (norm scales and biases too), no compile."""
+  shapes = nn.unbox(jax.eval_shape(lambda: model.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (1.0 * (len(s.shape) == 1) + rng.normal(size=s.shape) * 0.05).astype(np.float32), shapes)
+
+
+@pytest.fixture(scope="module", params=list(PARITY_CASES), ids=list(PARITY_CASES))
+def pair(request):
+  """JAX's logits and gradients, and the twin's, from the same params and tokens."""
+  family, preset, overrides = PARITY_CASES[request.param]
+  c = make_config(family, preset, **overrides)
+  cfg = model.ModelConfig.from_config(c, "xla")
+  jax_model = model.Transformer(cfg)
+  params = random_params(cfg)
+  tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, c.seq_len + 1)).astype(np.int32)
+
+  def loss_fn(p):
+    logits = jax_model.apply({"params": p}, tokens[:, :-1])
+    return step.cross_entropy(logits, tokens[:, 1:]), logits
+
+  with jax.default_matmul_precision("highest"):
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  twin = twin_model.Transformer(cfg)
+  twin.load_state_dict({k: torch.from_numpy(v) for k, v in convert.jax_to_torch(params, cfg).items()})
+  t = torch.from_numpy(tokens).long()
+  twin_logits = twin(t[:, :-1])
+  twin_model.cross_entropy(twin_logits, t[:, 1:]).backward()
+  twin_grads = convert.torch_to_jax({n: p.grad for n, p in twin.named_parameters()}, cfg,
+                                    stacked="layers" in params)
+  return logits, twin_logits.detach().numpy(), grads, twin_grads
+
+
+def test_logits_agree(pair):
+  expected, got = pair[:2]
+  assert got.shape == expected.shape
+  assert relative_error(expected, got) < 1e-5
+
+
+def test_first_step_gradients_agree(pair):
+  expected, got = pair[2:]
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(expected))
+  errors = jax.tree.map(lambda a, b: relative_error(a, b, floor=1e-3 * scale), expected, got)
+  assert max(jax.tree.leaves(errors)) < 1e-4, errors
+
+
+def test_converter_round_trips_both_layouts():
+  c = make_config("llama", "nano", **{"model.bias": True})
+  cfg = model.ModelConfig.from_config(c, "xla")
+  params = random_params(cfg)
+  state = convert.jax_to_torch(params, cfg)
+  assert set(state) == set(twin_model.Transformer(cfg).state_dict())
+  for stacked in (True, False):
+    back = convert.torch_to_jax(state, cfg, stacked=stacked)
+    same = params if stacked else model.unstack_layers(params, cfg.n_layers)
+    jax.tree.map(np.testing.assert_array_equal, same, back)
+
+
+def test_weight_decay_mask_matches_optax():
+  c = make_config("mpt", "nano", **{"model.bias": True})
+  cfg = model.ModelConfig.from_config(c, "xla")
+  params = nn.unbox(jax.eval_shape(lambda: model.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"])
+  mask = optim.decay_mask(params, decay_embeddings=False)
+  twin = twin_model.Transformer(cfg)
+  decided = convert.torch_to_jax(
+      {n: np.full(p.shape, optim.decays(convert.jax_name(n), False), np.float32)
+       for n, p in twin.named_parameters()}, cfg)
+  jax.tree.map(lambda m, d: np.testing.assert_array_equal(np.full(d.shape, m), d), mask, decided)
+
+
+# --- ten steps: JAX in-process, the twin through the command line ---------------------------------
+
+# The subprocess runs take their peak from the command line: measuring the CPU's (their cache
+# directory is the test's own) would cost each process seconds.
+TEN_STEPS = ["--config=configs/mpt.py:nano", "--config.steps=10", "--config.log_every=0",
+             "--config.warmup_steps_excluded=2", "--config.peak_tflops=0.2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The JAX run and the twin's run of the same config, seed and data."""
+  tmp = tmp_path_factory.mktemp("twin")
+  c = make_config("mpt", "nano", steps=10, log_every=0, warmup_steps_excluded=2, peak_tflops=0.2)
+  train.run(c, str(tmp / "jax"))
+  twin = run_cli(["train", *TEN_STEPS, "--config.framework=torch", f"--workdir={tmp / 'torch'}"],
+                 tmp, OMP_NUM_THREADS=1)
+  assert twin.returncode == 0, twin.stderr
+  return tmp, twin
+
+
+def losses(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def test_ten_steps_agree_and_the_run_directory_is_complete(runs):
+  tmp, twin = runs
+  jax_losses, torch_losses = losses(tmp / "jax"), losses(tmp / "torch")
+  assert len(torch_losses) == 10 and jax_losses[-1] < jax_losses[0]
+  np.testing.assert_allclose(torch_losses, jax_losses, rtol=1e-4)
+  info = read_json(tmp / "torch" / "run.json")
+  summary = read_json(tmp / "torch" / "summary.json")
+  assert info["framework"] == "torch" and info["config"]["framework"] == "torch"
+  assert info["versions"]["torch"] == torch.__version__
+  assert info["torch"]["compile"] == "eager" and info["torch"]["parallel"] == "none"
+  assert info["attention"]["implementation"] == "sdpa" and info["attention"]["backend"]
+  assert info["n_params"] == read_json(tmp / "jax" / "run.json")["n_params"]
+  assert info["flops_per_token"] == read_json(tmp / "jax" / "run.json")["flops_per_token"]
+  assert summary["status"] == "finished" and summary["timed_steps"] == 8
+  assert summary["compile_s"] > 0 and summary["mfu_median"] > 0
+  with open(tmp / "torch" / "metrics.jsonl") as f:
+    first = json.loads(f.readline())
+  assert first["lr"] == 0.0 and first["mfu"] > 0  # Optax's schedule: step 1 runs at lr(0)
+
+
+def test_compare_reads_both(runs, capsys):
+  tmp, _ = runs
+  assert compare.main(["jaxbench compare", str(tmp / "jax"), str(tmp / "torch")]) == 0
+  out = capsys.readouterr().out
+  assert "torch delivers" in out and "framework" in out and "matching" in out
+
+
+@pytest.mark.parametrize("flag,key", [("--config.torch.parallel=pipeline", "torch.parallel"),
+                                      ("--config.mesh.tensor=2", "mesh.tensor"),
+                                      ("--config.checkpoint.every=5", "checkpoint.every")])
+def test_bad_torch_config_exits_2_naming_the_key(tmp_path, capsys, flag, key):
+  code = train.main(["jaxbench train", "--config=configs/mpt.py:nano", "--config.framework=torch",
+                     flag, f"--workdir={tmp_path / 'run'}"])
+  err = capsys.readouterr().err
+  assert code == 2 and key in err and "allowed" in err, err
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_torch_exits_2_naming_the_extra(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+  c = make_config("mpt", "nano", framework="torch")
+  assert twin_train.main(c, str(tmp_path / "run")) == 2
+  err = capsys.readouterr().err
+  assert "framework" in err and "`torch` extra" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fsdp_under_torchrun_trains_the_same_curve(runs, tmp_path):
+  tmp, _ = runs
+  result = subprocess.run(
+      [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+       "-m", "jaxbench", "train", *TEN_STEPS, "--config.framework=torch", "--config.mesh.fsdp=2",
+       "--config.mesh.data=1", f"--workdir={tmp_path / 'fsdp'}"],
+      cwd=str(tmp_path), env=cli_env(tmp_path, OMP_NUM_THREADS=1), capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  info = read_json(tmp_path / "fsdp" / "run.json")
+  assert info["torch"]["parallel"] == "fsdp" and info["n_devices"] == 2
+  np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp / "torch"), rtol=1e-4)
