@@ -59,6 +59,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.deterministic = False
   # Per-device peak TFLOP/s for MFU; 0 = the built-in table, else the cache of `jaxbench peak`.
   c.peak_tflops = 0.0
+  # Profiler trace of steps START:END (inclusive, numbered as in metrics.jsonl, e.g. "5:7") in
+  # RUN_DIR/profile/, named in run.json (JAX: jax.profiler); empty: off, at no cost. The traced
+  # steps are left out of the timing summary: tracing slows them.
+  c.profile_steps = ""
+  # Keep the compiled step's optimized HLO (and its StableHLO) in RUN_DIR/hlo/, named in run.json.
+  c.dump_hlo = False
 
   c.model = ml_collections.ConfigDict()
   m = c.model
@@ -212,6 +218,23 @@ def mesh_shape(c, n_devices: int) -> dict[str, int]:
   return sizes
 
 
+def profile_steps(c) -> tuple[int, int] | None:
+  """`profile_steps` as (first, last) step, or None when off; ConfigError when malformed."""
+  text = str(c.profile_steps).strip()
+  if not text:
+    return None
+  first, sep, last = text.partition(":")
+  try:
+    first, last = int(first), int(last) if sep else None
+  except ValueError:
+    first = last = None
+  if first is None or last is None or not 1 <= first <= last <= c.steps:
+    raise ConfigError("profile_steps", f"{c.profile_steps!r} must be START:END with "
+                                       f"1 <= START <= END <= steps={c.steps} (e.g. 5:7), "
+                                       "or empty (off)")
+  return first, last
+
+
 def validate(c, n_devices: int) -> dict[str, int]:
   """Checks everything that can be checked without compiling; returns the mesh shape."""
   _choice(c, "framework", FRAMEWORKS)
@@ -234,6 +257,9 @@ def validate(c, n_devices: int) -> dict[str, int]:
                                      "(0 = table or measured peak)")
   if not isinstance(c.seed, int) or c.seed < 0:
     raise ConfigError("seed", f"{c.seed!r} must be an integer >= 0")
+  profile_steps(c)
+  if not isinstance(c.dump_hlo, bool):
+    raise ConfigError("dump_hlo", f"{c.dump_hlo!r} must be True or False")
 
   m = c.model
   _choice(c, "model.attention", ATTENTIONS)

@@ -1,0 +1,71 @@
+"""Seeing where the time goes (profile_steps, dump_hlo), the chunked loss, and memory prediction."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import read_json
+
+from jaxbench import config, rundir, train
+
+
+def nano(**overrides):
+  c = config.load_config_file("configs/mpt.py:nano")
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def profiled_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("profiled") / "run")
+  c = nano(steps=5, warmup_steps_excluded=1, profile_steps="2:3", dump_hlo=True, peak_tflops=1.0,
+           log_every=0)
+  summary = train.run(c, workdir)
+  return workdir, summary
+
+
+def test_profile_steps_writes_a_trace_named_in_run_json(profiled_run):
+  workdir, summary = profiled_run
+  profile = read_json(os.path.join(workdir, "run.json"))["profile"]
+  assert profile["steps"] == [2, 3] and profile["tool"] == "jax.profiler"
+  assert any(f.endswith(".xplane.pb") for f in profile["files"]), profile
+  for name in profile["files"]:
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  records = rundir.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+  assert [bool(r.get("profiled")) for r in records] == [False, True, True, False, False]
+  # Traced steps are slowed by the tracer: out of the summary, like the warm-up.
+  assert summary["timed_steps"] == 2 and summary["status"] == "finished"
+
+
+def test_dump_hlo_keeps_the_compiled_step(profiled_run):
+  workdir, _ = profiled_run
+  hlo = read_json(os.path.join(workdir, "run.json"))["hlo"]
+  with open(os.path.join(workdir, hlo["optimized_hlo"])) as f:
+    text = f.read()
+  assert text.startswith("HloModule") and "ENTRY" in text
+  with open(os.path.join(workdir, hlo["stablehlo"])) as f:
+    assert "stablehlo" in f.read()
+
+
+def test_off_by_default_writes_nothing(tmp_path):
+  c = config.load_config_file("configs/mpt.py:nano")
+  assert c.profile_steps == "" and c.dump_hlo is False
+  assert config.profile_steps(c) is None
+
+
+@pytest.mark.parametrize("value", ["3", "0:2", "4:2", "1:999", "a:b", "2:3:4"])
+def test_bad_profile_steps_exits_2_before_compiling(tmp_path, capsys, value):
+  workdir = tmp_path / "run"
+  code = train.main(["train", "--config=configs/mpt.py:nano", f"--config.profile_steps={value}",
+                     f"--workdir={workdir}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "profile_steps" in err[0], err
+  assert not workdir.exists()
