@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # Compute dtype of activations and matmuls; parameters and optimizer state stay float32.
   c.dtype = "float32"
+  # The loss forms the logits this many sequence positions at a time (recomputed in the backward
+  # pass), so only [batch, loss_chunk_size, vocab] float32 logits exist at once instead of the
+  # whole batch's; 0: all positions at once. Same function either way, to float32 rounding.
+  c.loss_chunk_size = 512
   # Print a progress line every this many steps (0: only the first and last).
   c.log_every = 10
   # Run-to-run identical losses on the backend, at its cost (GPU: XLA's deterministic ops).
@@ -258,6 +262,9 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if not isinstance(c.seed, int) or c.seed < 0:
     raise ConfigError("seed", f"{c.seed!r} must be an integer >= 0")
   profile_steps(c)
+  if not isinstance(c.loss_chunk_size, int) or c.loss_chunk_size < 0:
+    raise ConfigError("loss_chunk_size", f"{c.loss_chunk_size!r} must be an integer >= 0 "
+                                         "(0: the whole sequence at once)")
   if not isinstance(c.dump_hlo, bool):
     raise ConfigError("dump_hlo", f"{c.dump_hlo!r} must be True or False")
 

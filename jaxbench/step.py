@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbench import model as model_lib
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -38,18 +40,56 @@ def cross_entropy(logits, targets):
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
 
 
+def chunked_cross_entropy(x, head, targets, chunk: int):
+  """cross_entropy(model_lib.logits(x, head), targets), forming the logits `chunk` sequence
+  positions at a time: a scan over chunks whose body is rematerialized, so neither the forward nor
+  the backward pass holds more than [B, chunk, vocab] float32 logits (the whole batch's would be
+  B * S * vocab * 4 bytes: 1.6 GiB for MPT's vocab at 8 x 2048). The chunks run along the sequence
+  so each keeps the batch's sharding."""
+  b, s, d = x.shape
+  n = -(-s // chunk)
+  pad = n * chunk - s
+  if pad:  # the padded positions count for nothing
+    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  valid = (jnp.arange(n * chunk) < s).reshape(n, 1, chunk)
+  xs = x.reshape(b, n, chunk, d).swapaxes(0, 1)
+  ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def chunk_loss_sum(x_chunk, t_chunk, valid_chunk):
+    losses = optax.softmax_cross_entropy_with_integer_labels(model_lib.logits(x_chunk, head), t_chunk)
+    return jnp.sum(jnp.where(valid_chunk, losses, 0.0))
+
+  def add(total, inputs):
+    return total + chunk_loss_sum(*inputs), None
+
+  total, _ = jax.lax.scan(add, jnp.zeros((), jnp.float32), (xs, ts, valid))
+  return total / (b * s)
+
+
+def make_loss_fn(model: nn.Module, loss_chunk_size: int = 0):
+  """(params, tokens [B, S + 1]) -> mean next-token loss; chunked when the sequence is longer than
+  loss_chunk_size > 0 (otherwise the plain loss: a single chunk would only add a copy)."""
+
+  def loss_fn(params, tokens):
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    if 0 < loss_chunk_size < inputs.shape[1]:
+      x, head = model.apply({"params": params}, inputs, return_hidden=True)
+      return chunked_cross_entropy(x, head, targets, loss_chunk_size)
+    return cross_entropy(model.apply({"params": params}, inputs), targets)
+
+  return loss_fn
+
+
 def _global_norm(tree):
   tree_lib = getattr(optax, "tree", None)  # optax >= 0.2.4 moved it; global_norm is deprecated
   return tree_lib.norm(tree) if tree_lib is not None and hasattr(tree_lib, "norm") else optax.global_norm(tree)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule):
-
-  def loss_fn(params, tokens):
-    logits = model.apply({"params": params}, tokens[:, :-1])
-    return cross_entropy(logits, tokens[:, 1:])
-
-  grad_fn = jax.value_and_grad(loss_fn)
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule,
+                    loss_chunk_size: int = 0):
+  grad_fn = jax.value_and_grad(make_loss_fn(model, loss_chunk_size))
 
   def train_step(state: TrainState, batch: jax.Array):
     """batch: int32 [microbatches, batch // microbatches, seq_len + 1]."""
@@ -73,13 +113,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
   return train_step
 
 
-def make_eval_step(model: nn.Module):
+def make_eval_step(model: nn.Module, loss_chunk_size: int = 0):
   """Mean loss over a batch shaped like a training batch, with the given params."""
+  loss_fn = make_loss_fn(model, loss_chunk_size)
 
   def eval_step(params, batch):
     def one(carry, tokens):
-      logits = model.apply({"params": params}, tokens[:, :-1])
-      return carry + cross_entropy(logits, tokens[:, 1:]), None
+      return carry + loss_fn(params, tokens), None
     total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32), batch)
     return total / batch.shape[0]
 

@@ -187,7 +187,8 @@ def abstract_state(s: Setup):
 
 def jit_step(s: Setup):
   """The jitted train step with its shardings; the state is donated."""
-  train_step = step_lib.make_train_step(s.model, s.optimizer, s.lr_schedule)
+  train_step = step_lib.make_train_step(s.model, s.optimizer, s.lr_schedule,
+                                          s.config.loss_chunk_size)
   return jax.jit(train_step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
 
@@ -445,7 +446,7 @@ def _evaluator(setup: Setup, eval_data, put):
   """A function of params -> mean held-out loss over the same eval.batches batches each time."""
   c = setup.config
   params_shardings = setup.state_shardings.params
-  jitted = jax.jit(step_lib.make_eval_step(setup.model),
+  jitted = jax.jit(step_lib.make_eval_step(setup.model, c.loss_chunk_size),
                    in_shardings=(params_shardings, setup.batch_sharding),
                    out_shardings=sharding.replicated(setup.mesh))
   batches = [eval_data.batch(j) for j in range(c.eval.batches)]

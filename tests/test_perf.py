@@ -69,3 +69,21 @@ def test_bad_profile_steps_exits_2_before_compiling(tmp_path, capsys, value):
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and "profile_steps" in err[0], err
   assert not workdir.exists()
+
+
+def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients():
+  from jaxbench import model, step
+  chunk = 24  # 64 positions: two full chunks and a padded one
+  c = nano(seq_len=64)
+  cfg = model.ModelConfig.from_config(c, "xla")
+  m = model.Transformer(cfg)
+  tokens = jax.random.randint(jax.random.key(1), (4, c.seq_len + 1), 0, cfg.vocab_size)
+  params = jax.jit(m.init)(jax.random.key(0), tokens[:, :-1])["params"]
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  with jax.default_matmul_precision("highest"):
+    plain = jax.jit(jax.value_and_grad(step.make_loss_fn(m, 0)))(params, tokens)
+    chunked = jax.jit(jax.value_and_grad(step.make_loss_fn(m, chunk)))(params, tokens)
+  np.testing.assert_allclose(chunked[0], plain[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(chunked[1]), jax.tree.leaves(plain[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
