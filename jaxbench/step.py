@@ -35,9 +35,21 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng, s
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
 
+def token_losses(logits, targets):
+  """-log softmax(logits)[target] per position in float32: logsumexp minus the target's logit
+  (as optax.softmax_cross_entropy_with_integer_labels). The target's logit is picked by comparing
+  with the vocabulary index rather than gathered: the same value, but its gradient is elementwise
+  and fuses with the softmax's, where a gather's gradient is a scatter into a fresh
+  [B, S, vocab] buffer (slow on XLA's CPU backend)."""
+  logits = logits.astype(jnp.float32)
+  vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  picked = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
+  return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
 def cross_entropy(logits, targets):
   """Mean next-token cross-entropy in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+  return token_losses(logits, targets).mean()
 
 
 def chunked_cross_entropy(x, head, targets, chunk: int):
@@ -58,7 +70,7 @@ def chunked_cross_entropy(x, head, targets, chunk: int):
 
   @jax.checkpoint
   def chunk_loss_sum(x_chunk, t_chunk, valid_chunk):
-    losses = optax.softmax_cross_entropy_with_integer_labels(model_lib.logits(x_chunk, head), t_chunk)
+    losses = token_losses(model_lib.logits(x_chunk, head), t_chunk)
     return jnp.sum(jnp.where(valid_chunk, losses, 0.0))
 
   def add(total, inputs):
