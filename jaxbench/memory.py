@@ -8,8 +8,8 @@ against XLA's memory analysis of the compiled step by benchmarks/memory.py.
 Activations kept per token per layer, by policy (a = bytes of the compute dtype, d = d_model,
 kv = key/value width, f = d_ff, h = heads, S = seq_len, t = mesh.tensor; softmax in float32):
   none           everything the backward pass reads: the block input and both norm outputs
-                 (3ad), q/k/v (a(d + 2kv)/t), the softmax output in float32 and its cast
-                 ((4 + a) h S / t), the attention output (ad/t), the residual (ad), the MLP's
+                 (3ad), q/k/v (a(d + 2kv)/t), the masked scores and the softmax output in
+                 float32 and its cast ((8 + a) h S / t), the attention output (ad/t), the residual (ad), the MLP's
                  hidden pre- and post-activation (2af/t; SwiGLU 3af/t)
   full           only the block input (ad): each block is recomputed in the backward pass
   dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t), the
@@ -20,6 +20,7 @@ Policies other than none also hold one layer's full set while that layer is reco
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -50,6 +51,14 @@ def _shard_bytes(boxed_params, mesh_shape: dict[str, int]) -> int:
   return total
 
 
+@functools.lru_cache(maxsize=64)
+def _param_bytes(cfg: model_lib.ModelConfig, mesh_items: tuple) -> int:
+  """Per-device bytes of the params (their shapes traced, nothing allocated)."""
+  boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+  return _shard_bytes(boxed, dict(mesh_items))
+
+
 def _activation_bytes_per_token(c, policy: str, tensor: int) -> tuple[float, float]:
   """(kept per token per layer, one layer's full set per token) in bytes."""
   m = c.model
@@ -58,7 +67,7 @@ def _activation_bytes_per_token(c, policy: str, tensor: int) -> tuple[float, flo
   kv = m.n_kv_heads * (d // m.n_heads)
   mlp_hidden = 3 if m.mlp == "swiglu" else 2
   qkv = a * (d + 2 * kv) / tensor
-  full_set = (3 * a * d + qkv + (4 + a) * h * s / tensor + a * d / tensor + a * d
+  full_set = (3 * a * d + qkv + (8 + a) * h * s / tensor + a * d / tensor + a * d
               + mlp_hidden * a * f / tensor)
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor
   kept = {
@@ -74,9 +83,7 @@ def predict(c, mesh_shape: dict[str, int]) -> dict:
   """Predicted bytes per device of the train step for config `c` on a mesh of this shape."""
   m = c.model
   cfg = model_lib.ModelConfig.from_config(c, "xla")
-  boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
-  params = _shard_bytes(boxed, mesh_shape)
+  params = _param_bytes(cfg, tuple(sorted(mesh_shape.items())))
   tensor = mesh_shape["tensor"]
   batch_per_device = c.batch_size // (mesh_shape["data"] * mesh_shape["fsdp"] * c.microbatches)
   tokens = batch_per_device * c.seq_len

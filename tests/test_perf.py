@@ -3,7 +3,6 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import read_json
@@ -87,3 +86,28 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients():
   np.testing.assert_allclose(chunked[0], plain[0], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(chunked[1]), jax.tree.leaves(plain[1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_memory_prediction_grows_with_batch_and_covers_the_state():
+  from jaxbench import memory, model
+  c = config.load_config_file("configs/mpt.py:small")
+  one_device = {"data": 1, "fsdp": 1, "tensor": 1}
+  totals = []
+  for batch in (1, 2, 8, 16):
+    c.batch_size = batch
+    totals.append(memory.predict(c, one_device)["total"])
+  assert totals == sorted(totals) and len(set(totals)) == 4
+  p = memory.predict(c, one_device)
+  n_params = model.param_count(model.ModelConfig.from_config(c, "xla"))["total"]
+  assert p["params"] == 4 * n_params  # float32
+  assert p["total"] >= p["floor_state"] == 4 * 4 * n_params  # params, grads, two AdamW moments
+  # Full remat keeps less than none; FSDP over 4 devices holds a quarter of the state.
+  c.model.remat = "full"
+  assert memory.predict(c, one_device)["activations"] < p["activations"]
+  sharded = memory.predict(c, {"data": 1, "fsdp": 4, "tensor": 1})
+  assert sharded["params"] <= p["params"] // 4 + 4 * 2048 * 384  # unsharded: the small norm/position tables
+  # Chunking the loss shrinks the logits term to the chunk's share.
+  c.seq_len, c.loss_chunk_size = 2048, 512
+  chunked = memory.predict(c, one_device)["logits"]
+  c.loss_chunk_size = 0
+  assert chunked * 4 == memory.predict(c, one_device)["logits"]
