@@ -44,6 +44,12 @@ def test_profile_steps_writes_a_trace_named_in_run_json(profiled_run):
   assert summary["timed_steps"] == 2 and summary["status"] == "finished"
 
 
+def test_top_ops_names_the_model_code(profiled_run):
+  from jaxbench import profiling
+  text = profiling.top_ops(profiled_run[0], top=5)
+  assert "ms/step" in text and "<- jit(train_step)" in text, text
+
+
 def test_dump_hlo_keeps_the_compiled_step(profiled_run):
   workdir, _ = profiled_run
   hlo = read_json(os.path.join(workdir, "run.json"))["hlo"]
