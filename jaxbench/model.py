@@ -85,60 +85,6 @@ def param_count(cfg: ModelConfig) -> dict[str, int]:
           "position": position}
 
 
-# --- matmuls: low-precision operands, float32 accumulation ------------------------------------
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def tensordot_f32(x, w, contract: int, out_dtype):
-  """x's last `contract` dims against w's first `contract` dims, accumulated in float32, the
-  result cast to `out_dtype`; the backward matmuls too take operands in x's dtype and accumulate
-  in float32. This is what a bfloat16 matmul means on every backend (and in torch autocast), but
-  it must be spelled out for XLA's CPU backend: a plain bf16 x bf16 -> bf16 dot is converted to
-  float32 operands and runs at float32 speed, while bf16 x bf16 -> float32 stays bfloat16
-  (YNNPACK/oneDNN kernels, about twice as fast)."""
-  return _tensordot(x, w, contract).astype(out_dtype)
-
-
-def _tensordot(x, w, contract: int):
-  dims = ((tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract))), ((), ()))
-  return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
-
-
-def _tensordot_fwd(x, w, contract, out_dtype):
-  return tensordot_f32(x, w, contract, out_dtype), (x, w)
-
-
-def _tensordot_bwd(contract, out_dtype, residuals, g):
-  x, w = residuals
-  g = g.astype(x.dtype)
-  free_x = x.ndim - contract
-  # dx = g . w^T over w's free dims; dw = x^T . g over x's free (batch and sequence) dims.
-  dx = jax.lax.dot_general(g, w, ((tuple(range(free_x, g.ndim)), tuple(range(contract, w.ndim))),
-                                  ((), ())), preferred_element_type=jnp.float32)
-  dw = jax.lax.dot_general(x, g, ((tuple(range(free_x)), tuple(range(free_x))), ((), ())),
-                           preferred_element_type=jnp.float32)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-tensordot_f32.defvjp(_tensordot_fwd, _tensordot_bwd)
-
-
-def dense_dot_general(x, w, dimension_numbers, precision=None):
-  """A dot_general for Flax's Dense layers in a low-precision dtype: tensordot_f32 for the
-  contractions those layers make (x's last dims against the kernel's first, no batch dims)."""
-  (lhs, rhs), (lhs_batch, rhs_batch) = dimension_numbers
-  k = len(lhs)
-  if (tuple(lhs) == tuple(range(x.ndim - k, x.ndim)) and tuple(rhs) == tuple(range(k))
-      and not lhs_batch and not rhs_batch and precision is None):
-    return tensordot_f32(x, w, k, x.dtype)
-  return jax.lax.dot_general(x, w, dimension_numbers, precision,
-                             preferred_element_type=jnp.float32).astype(x.dtype)
-
-
-def _dot_general(c: "ModelConfig"):
-  """Flax's default for float32 (the exact float32 function); float32 accumulation otherwise."""
-  return None if c.dtype == jnp.float32 else dense_dot_general
-
-
 def _init(std: float, axes):
   return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
@@ -211,7 +157,7 @@ class Attention(nn.Module):
   def __call__(self, x, positions):
     c = self.cfg
     dense = functools.partial(nn.DenseGeneral, use_bias=c.bias, dtype=c.dtype,
-                              param_dtype=jnp.float32, dot_general=_dot_general(c))
+                              param_dtype=jnp.float32)
     q = dense((c.n_heads, c.head_dim), kernel_init=_init(c.init_std, ("embed", "heads", "head_dim")),
               bias_init=_zeros(("heads", "head_dim")), name="query")(x)
     k = dense((c.n_kv_heads, c.head_dim),
@@ -241,8 +187,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.cfg
-    dense = functools.partial(nn.Dense, use_bias=c.bias, dtype=c.dtype, param_dtype=jnp.float32,
-                              dot_general=_dot_general(c))
+    dense = functools.partial(nn.Dense, use_bias=c.bias, dtype=c.dtype, param_dtype=jnp.float32)
     up = functools.partial(dense, c.d_ff, kernel_init=_init(c.init_std, ("embed", "mlp")),
                            bias_init=_zeros(("mlp",)))
     if c.mlp == "swiglu":
@@ -284,10 +229,7 @@ def block_class(c: ModelConfig):
 
 def logits(x, head):
   """Final hidden states [B, S, d] x output matrix [d, vocab] -> float32 logits [B, S, vocab]."""
-  if x.dtype == jnp.float32:
-    out = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
-  else:  # float32 logits from low-precision operands, in both passes (see tensordot_f32)
-    out = tensordot_f32(x, head, 1, jnp.float32)
+  out = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
   return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
 
 
@@ -301,7 +243,12 @@ class Transformer(nn.Module):
     c = self.cfg
     embedding = self.param("embedding", _init(c.init_std, ("vocab", "embed")),
                            (c.vocab_size, c.d_model), jnp.float32)
-    x = jnp.take(embedding, tokens, axis=0).astype(c.dtype)
+    # The lookup reads a table gathered over `embed` (FSDP shards it), still split by vocab:
+    # from the stored (vocab, embed) sharding GSPMD cannot reach the batch-sharded activations
+    # and replicates the whole gather instead ("involuntary full rematerialization").
+    lookup_table = sharding.constrain(embedding, ("vocab", None))
+    x = jnp.take(lookup_table, tokens, axis=0).astype(c.dtype)
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     if c.position == "learned":
       table = self.param("position_embedding", _init(c.init_std, ("position", "embed")),
