@@ -42,7 +42,6 @@ CHUNK_CASE = ("configs/mpt.py:125m", {"model__d_model": 128, "model__n_heads": 2
                                       "model__n_layers": 2, "batch_size": 8, "dtype": "float32"})
 
 RUN_CASES = [
-    ("mpt:nano", "configs/mpt.py:nano", {}),
     ("mpt:tiny", "configs/mpt.py:tiny", {}),
     ("mpt:small", "configs/mpt.py:small", {}),
 ]
