@@ -131,14 +131,16 @@ def measured_runs(out: list) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--skip_runs", action="store_true", help="compile-only figures")
+  parser.add_argument("--only", choices=("compiled", "chunk", "runs"), default=None,
+                      help="one section only")
   parser.add_argument("--json", default=None, help="also write the figures here")
   args = parser.parse_args()
   print(common.header("benchmarks/memory.py"))
   out: list = []
-  compare_compiled(out)
-  chunk_saving(out)
-  if not args.skip_runs:
-    measured_runs(out)
+  sections = {"compiled": compare_compiled, "chunk": chunk_saving, "runs": measured_runs}
+  for name, section in sections.items():
+    if (args.only in (None, name)) and not (name == "runs" and args.skip_runs):
+      section(out)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1)
