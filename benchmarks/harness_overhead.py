@@ -24,7 +24,7 @@ import common
 import jax
 
 from jaxbench import data as data_lib
-from jaxbench import runlog, sharding, train
+from jaxbench import rundir, runlog, sharding, train
 
 
 def bare_loop(c, repeats_inner: int = 1):
@@ -51,7 +51,24 @@ def bare_loop(c, repeats_inner: int = 1):
     n = c.steps - warmup
     return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
-  return run
+  def run_reading_metrics() -> float:
+    """The bare loop, but reading each step's metrics once the next step is queued, as any loop
+    that records a per-step loss must: seconds per step."""
+    state = holder["state"]
+    warmup = c.warmup_steps_excluded
+    for b in batches[:warmup]:
+      state, metrics = step(state, b)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for b in batches[warmup:]:
+      state, next_metrics = step(state, b)
+      jax.device_get(metrics)
+      metrics = next_metrics
+    jax.device_get(metrics)
+    holder["state"] = state
+    return (time.perf_counter() - t0) / (c.steps - warmup)
+
+  return run, run_reading_metrics
 
 
 def main() -> None:
@@ -64,7 +81,7 @@ def main() -> None:
         + f"\nconfig {args.config}, {args.steps} steps per run, first 3 not timed")
   c = common.load(args.config, steps=args.steps, warmup_steps_excluded=3, log_every=0,
                   peak_tflops=1.0)
-  bare = bare_loop(c)
+  bare, bare_reading = bare_loop(c)
   # The CPU time at each step record of the harness (a probe around the loop's own call).
   marks = []
   record = runlog.step_record
@@ -74,23 +91,29 @@ def main() -> None:
     return record(*a, **k)
 
   runlog.step_record = probed
-  harness, loop, harness_cpu, loop_cpu = [], [], [], []
+  harness, loop, harness_cpu, loop_cpu, harness_mean, reading = [], [], [], [], [], []
   for r in range(args.repeats):
     marks.clear()
     with tempfile.TemporaryDirectory() as tmp:
       summary = train.run(c, f"{tmp}/run")
+      records = rundir.read_metrics(f"{tmp}/run/metrics.jsonl")[c.warmup_steps_excluded:]
+    harness_mean.append(sum(r["step_time_s"] for r in records) / len(records))
     timed = marks[c.warmup_steps_excluded - 1:]  # differences: the timed steps' CPU time
     harness.append(summary["step_time_s_median"])
     harness_cpu.append(common.median([b - a for a, b in zip(timed, timed[1:])]))
     wall, cpu = bare()
     loop.append(wall)
     loop_cpu.append(cpu)
-    print(f"  repeat {r}: wall: harness median {harness[-1] * 1e3:.2f} ms/step, bare loop "
-          f"{loop[-1] * 1e3:.2f} ms/step, ratio {harness[-1] / loop[-1]:.4f};  CPU: harness "
+    reading.append(bare_reading())
+    print(f"  repeat {r}: wall: harness median {harness[-1] * 1e3:.2f} ms/step (mean "
+          f"{harness_mean[-1] * 1e3:.2f}), bare loop reading metrics {reading[-1] * 1e3:.2f}, bare "
+          f"loop {loop[-1] * 1e3:.2f} ms/step, ratio {harness[-1] / loop[-1]:.4f};  CPU: harness "
           f"{harness_cpu[-1] * 1e3:.2f} ms/step, bare {loop_cpu[-1] * 1e3:.2f} ms/step, ratio "
           f"{harness_cpu[-1] / loop_cpu[-1]:.4f}", flush=True)
   runlog.step_record = record
-  for name, h_list, b_list in (("wall", harness, loop), ("CPU", harness_cpu, loop_cpu)):
+  for name, h_list, b_list in (("wall", harness, loop), ("CPU", harness_cpu, loop_cpu),
+                               ("wall, harness mean", harness_mean, loop),
+                               ("wall, bare loop reading metrics", reading, loop)):
     h, b = common.median(h_list), common.median(b_list)
     ratio = common.median([x / y for x, y in zip(h_list, b_list)])
     print(f"\n{name} time: harness {h * 1e3:.2f} ms/step, bare loop {b * 1e3:.2f} ms/step: "
