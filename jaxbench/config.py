@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # Compute dtype of activations and matmuls; parameters and optimizer state stay float32.
   c.dtype = "float32"
+  # The loss forms the logits this many sequence positions at a time, with their gradients in the
+  # same pass (no recomputation), so only [batch, loss_chunk_size, vocab] float32 logits exist at
+  # once instead of the whole batch's; 0, or a sequence no longer than this: all positions at once.
+  # Same function either way, to float32 rounding.
+  c.loss_chunk_size = 512
   # Print a progress line every this many steps (0: only the first and last).
   c.log_every = 10
   # Run-to-run identical losses on the backend, at its cost (GPU: XLA's deterministic ops).
@@ -66,6 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Also write every metric of the run as TensorBoard scalars in the run directory (needs the
   # `tensorboard` extra: tensorboardX), so `tensorboard --logdir` over runs or a sweep shows them.
   c.tensorboard = False
+  # Profiler trace of steps START:END (inclusive, numbered as in metrics.jsonl, e.g. "5:7") in
+  # RUN_DIR/profile/, named in run.json (JAX: jax.profiler); empty: off, at no cost. The traced
+  # steps are left out of the timing summary: tracing slows them.
+  c.profile_steps = ""
+  # Keep the compiled step's optimized HLO (and its StableHLO) in RUN_DIR/hlo/, named in run.json.
+  c.dump_hlo = False
 
   c.model = ml_collections.ConfigDict()
   m = c.model
@@ -237,6 +248,23 @@ def mesh_shape(c, n_devices: int) -> dict[str, int]:
   return sizes
 
 
+def profile_steps(c) -> tuple[int, int] | None:
+  """`profile_steps` as (first, last) step, or None when off; ConfigError when malformed."""
+  text = str(c.profile_steps).strip()
+  if not text:
+    return None
+  first, sep, last = text.partition(":")
+  try:
+    first, last = int(first), int(last) if sep else None
+  except ValueError:
+    first = last = None
+  if first is None or last is None or not 1 <= first <= last <= c.steps:
+    raise ConfigError("profile_steps", f"{c.profile_steps!r} must be START:END with "
+                                       f"1 <= START <= END <= steps={c.steps} (e.g. 5:7), "
+                                       "or empty (off)")
+  return first, last
+
+
 def validate(c, n_devices: int) -> dict[str, int]:
   """Checks everything that can be checked without compiling; returns the mesh shape."""
   _choice(c, "framework", FRAMEWORKS)
@@ -262,6 +290,12 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if c.tensorboard and importlib.util.find_spec("tensorboardX") is None:
     raise ConfigError("tensorboard", "True needs tensorboardX, which is not installed: "
                                      "pip install 'jaxbench[tensorboard]'")
+  profile_steps(c)
+  if not isinstance(c.loss_chunk_size, int) or c.loss_chunk_size < 0:
+    raise ConfigError("loss_chunk_size", f"{c.loss_chunk_size!r} must be an integer >= 0 "
+                                         "(0: the whole sequence at once)")
+  if not isinstance(c.dump_hlo, bool):
+    raise ConfigError("dump_hlo", f"{c.dump_hlo!r} must be True or False")
 
   m = c.model
   _choice(c, "model.attention", ATTENTIONS)

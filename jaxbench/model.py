@@ -227,16 +227,28 @@ def block_class(c: ModelConfig):
   return nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
 
 
+def logits(x, head):
+  """Final hidden states [B, S, d] x output matrix [d, vocab] -> float32 logits [B, S, vocab]."""
+  out = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
+  return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
+
+
 class Transformer(nn.Module):
-  """tokens [B, S] int32 -> logits [B, S, vocab] float32."""
+  """tokens [B, S] int32 -> logits [B, S, vocab] float32; with return_hidden=True, the final
+  hidden states and the output matrix instead, for a loss that forms the logits piece by piece."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens):
+  def __call__(self, tokens, return_hidden: bool = False):
     c = self.cfg
     embedding = self.param("embedding", _init(c.init_std, ("vocab", "embed")),
                            (c.vocab_size, c.d_model), jnp.float32)
-    x = jnp.take(embedding, tokens, axis=0).astype(c.dtype)
+    # The lookup reads a table gathered over `embed` (FSDP shards it), still split by vocab:
+    # from the stored (vocab, embed) sharding GSPMD cannot reach the batch-sharded activations
+    # and replicates the whole gather instead ("involuntary full rematerialization").
+    lookup_table = sharding.constrain(embedding, ("vocab", None))
+    x = jnp.take(lookup_table, tokens, axis=0).astype(c.dtype)
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     if c.position == "learned":
       table = self.param("position_embedding", _init(c.init_std, ("position", "embed")),
@@ -257,8 +269,9 @@ class Transformer(nn.Module):
     else:
       head = self.param("lm_head", _init(c.init_std, ("embed", "vocab")),
                         (c.d_model, c.vocab_size), jnp.float32).astype(c.dtype)
-    logits = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
-    return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    if return_hidden:
+      return x, head
+    return logits(x, head)
 
 
 def stack_layers(params, n_layers: int):

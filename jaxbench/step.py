@@ -6,6 +6,7 @@ scan inside the step, so the timed unit never depends on the accumulation settin
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -13,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxbench import model as model_lib
 
 
 @flax.struct.dataclass
@@ -33,9 +36,93 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng, s
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
 
+def token_losses(logits, targets):
+  """-log softmax(logits)[target] per position, in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
 def cross_entropy(logits, targets):
   """Mean next-token cross-entropy in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+  return token_losses(logits, targets).mean()
+
+
+def chunked_cross_entropy(x, head, targets, chunk: int):
+  """cross_entropy(model_lib.logits(x, head), targets), forming the logits `chunk` sequence
+  positions at a time, so no more than [B, chunk, vocab] float32 logits ever exist (the whole
+  batch's would be B * S * vocab * 4 bytes: 1.6 GiB for MPT's vocab at 8 x 2048).
+
+  Under differentiation the gradients with respect to x and the output matrix are formed chunk by
+  chunk in the same pass, from each chunk's softmax (d loss / d logits = (softmax - one_hot) / N),
+  and only scaled in the backward pass: nothing is recomputed, so the chunking costs no FLOPs. The
+  chunks run along the sequence so each keeps the batch's sharding."""
+  return _chunked_ce(x, head, targets, chunk)
+
+
+def _chunked_ce_pass(x, head, targets, chunk: int, with_grads: bool):
+  b, s, d = x.shape
+  n = -(-s // chunk)
+  pad = n * chunk - s
+  if pad:  # the padded positions count for nothing
+    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  valid = (jnp.arange(n * chunk) < s).reshape(n, 1, chunk)
+  xs = x.reshape(b, n, chunk, d).swapaxes(0, 1)
+  ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
+  tokens = b * s
+
+  def one_chunk(carry, inputs):
+    total, dhead = carry
+    x_chunk, t_chunk, valid_chunk = inputs
+    logits = model_lib.logits(x_chunk, head)
+    total = total + jnp.sum(jnp.where(valid_chunk, token_losses(logits, t_chunk), 0.0))
+    if not with_grads:
+      return (total, dhead), None
+    dlogits = ((jax.nn.softmax(logits, axis=-1)
+                - jax.nn.one_hot(t_chunk, logits.shape[-1], dtype=jnp.float32))
+               * (valid_chunk[..., None] / tokens))
+    dx = jnp.einsum("bcv,dv->bcd", dlogits, head, preferred_element_type=jnp.float32)
+    dhead = dhead + jnp.einsum("bcd,bcv->dv", x_chunk, dlogits, preferred_element_type=jnp.float32)
+    return (total, dhead), dx.astype(x.dtype)
+
+  dhead = jnp.zeros(head.shape, jnp.float32) if with_grads else jnp.zeros((), jnp.float32)
+  (total, dhead), dxs = jax.lax.scan(one_chunk, (jnp.zeros((), jnp.float32), dhead), (xs, ts, valid))
+  loss = total / tokens
+  if not with_grads:
+    return loss, None
+  dx = dxs.swapaxes(0, 1).reshape(b, n * chunk, d)[:, :s]
+  return loss, (dx, dhead.astype(head.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _chunked_ce(x, head, targets, chunk):
+  return _chunked_ce_pass(x, head, targets, chunk, with_grads=False)[0]
+
+
+def _chunked_ce_fwd(x, head, targets, chunk):
+  loss, grads = _chunked_ce_pass(x, head, targets, chunk, with_grads=True)
+  return loss, grads
+
+
+def _chunked_ce_bwd(chunk, grads, g):
+  dx, dhead = grads
+  return (g * dx).astype(dx.dtype), (g * dhead).astype(dhead.dtype), None
+
+
+_chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
+
+
+def make_loss_fn(model: nn.Module, loss_chunk_size: int = 0):
+  """(params, tokens [B, S + 1]) -> mean next-token loss; chunked when the sequence is longer than
+  loss_chunk_size > 0 (otherwise the plain loss: a single chunk would only add a copy)."""
+
+  def loss_fn(params, tokens):
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    if 0 < loss_chunk_size < inputs.shape[1]:
+      x, head = model.apply({"params": params}, inputs, return_hidden=True)
+      return chunked_cross_entropy(x, head, targets, loss_chunk_size)
+    return cross_entropy(model.apply({"params": params}, inputs), targets)
+
+  return loss_fn
 
 
 def _global_norm(tree):
@@ -43,13 +130,9 @@ def _global_norm(tree):
   return tree_lib.norm(tree) if tree_lib is not None and hasattr(tree_lib, "norm") else optax.global_norm(tree)
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule):
-
-  def loss_fn(params, tokens):
-    logits = model.apply({"params": params}, tokens[:, :-1])
-    return cross_entropy(logits, tokens[:, 1:])
-
-  grad_fn = jax.value_and_grad(loss_fn)
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, lr_schedule,
+                    loss_chunk_size: int = 0):
+  grad_fn = jax.value_and_grad(make_loss_fn(model, loss_chunk_size))
 
   def train_step(state: TrainState, batch: jax.Array):
     """batch: int32 [microbatches, batch // microbatches, seq_len + 1]."""
@@ -73,13 +156,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
   return train_step
 
 
-def make_eval_step(model: nn.Module):
+def make_eval_step(model: nn.Module, loss_chunk_size: int = 0):
   """Mean loss over a batch shaped like a training batch, with the given params."""
+  loss_fn = make_loss_fn(model, loss_chunk_size)
 
   def eval_step(params, batch):
     def one(carry, tokens):
-      logits = model.apply({"params": params}, tokens[:, :-1])
-      return carry + cross_entropy(logits, tokens[:, 1:]), None
+      return carry + loss_fn(params, tokens), None
     total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32), batch)
     return total / batch.shape[0]
 

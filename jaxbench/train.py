@@ -32,6 +32,7 @@ from jaxbench import hlo
 from jaxbench import model as model_lib
 from jaxbench import optim
 from jaxbench import peak as peak_lib
+from jaxbench import profiling
 from jaxbench import rundir as rundir_lib
 from jaxbench import runlog
 from jaxbench import sharding
@@ -185,7 +186,8 @@ def abstract_state(s: Setup):
 
 def jit_step(s: Setup):
   """The jitted train step with its shardings; the state is donated."""
-  train_step = step_lib.make_train_step(s.model, s.optimizer, s.lr_schedule)
+  train_step = step_lib.make_train_step(s.model, s.optimizer, s.lr_schedule,
+                                          s.config.loss_chunk_size)
   return jax.jit(train_step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
 
@@ -408,6 +410,8 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
     collectives = hlo.collectives(compiled.as_text())
   except Exception as e:  # a backend without HLO text: say so rather than report no traffic
     collectives = {"unavailable": f"{type(e).__name__}: {e}"}
+  if c.dump_hlo and out.writer:
+    run_info["hlo"] = profiling.dump_hlo(out.path, lowered, compiled.as_text())
   run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,
                          "xla_cost_analysis": cost, "xla_memory_analysis": memory,
                          "xla_cost_analysis_note": loops_note,
@@ -425,18 +429,23 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   saving = checkpointer is not None and checkpointer.enabled
   evaluate = _evaluator(setup, eval_data, put) if eval_data is not None else None
   prefetch = data_lib.Prefetcher(lambda s: put(train_data.batch(s)), start_step + 1, c.steps)
+  trace = profiling.StepTrace(out.path, config_lib.profile_steps(c))
   try:
     _loop(setup, peak, out, p, stop, say, compiled, state, batch, prefetch, evaluate,
-          checkpointer if saving else None, start_step)
+          checkpointer if saving else None, start_step, trace)
   finally:
     prefetch.close()
+    trace.stop()
+    if trace.steps is not None:
+      run_info["profile"] = trace.describe(out.path)
+      out.write("run.json", run_info)
 
 
 def _evaluator(setup: Setup, eval_data, put):
   """A function of params -> mean held-out loss over the same eval.batches batches each time."""
   c = setup.config
   params_shardings = setup.state_shardings.params
-  jitted = jax.jit(step_lib.make_eval_step(setup.model),
+  jitted = jax.jit(step_lib.make_eval_step(setup.model, c.loss_chunk_size),
                    in_shardings=(params_shardings, setup.batch_sharding),
                    out_shardings=sharding.replicated(setup.mesh))
   batches = [eval_data.batch(j) for j in range(c.eval.batches)]
@@ -450,11 +459,12 @@ def _evaluator(setup: Setup, eval_data, put):
 
 
 def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, state, batch, prefetch,
-          evaluate, checkpointer, start_step: int) -> None:
+          evaluate, checkpointer, start_step: int, trace: profiling.StepTrace) -> None:
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
   n_devices = len(setup.devices)
   config_dict = c.to_dict()
+  trace.before_dispatch(start_step + 1)
   start = t_prev = time.perf_counter()
   pending = compiled(state, batch)
   for i in range(start_step, c.steps):
@@ -465,37 +475,48 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
     stopping = _any_process(stop.signal_name is not None)
     last = step == c.steps
     next_batch, data_wait_s = prefetch.get(step) if not last and not stopping else (None, 0.0)
+    eval_due = evaluate is not None and (step % c.eval.every == 0 or last)
+    save_due = checkpointer is not None and (checkpointer.due(step) or stopping or last)
+    # Most steps queue the next one before reading their own outputs, so the device never waits
+    # for the host's bookkeeping; a step is then timed from the end of the one before. Steps whose
+    # state an evaluation or a save needs (the next step takes it: donated), and the first and
+    # last traced steps, wait instead and the next step is timed from its dispatch.
+    ahead = next_batch is not None and not eval_due and not save_due and not trace.boundary(step)
+    if ahead:
+      pending = compiled(state, next_batch)
     metrics = jax.device_get(metrics)  # waits for this step's outputs
     t_now = time.perf_counter()
-    step_time = t_now - t_prev
+    step_time, t_prev = t_now - t_prev, t_now
+    trace.after_step(step)
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
     save_s = eval_loss = eval_s = None
-    if evaluate is not None and finite and (step % c.eval.every == 0 or last):
-      # Like a save, an evaluation needs this step's params before the next step takes them;
-      # its time is recorded apart and is in no step's time.
+    if eval_due and finite:
+      # Its time is recorded apart and is in no step's time.
       t_eval = time.perf_counter()
       eval_loss = evaluate(state.params)
       eval_s = time.perf_counter() - t_eval
-    if checkpointer is not None and finite and (checkpointer.due(step) or stopping or last):
-      # The state must be saved before the next step takes it (it is donated); the save's own
-      # time is recorded apart and left out of both steps' times.
+    if save_due and finite:
+      # The save's own time is recorded apart and left out of both steps' times.
       t_save = time.perf_counter()
       checkpointer.save(step, state, config_dict)
       save_s = time.perf_counter() - t_save
       p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
-    t_prev = time.perf_counter()
-    if next_batch is not None and finite:
+    if not ahead and next_batch is not None and finite:
+      trace.before_dispatch(step + 1)
+      t_prev = time.perf_counter()
       pending = compiled(state, next_batch)  # the device works while we write this step down
     record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
-                          tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
+                                tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
     record["data_wait_s"] = data_wait_s
     if eval_loss is not None:
       record["eval_loss"], record["eval_s"] = eval_loss, eval_s
     if save_s is not None:
       record["checkpoint_save_s"] = save_s
+    if trace.traced(step):
+      record["profiled"] = True
     out.append_metrics(record)
-    if i - start_step >= c.warmup_steps_excluded:
+    if i - start_step >= c.warmup_steps_excluded and not trace.traced(step):
       p.step_times.append(step_time)
     p.steps, p.final_loss = step, loss
     if not finite:

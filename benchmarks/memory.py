@@ -1,0 +1,150 @@
+"""Predicted per-device memory (jaxbench/memory.py) against XLA's memory analysis of the compiled
+step, and against a short run's measured peak; and the saving of the chunked cross-entropy.
+
+  python benchmarks/memory.py [--skip_runs]
+
+Compile-only figures need no device memory (the step is lowered and compiled, never run), so
+large configs are fine on a laptop. The measured peak on CPU is the process's peak RSS (the
+runtime, Python and XLA's code included), so there it is an upper bound only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+import jax
+
+from jaxbench import config as config_lib
+from jaxbench import memory, train
+
+# (label, config spec, overrides): a few shapes and every remat policy.
+COMPILE_CASES = [
+    ("mpt:small f32 remat=none", "configs/mpt.py:small", {}),
+    ("mpt:small f32 remat=full", "configs/mpt.py:small", {"model__remat": "full"}),
+    ("mpt:small f32 remat=dots", "configs/mpt.py:small", {"model__remat": "dots"}),
+    ("mpt:small f32 remat=dots_no_batch", "configs/mpt.py:small", {"model__remat": "dots_no_batch"}),
+    ("mpt:small f32 batch=16", "configs/mpt.py:small", {"batch_size": 16}),
+    ("mpt:small bf16", "configs/mpt.py:small", {"dtype": "bfloat16"}),
+    ("llama:small f32", "configs/llama.py:small", {}),
+    ("mpt:125m bf16 batch=2 remat=full", "configs/mpt.py:125m", {"batch_size": 2, "model__remat": "full"}),
+]
+
+# The chunked loss at MPT's vocab and sequence (a narrow, shallow model: the logits dominate).
+CHUNK_CASE = ("configs/mpt.py:125m", {"model__d_model": 128, "model__n_heads": 2, "model__n_kv_heads": 2,
+                                      "model__d_ff": 512,
+                                      "model__n_layers": 2, "batch_size": 8, "dtype": "float32"})
+
+RUN_CASES = [
+    ("mpt:tiny", "configs/mpt.py:tiny", {}),
+    ("mpt:small", "configs/mpt.py:small", {}),
+]
+
+
+def compiled_memory(c) -> tuple[dict, float]:
+  """XLA's memory analysis of the step compiled for this machine's devices (nothing allocated)."""
+  s = train.build(c)
+  state = train.abstract_state(s)
+  batch = jax.ShapeDtypeStruct((c.microbatches, c.batch_size // c.microbatches, c.seq_len + 1),
+                               jax.numpy.int32, sharding=s.batch_sharding)
+  t0 = time.perf_counter()
+  compiled = train.lower_step(s, state, batch).compile()
+  return train._memory_analysis(compiled), time.perf_counter() - t0
+
+
+def compare_compiled(out: list) -> None:
+  print("\n## Predicted against XLA's memory analysis (compile only), MiB per device")
+  print("| config | predicted total | XLA peak (arg+out-alias+temp) | predicted/XLA | "
+        "predicted activations+logits+recompute | XLA temp | state floor |")
+  print("|---|---|---|---|---|---|---|")
+  for label, spec, overrides in COMPILE_CASES:
+    c = common.load(spec, **overrides)
+    mesh_shape = config_lib_validate(c)
+    pred = memory.predict(c, mesh_shape)
+    mem, _ = compiled_memory(c)
+    peak = memory.xla_peak(mem)
+    transient = (pred["activations"] + pred["logits"] + pred["recompute_layer"]
+                 + pred["embedding_and_final_norm"] + pred["gradients"])
+    print(f"| {label} | {common.mib(pred['total'])} | {common.mib(peak)} | "
+          f"{pred['total'] / peak:.2f} | {common.mib(transient)} (incl. grads) | "
+          f"{common.mib(mem.get('temp_size_in_bytes'))} | {common.mib(pred['floor_state'])} |",
+          flush=True)
+    out.append({"case": label, "predicted": pred, "xla": mem, "xla_peak": peak})
+
+
+def config_lib_validate(c):
+  return config_lib.validate(c, len(jax.devices()))
+
+
+def chunk_saving(out: list) -> None:
+  spec, overrides = CHUNK_CASE
+  print("\n## Chunked cross-entropy: vocab 50368, seq 2048, batch 8, d_model 128, 2 layers, "
+        "float32 (compile only), MiB per device")
+  print("| loss_chunk_size | XLA temp | XLA peak | predicted total |")
+  print("|---|---|---|---|")
+  rows = {}
+  for chunk in (0, 1024, 512, 256):
+    c = common.load(spec, loss_chunk_size=chunk, **overrides)
+    mem, _ = compiled_memory(c)
+    pred = memory.predict(c, config_lib_validate(c))
+    rows[chunk] = mem
+    print(f"| {chunk or 'off (whole sequence)'} | {common.mib(mem['temp_size_in_bytes'])} | "
+          f"{common.mib(memory.xla_peak(mem))} | {common.mib(pred['total'])} |", flush=True)
+  full = rows[0]["temp_size_in_bytes"]
+  logits = 8 * 2048 * 50368 * 4
+  print(f"\nfull-batch float32 logits alone: {common.mib(logits)} MiB; temp saved by chunk 512: "
+        f"{common.mib(full - rows[512]['temp_size_in_bytes'])} MiB "
+        f"({full / rows[512]['temp_size_in_bytes']:.1f}x less)")
+  out.append({"chunk_case": overrides, "xla_by_chunk": {str(k): v for k, v in rows.items()}})
+
+
+def measured_runs(out: list) -> None:
+  print("\n## Predicted against a 3-step run's measured peak (CPU: process peak RSS), MiB")
+  print("| config | predicted total | XLA peak | measured peak (RSS) |")
+  print("|---|---|---|---|")
+  for label, spec, overrides in RUN_CASES:
+    c = common.load(spec, **overrides)
+    pred = memory.predict(c, config_lib_validate(c))
+    with tempfile.TemporaryDirectory() as tmp:
+      args = [sys.executable, "-m", "jaxbench", "train", f"--config={spec}", "--config.steps=3",
+              "--config.warmup_steps_excluded=1", "--config.peak_tflops=1", "--config.log_every=0",
+              f"--workdir={tmp}/run"]
+      env = dict(os.environ, PYTHONPATH=common.REPO)
+      subprocess.run(args, env=env, check=True, capture_output=True, cwd=tmp)
+      with open(f"{tmp}/run/summary.json") as f:
+        summary = json.load(f)
+      with open(f"{tmp}/run/run.json") as f:
+        xla = json.load(f)["compile"]["xla_memory_analysis"]
+    print(f"| {label} | {common.mib(pred['total'])} | {common.mib(memory.xla_peak(xla))} | "
+          f"{common.mib(summary['peak_memory_bytes_per_device'])} |", flush=True)
+    out.append({"run_case": label, "predicted": pred, "xla": xla,
+                "measured_peak": summary["peak_memory_bytes_per_device"],
+                "measured_source": summary.get("peak_memory_source")})
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--skip_runs", action="store_true", help="compile-only figures")
+  parser.add_argument("--only", choices=("compiled", "chunk", "runs"), default=None,
+                      help="one section only")
+  parser.add_argument("--json", default=None, help="also write the figures here")
+  args = parser.parse_args()
+  print(common.header("benchmarks/memory.py"))
+  out: list = []
+  sections = {"compiled": compare_compiled, "chunk": chunk_saving, "runs": measured_runs}
+  for name, section in sections.items():
+    if (args.only in (None, name)) and not (name == "runs" and args.skip_runs):
+      section(out)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

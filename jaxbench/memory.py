@@ -1,0 +1,116 @@
+"""Per-device memory of a training step, predicted from the config and the mesh alone.
+
+What a user asks before renting a device: will this fit, and what takes the space? The prediction
+adds up the train state (float32 params, gradients, AdamW's two moments), the activations the
+backward pass keeps (by remat policy), the logits and the working set of one layer. It is checked
+against XLA's memory analysis of the compiled step by benchmarks/memory.py.
+
+Activations kept per token per layer, by policy (a = bytes of the compute dtype, d = d_model,
+kv = key/value width, f = d_ff, h = heads, S = seq_len, t = mesh.tensor; softmax in float32):
+  none           everything the backward pass reads: the block input and both norm outputs
+                 (3ad), q/k/v (a(d + 2kv)/t), the masked scores and the softmax output in
+                 float32 and its cast ((8 + a) h S / t), the attention output (ad/t), the residual (ad), the MLP's
+                 hidden pre- and post-activation (2af/t; SwiGLU 3af/t)
+  full           only the block input (ad): each block is recomputed in the backward pass
+  dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t), the
+                 attention output, the output projection (ad), the MLP's up (and gate) and down
+  dots_no_batch  as dots without the two attention matmuls (they have batch dimensions)
+Policies other than none also hold one layer's full set while that layer is recomputed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxbench import model as model_lib
+from jaxbench import sharding
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+GIB = 1024 ** 3
+
+
+def _shard_bytes(boxed_params, mesh_shape: dict[str, int]) -> int:
+  """Bytes per device of float32 params sharded by the logical axis rules on a mesh this shape."""
+  specs = nn.get_partition_spec(boxed_params)
+  leaves = jax.tree.leaves(nn.unbox(boxed_params))
+  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  total = 0
+  for leaf, spec in zip(leaves, spec_leaves):
+    mesh_spec = sharding.logical_to_spec(tuple(spec))
+    elements = 1
+    for i, dim in enumerate(leaf.shape):
+      axes = mesh_spec[i] if i < len(mesh_spec) else None
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      elements *= -(-dim // math.prod(mesh_shape[a] for a in axes))
+    total += elements * leaf.dtype.itemsize
+  return total
+
+
+@functools.lru_cache(maxsize=64)
+def _param_bytes(cfg: model_lib.ModelConfig, mesh_items: tuple) -> int:
+  """Per-device bytes of the params (their shapes traced, nothing allocated)."""
+  boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+  return _shard_bytes(boxed, dict(mesh_items))
+
+
+def _activation_bytes_per_token(c, policy: str, tensor: int) -> tuple[float, float]:
+  """(kept per token per layer, one layer's full set per token) in bytes."""
+  m = c.model
+  a = DTYPE_BYTES[c.dtype]
+  d, f, h, s = m.d_model, m.d_ff, m.n_heads, c.seq_len
+  kv = m.n_kv_heads * (d // m.n_heads)
+  mlp_hidden = 3 if m.mlp == "swiglu" else 2
+  qkv = a * (d + 2 * kv) / tensor
+  full_set = (3 * a * d + qkv + (8 + a) * h * s / tensor + a * d / tensor + a * d
+              + mlp_hidden * a * f / tensor)
+  up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor
+  kept = {
+      "none": full_set,
+      "full": a * d,
+      "dots": a * d + qkv + 4 * h * s / tensor + a * d / tensor + a * d + up_outputs + a * d,
+      "dots_no_batch": a * d + qkv + a * d + up_outputs + a * d,
+  }[policy]
+  return kept, full_set
+
+
+def predict(c, mesh_shape: dict[str, int]) -> dict:
+  """Predicted bytes per device of the train step for config `c` on a mesh of this shape."""
+  m = c.model
+  cfg = model_lib.ModelConfig.from_config(c, "xla")
+  params = _param_bytes(cfg, tuple(sorted(mesh_shape.items())))
+  tensor = mesh_shape["tensor"]
+  batch_per_device = c.batch_size // (mesh_shape["data"] * mesh_shape["fsdp"] * c.microbatches)
+  tokens = batch_per_device * c.seq_len
+  kept, full_set = _activation_bytes_per_token(c, m.remat, tensor)
+  a = DTYPE_BYTES[c.dtype]
+  # Logits are float32 whatever the dtype; the backward pass holds them and their gradient.
+  logit_positions = (c.loss_chunk_size if 0 < c.loss_chunk_size < c.seq_len else c.seq_len)
+  logits = 2 * batch_per_device * logit_positions * (m.vocab_size // tensor) * 4
+  parts = {
+      "params": params,
+      "gradients": params * (2 if c.microbatches > 1 else 1),  # + the accumulator
+      "optimizer_state": 2 * params,  # AdamW's first and second moments, float32
+      "activations": int(kept * tokens * m.n_layers),
+      "recompute_layer": int(full_set * tokens) if m.remat != "none" else 0,
+      "logits": logits,
+      # Embedding output, final norm in and out.
+      "embedding_and_final_norm": 3 * a * m.d_model * tokens,
+  }
+  parts["total"] = sum(parts.values())
+  parts["floor_state"] = params + parts["gradients"] + parts["optimizer_state"]
+  return parts
+
+
+def xla_peak(memory_analysis: dict) -> int | None:
+  """XLA's peak bytes per device for a compiled step: arguments + outputs - aliased (donated)
+  + temporaries."""
+  if not memory_analysis or "temp_size_in_bytes" not in memory_analysis:
+    return None
+  return (memory_analysis["argument_size_in_bytes"] + memory_analysis["output_size_in_bytes"]
+          - memory_analysis.get("alias_size_in_bytes", 0) + memory_analysis["temp_size_in_bytes"])

@@ -1,0 +1,178 @@
+"""Seeing where the time goes: a jax.profiler trace of chosen steps, and the compiled step's HLO.
+
+Both are off by default and cost nothing then (the loop compares two integers per step). The
+trace lands in RUN_DIR/profile/ (TensorBoard's profile plugin or xprof read the .xplane.pb;
+Perfetto's UI reads perfetto_trace.json.gz); the HLO in RUN_DIR/hlo/. run.json names the files.
+
+  python -m jaxbench.profiling RUN_DIR [--top=25]
+
+prints the XLA ops that took the most time in the traced steps, with the model code each came
+from (from the HLO's metadata when the run also had dump_hlo=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import sys
+import time
+
+import jax
+
+PROFILE_DIR = "profile"
+HLO_DIR = "hlo"
+
+
+class StepTrace:
+  """Starts jax.profiler before step `first` is dispatched and stops it once step `last` is done.
+
+  Steps are numbered as in metrics.jsonl (1 = the first step). With several processes each writes
+  its own trace under profile/process_<i>/ (a host name alone can repeat on one machine)."""
+
+  def __init__(self, workdir: str, steps: tuple[int, int] | None):
+    self.steps = steps
+    self.active = False
+    self.overhead_s = 0.0  # starting and writing the trace: kept out of every step's time
+    directory = os.path.join(workdir, PROFILE_DIR)
+    if jax.process_count() > 1:
+      directory = os.path.join(directory, f"process_{jax.process_index()}")
+    self.directory = directory
+
+  def traced(self, step: int) -> bool:
+    return self.steps is not None and self.steps[0] <= step <= self.steps[1]
+
+  def boundary(self, step: int) -> bool:
+    """True for the step before the first traced one and for the last traced one: the loop must
+    not queue the next step ahead of them (the trace starts before a dispatch and stops after a
+    step is done; its own time is kept out of every step's)."""
+    return self.steps is not None and step in (self.steps[0] - 1, self.steps[1])
+
+  def before_dispatch(self, step: int) -> None:
+    """Call right before step `step` is dispatched."""
+    if self.steps is not None and step == self.steps[0] and not self.active:
+      t0 = time.perf_counter()
+      os.makedirs(self.directory, exist_ok=True)
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      self.active = True
+      self.overhead_s += time.perf_counter() - t0
+
+  def after_step(self, step: int) -> None:
+    """Call once step `step`'s outputs are on the host."""
+    if self.active and step >= self.steps[1]:
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      t0 = time.perf_counter()
+      jax.profiler.stop_trace()
+      self.active = False
+      self.overhead_s += time.perf_counter() - t0
+
+  def describe(self, workdir: str) -> dict | None:
+    """For run.json: the traced steps and the files written, relative to the run directory."""
+    if self.steps is None:
+      return None
+    files = []
+    for root, _, names in os.walk(self.directory):
+      files += [os.path.relpath(os.path.join(root, n), workdir) for n in names]
+    return {"steps": list(self.steps), "tool": "jax.profiler",
+            "dir": os.path.relpath(self.directory, workdir), "files": sorted(files),
+            "note": "traced steps are left out of the timing summary (tracing slows them); "
+                    "open the .xplane.pb with TensorBoard's profile plugin or xprof, "
+                    "perfetto_trace.json.gz with ui.perfetto.dev"}
+
+
+def dump_hlo(workdir: str, lowered, optimized_text: str) -> dict:
+  """Writes the step's StableHLO (before XLA) and optimized HLO (after XLA's passes, as it runs);
+  returns the file names relative to the run directory, for run.json."""
+  directory = os.path.join(workdir, HLO_DIR)
+  os.makedirs(directory, exist_ok=True)
+  files = {"optimized_hlo": os.path.join(HLO_DIR, "train_step.optimized.hlo.txt"),
+           "stablehlo": os.path.join(HLO_DIR, "train_step.stablehlo.mlir")}
+  texts = {"optimized_hlo": optimized_text, "stablehlo": lowered.as_text()}
+  for key, name in files.items():
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(texts[key])
+  return files
+
+
+# Events that are the runtime's own bookkeeping, not an op of the step.
+_RUNTIME_EVENTS = ("ThreadpoolListener", "ThunkExecutor", "SlinkyThreadPool", "PjRt", "TfrtCpu")
+_HLO_OP = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"")
+
+
+def op_times(xplane_path: str) -> collections.Counter:
+  """{op name: total ns} over the XLA ops in a trace: the CPU backend's worker threads
+  (tf_XLA...) or a GPU/TPU device plane's op lines."""
+  from jax.profiler import ProfileData
+  totals = collections.Counter()
+  for plane in ProfileData.from_file(xplane_path).planes:
+    on_device = plane.name.startswith("/device:")
+    for line in plane.lines:
+      if not on_device and not line.name.startswith("tf_XLA"):
+        continue
+      if on_device and "op" not in line.name.lower():
+        continue
+      for event in line.events:
+        if not event.name.startswith(_RUNTIME_EVENTS):
+          totals[event.name] += event.duration_ns
+  return totals
+
+
+def hlo_sources(hlo_text: str) -> dict[str, str]:
+  """{HLO instruction name: the op_name metadata that says which model code it came from}."""
+  found = {}
+  for line in hlo_text.splitlines():
+    match = _HLO_OP.match(line)
+    if match:
+      found[match[1]] = match[2]
+  return found
+
+
+def top_ops(workdir: str, top: int = 25) -> str:
+  with open(os.path.join(workdir, "run.json")) as f:
+    info = json.load(f)
+  profile = info.get("profile")
+  if not profile:
+    raise FileNotFoundError(f"{workdir}/run.json names no trace: run with --config.profile_steps=START:END")
+  traces = [os.path.join(workdir, p) for p in profile["files"] if p.endswith(".xplane.pb")]
+  if not traces:
+    raise FileNotFoundError(f"no .xplane.pb among {profile['files']}")
+  totals = op_times(traces[0])
+  sources = {}
+  if info.get("hlo"):
+    with open(os.path.join(workdir, info["hlo"]["optimized_hlo"])) as f:
+      sources = hlo_sources(f.read())
+  steps = profile["steps"][1] - profile["steps"][0] + 1
+  all_ns = sum(totals.values()) or 1
+  lines = [f"XLA ops of steps {profile['steps'][0]}-{profile['steps'][1]} by total time "
+           f"(summed over threads: {all_ns / 1e9:.2f}s, {all_ns / 1e9 / steps:.2f}s per step)",
+           f"{'ms/step':>9} {'share':>6}  op  <- model code"]
+  for name, ns in totals.most_common(top):
+    source = sources.get(name, "")
+    lines.append(f"{ns / 1e6 / steps:9.1f} {ns / all_ns:6.1%}  {name}"
+                 + (f"  <- {source}" if source else ""))
+  if not sources:
+    lines.append("(run with --config.dump_hlo=True too to see the model code of each op)")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m jaxbench.profiling",
+                                   description="The ops that took the most time in a run's trace.")
+  parser.add_argument("workdir")
+  parser.add_argument("--top", type=int, default=25)
+  args = parser.parse_args(argv)
+  try:
+    print(top_ops(args.workdir, args.top))
+  except (FileNotFoundError, KeyError) as e:
+    print(f"jaxbench.profiling: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,119 @@
+"""Seeing where the time goes (profile_steps, dump_hlo), the chunked loss, and memory prediction."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from conftest import read_json
+
+from jaxbench import config, rundir, train
+
+
+def nano(**overrides):
+  c = config.load_config_file("configs/mpt.py:nano")
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def profiled_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("profiled") / "run")
+  c = nano(steps=5, warmup_steps_excluded=1, profile_steps="2:3", dump_hlo=True, peak_tflops=1.0,
+           log_every=0)
+  summary = train.run(c, workdir)
+  return workdir, summary
+
+
+def test_profile_steps_writes_a_trace_named_in_run_json(profiled_run):
+  workdir, summary = profiled_run
+  profile = read_json(os.path.join(workdir, "run.json"))["profile"]
+  assert profile["steps"] == [2, 3] and profile["tool"] == "jax.profiler"
+  assert any(f.endswith(".xplane.pb") for f in profile["files"]), profile
+  for name in profile["files"]:
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  records = rundir.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+  assert [bool(r.get("profiled")) for r in records] == [False, True, True, False, False]
+  # Traced steps are slowed by the tracer: out of the summary, like the warm-up.
+  assert summary["timed_steps"] == 2 and summary["status"] == "finished"
+
+
+def test_top_ops_names_the_model_code(profiled_run):
+  from jaxbench import profiling
+  text = profiling.top_ops(profiled_run[0], top=5)
+  assert "ms/step" in text and "<- jit(train_step)" in text, text
+
+
+def test_dump_hlo_keeps_the_compiled_step(profiled_run):
+  workdir, _ = profiled_run
+  hlo = read_json(os.path.join(workdir, "run.json"))["hlo"]
+  with open(os.path.join(workdir, hlo["optimized_hlo"])) as f:
+    text = f.read()
+  assert text.startswith("HloModule") and "ENTRY" in text
+  with open(os.path.join(workdir, hlo["stablehlo"])) as f:
+    assert "stablehlo" in f.read()
+
+
+def test_off_by_default_writes_nothing(tmp_path):
+  c = config.load_config_file("configs/mpt.py:nano")
+  assert c.profile_steps == "" and c.dump_hlo is False
+  assert config.profile_steps(c) is None
+
+
+@pytest.mark.parametrize("value", ["3", "0:2", "4:2", "1:999", "a:b", "2:3:4"])
+def test_bad_profile_steps_exits_2_before_compiling(tmp_path, capsys, value):
+  workdir = tmp_path / "run"
+  code = train.main(["train", "--config=configs/mpt.py:nano", f"--config.profile_steps={value}",
+                     f"--workdir={workdir}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "profile_steps" in err[0], err
+  assert not workdir.exists()
+
+
+def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients():
+  from jaxbench import model, step
+  chunk = 24  # 64 positions: two full chunks and a padded one
+  c = nano(seq_len=64)
+  cfg = model.ModelConfig.from_config(c, "xla")
+  m = model.Transformer(cfg)
+  tokens = jax.random.randint(jax.random.key(1), (4, c.seq_len + 1), 0, cfg.vocab_size)
+  params = jax.jit(m.init)(jax.random.key(0), tokens[:, :-1])["params"]
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  with jax.default_matmul_precision("highest"):
+    plain = jax.jit(jax.value_and_grad(step.make_loss_fn(m, 0)))(params, tokens)
+    chunked = jax.jit(jax.value_and_grad(step.make_loss_fn(m, chunk)))(params, tokens)
+  np.testing.assert_allclose(chunked[0], plain[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(chunked[1]), jax.tree.leaves(plain[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_memory_prediction_grows_with_batch_and_covers_the_state():
+  from jaxbench import memory, model
+  c = config.load_config_file("configs/mpt.py:small")
+  one_device = {"data": 1, "fsdp": 1, "tensor": 1}
+  totals = []
+  for batch in (1, 2, 8, 16):
+    c.batch_size = batch
+    totals.append(memory.predict(c, one_device)["total"])
+  assert totals == sorted(totals) and len(set(totals)) == 4
+  p = memory.predict(c, one_device)
+  n_params = model.param_count(model.ModelConfig.from_config(c, "xla"))["total"]
+  assert p["params"] == 4 * n_params  # float32
+  assert p["total"] >= p["floor_state"] == 4 * 4 * n_params  # params, grads, two AdamW moments
+  # Full remat keeps less than none; FSDP over 4 devices holds a quarter of the state.
+  c.model.remat = "full"
+  assert memory.predict(c, one_device)["activations"] < p["activations"]
+  sharded = memory.predict(c, {"data": 1, "fsdp": 4, "tensor": 1})
+  assert sharded["params"] <= p["params"] // 4 + 4 * 2048 * 384  # unsharded: the small norm/position tables
+  # Chunking the loss shrinks the logits term to the chunk's share.
+  c.seq_len, c.loss_chunk_size = 2048, 512
+  chunked = memory.predict(c, one_device)["logits"]
+  c.loss_chunk_size = 0
+  assert chunked * 4 == memory.predict(c, one_device)["logits"]
