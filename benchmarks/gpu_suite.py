@@ -1,0 +1,255 @@
+"""The GPU suite: JAX against the PyTorch twin on one GPU, for MPT 125m, 350m and 1b.
+
+  benchmarks/gpu_suite.sh OUT_DIR                       # on one H100 / H200: the whole suite
+  python benchmarks/gpu_suite.py --out=DIR [--sizes=125m,350m,1b] [--steps=20] [--budget_s=450]
+                                 [--config.KEY=VALUE ...]     (passed to every run)
+
+For each size, at seq_len 2048 in bfloat16: the largest global batch (a power of two) that the
+analytic memory model (jaxbench/memory.py) says fits JAX's allocator pool with a margin, then
+`jaxbench train` in JAX (attention auto) and in the twin (torch.compile, SDPA) at that same batch,
+`--steps` measured steps after `--warmup` excluded ones, each run its own process with a timeout.
+A run that runs out of memory is retried at half the batch (both frameworks then use the smaller
+one, so every comparison is at equal tokens per step). Then `jaxbench compare` per size, and
+OUT/suite.md + OUT/suite.json: tokens/s per device, MFU, the JAX/torch ratio, predicted against
+measured memory. A size whose runs would start after --budget_s is skipped and says so.
+
+The same logic runs on a CPU with tiny sizes (CI does: tests/test_gpu_suite.py); nothing here is
+specific to a vendor except `nvidia-smi` for the device memory, which --memory_gib replaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+# The driver process only predicts memory (shapes, no arrays): it must not take a GPU's memory.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+GIB = 2**30
+# JAX's allocator takes this share of the device by default; the prediction must fit in it.
+JAX_POOL_FRACTION = 0.75
+# The memory model is checked against XLA's own figures by benchmarks/memory.py; keep a margin
+# for what it does not model (workspace, fragmentation).
+MARGIN = 0.85
+
+
+def device_memory_bytes(override_gib: float | None) -> int:
+  if override_gib:
+    return int(override_gib * GIB)
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return int(out.split()[0]) * 2**20  # MiB
+  except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+    raise SystemExit(f"gpu_suite: cannot read the device memory ({e}); pass --memory_gib") from None
+
+
+def config_for(args, size: str, batch: int, framework: str) -> list[str]:
+  """`jaxbench train` flags of one run."""
+  flags = [f"--config=configs/{args.family}.py:{size}", f"--config.framework={framework}",
+           f"--config.batch_size={batch}", f"--config.steps={args.steps + args.warmup}",
+           f"--config.warmup_steps_excluded={args.warmup}", "--config.log_every=5"]
+  if args.seq_len:
+    flags.append(f"--config.seq_len={args.seq_len}")
+  if args.dtype:
+    flags.append(f"--config.dtype={args.dtype}")
+  if framework == "torch":
+    flags.append(f"--config.torch.compile={args.torch_compile}")
+    flags.append(f"--config.torch.init={args.torch_init}")
+  return flags + list(args.extra)
+
+
+def predicted_bytes(flags: list[str]) -> tuple[int, int]:
+  """(predicted bytes per device, n_params) of the JAX run these flags describe, on one device."""
+  from jaxbench import config as config_lib
+  from jaxbench import memory
+  c, _ = config_lib.parse_flags(["gpu_suite", *flags])
+  mesh = config_lib.validate(c, 1)
+  p = memory.predict(c, mesh)
+  from jaxbench import model as model_lib
+  n_params = model_lib.param_count(model_lib.ModelConfig.from_config(c, "xla"))["total"]
+  return int(p["total"]), n_params
+
+
+def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:
+  """The largest power-of-two batch predicted to fit, and the predictions looked at."""
+  trail, best = [], None
+  batch = args.min_batch
+  while batch <= args.max_batch:
+    need, _ = predicted_bytes(config_for(args, size, batch, "jax"))
+    fits = need <= pool_bytes * MARGIN
+    trail.append({"batch_size": batch, "predicted_bytes": need, "fits": fits})
+    if not fits:
+      break
+    best = batch
+    batch *= 2
+  return best or args.min_batch, trail
+
+
+def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> dict:
+  """One `jaxbench train` process; its status from the sweep's classifier."""
+  from jaxbench import outcome
+  workdir = os.path.join(args.out, "runs", f"{size}-{framework}-b{batch}")
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
+  log_path = workdir + ".log"
+  env = dict(os.environ)
+  env.pop("JAX_PLATFORMS", None)  # the driver's own setting; the runs use the device
+  if args.platforms:
+    env["JAX_PLATFORMS"] = args.platforms
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  cmd = [sys.executable, "-m", "jaxbench", "train", *config_for(args, size, batch, framework),
+         f"--workdir={workdir}"]
+  t0 = time.time()
+  with open(log_path, "w") as log:
+    log.write(" ".join(cmd) + "\n")
+    log.flush()
+    try:
+      proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=timeout_s)
+      returncode, timed_out = proc.returncode, False
+    except subprocess.TimeoutExpired:
+      returncode, timed_out = None, True
+  with open(log_path) as f:
+    text = f.read()
+  summary = None
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    with open(os.path.join(workdir, "summary.json")) as f:
+      summary = json.load(f)
+  status, reason = outcome.classify(returncode, text, timed_out, summary)
+  print(f"  {size} {framework} batch {batch}: {status} ({reason}) in {time.time() - t0:.0f}s",
+        flush=True)
+  return {"framework": framework, "batch_size": batch, "status": status, "reason": reason,
+          "workdir": workdir, "log": log_path, "wall_s": time.time() - t0,
+          "error_tail": None if status == "ok" else outcome.error_tail(text),
+          "summary": summary}
+
+
+def run_size(args, size: str, pool_bytes: int, deadline: float) -> dict:
+  batch, trail = choose_batch(args, size, pool_bytes)
+  need, n_params = predicted_bytes(config_for(args, size, batch, "jax"))
+  print(f"{size}: {n_params / 1e6:,.1f}M params, batch {batch} predicted to need "
+        f"{need / 2**20:,.0f} MiB of a {pool_bytes / 2**20:,.0f} MiB pool", flush=True)
+  result = {"size": size, "n_params": n_params, "batch_search": trail, "runs": []}
+  frameworks = [f for f in args.frameworks.split(",") if f]
+  done: dict[str, dict] = {}
+  while frameworks:
+    framework = frameworks[0]
+    left = deadline - time.time()
+    if left < 30:
+      result["runs"].append({"framework": framework, "batch_size": batch, "status": "skipped",
+                             "reason": "the suite's time budget ran out"})
+      frameworks.pop(0)
+      continue
+    run = run_train(args, size, batch, framework, min(args.timeout_s, left))
+    result["runs"].append(run)
+    if run["status"] == "oom" and batch > args.min_batch:
+      batch //= 2  # both frameworks at the smaller batch: equal tokens per step
+      frameworks = [f for f in args.frameworks.split(",") if f]
+      done.clear()
+      continue
+    done[framework] = run
+    frameworks.pop(0)
+  result["batch_size"] = batch
+  result["predicted_bytes"] = predicted_bytes(config_for(args, size, batch, "jax"))[0]
+  ok = [done[f] for f in done if done[f]["status"] == "ok"]
+  if len(ok) >= 2:
+    out = os.path.join(args.out, "compare", size)
+    proc = subprocess.run([sys.executable, "-m", "jaxbench", "compare",
+                           *[r["workdir"] for r in ok], f"--out={out}"], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True,
+                          timeout=300)
+    result["compare"] = {"returncode": proc.returncode, "out": out,
+                         "stdout_tail": proc.stdout[-3000:], "stderr_tail": proc.stderr[-2000:]}
+  return result
+
+
+def _fmt(x, spec):
+  return "-" if x is None else format(x, spec)
+
+
+def table(results: list[dict], twin: str = "torch.compile") -> str:
+  lines = ["| size | params | batch | framework | status | tokens/s/device | MFU | step ms | "
+           "compile s | peak memory GiB | predicted GiB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in results:
+    for run in r["runs"]:
+      s = run.get("summary") or {}
+      mem = s.get("peak_memory_bytes_per_device")
+      step = s.get("step_time_s_median")
+      lines.append(
+          f"| {r['size']} | {r['n_params'] / 1e6:,.1f}M | {run['batch_size']} | {run['framework']} | "
+          f"{run['status']} | {_fmt(s.get('tokens_per_s_per_device_median'), ',.0f')} | "
+          f"{_fmt(s.get('mfu_median'), '.1%')} | {_fmt(step and step * 1e3, '.1f')} | "
+          f"{_fmt(s.get('compile_s'), '.1f')} | {_fmt(mem and mem / GIB, '.2f')} | "
+          f"{_fmt(r.get('predicted_bytes', 0) / GIB, '.2f')} |")
+  ratios = []
+  for r in results:
+    by = {run["framework"]: run.get("summary") for run in r["runs"]
+          if run["status"] == "ok" and run["batch_size"] == r.get("batch_size")}
+    if by.get("jax") and by.get("torch"):
+      j = by["jax"]["tokens_per_s_per_device_median"]
+      t = by["torch"]["tokens_per_s_per_device_median"]
+      ratios.append(f"- {r['size']} at batch {r['batch_size']}: JAX delivers {j / t:.0%} of the "
+                    f"twin's ({twin}) tokens/s per device")
+  return "\n".join(lines + [""] + (ratios or ["- no size has both frameworks ok"]))
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True)
+  p.add_argument("--family", default="mpt")
+  p.add_argument("--sizes", default="125m,350m,1b")
+  p.add_argument("--frameworks", default="jax,torch")
+  p.add_argument("--seq_len", type=int, default=2048)
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--steps", type=int, default=20, help="measured steps per run")
+  p.add_argument("--warmup", type=int, default=3, help="steps excluded after compile")
+  p.add_argument("--min_batch", type=int, default=1)
+  p.add_argument("--max_batch", type=int, default=256)
+  p.add_argument("--memory_gib", type=float, default=None,
+                 help="device memory (default: nvidia-smi)")
+  p.add_argument("--timeout_s", type=float, default=240, help="per run")
+  p.add_argument("--budget_s", type=float, default=450, help="no run starts after this")
+  p.add_argument("--torch_compile", default="True")
+  p.add_argument("--torch_init", default="torch",
+                 help="torch: the twin draws its own init (fast for big models); jax: converted")
+  p.add_argument("--platforms", default=None, help="JAX_PLATFORMS for the runs (default: as found)")
+  args, rest = p.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad:
+    p.error(f"unrecognized arguments: {' '.join(bad)} (more --config.KEY=VALUE flags go to every run)")
+  args.extra = rest
+  args.out = os.path.abspath(args.out)  # the runs start in the repository root
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  os.makedirs(args.out, exist_ok=True)
+  start = time.time()
+  deadline = start + args.budget_s
+  pool = int(device_memory_bytes(args.memory_gib) * JAX_POOL_FRACTION)
+  results = []
+  for size in [s for s in args.sizes.split(",") if s]:
+    results.append(run_size(args, size, pool, deadline))
+    with open(os.path.join(args.out, "suite.json"), "w") as f:  # after each size: nothing lost
+      json.dump({"args": vars(args), "elapsed_s": time.time() - start, "results": results}, f,
+                indent=2, default=str)
+  text = table(results, "torch.compile" if args.torch_compile == "True" else "eager")
+  with open(os.path.join(args.out, "suite.md"), "w") as f:
+    f.write(f"# GPU suite\n\n{text}\n")
+  print(text)
+  print(f"gpu_suite: {time.time() - start:.0f}s; {os.path.join(args.out, 'suite.md')}")
+  all_ok = all(run["status"] == "ok" for r in results for run in r["runs"]
+               if run["batch_size"] == r["batch_size"])
+  return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
