@@ -17,14 +17,7 @@ from jaxbench import sysinfo  # noqa: E402
 
 def load(spec: str, **overrides):
   """A config file + preset with `key.sub=value` overrides given as keyword `key__sub=value`."""
-  c = config_lib.load_config_file(spec)
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.load_with_overrides(spec, {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 def header(title: str) -> str:

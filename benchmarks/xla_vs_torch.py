@@ -26,6 +26,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from jaxbench import sysinfo  # noqa: E402
+
 MODES = {
     "jax": [],
     "torch-eager": ["--config.framework=torch"],
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
   context = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "config": args.config, "extra": args.extra, "steps": args.steps,
              "warmup_steps_excluded": args.warmup_steps_excluded, "rounds": args.rounds,
-             "machine": f"{platform.node()}: {_cpu()} x {os.cpu_count()} cores",
+             "machine": f"{platform.node()}: {sysinfo.cpu_model()} x {os.cpu_count()} cores",
              "device_kind": runs[0]["device_kind"], "n_devices": runs[0]["n_devices"],
              "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"),
              "torch": torch_run["torch"]["version"] if torch_run else None,
@@ -148,16 +151,6 @@ def main(argv=None) -> int:
          "alternated", "", *table(rows, args.modes[0])]))
   return 0
 
-
-def _cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -188,6 +188,19 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+def load_with_overrides(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """A config file + preset with {"key.sub": value} overrides set (for tests and benchmarks; the
+  command line goes through parse_flags)."""
+  c = load_config_file(spec)
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
 def resolve_config_path(path: str) -> str:
   """A config path as given, else the same name among the configs shipped with the package,
   so `--config=configs/mpt.py:125m` works from any directory."""

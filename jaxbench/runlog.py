@@ -8,6 +8,7 @@ import dataclasses
 import signal
 
 from jaxbench import timing
+from jaxbench.errors import Diverged
 
 
 class StopRequest:
@@ -49,6 +50,14 @@ class Progress:
   error: str | None = None
   last_checkpoint: int | None = None
   checkpoint_s: float = 0.0
+
+  def fail(self, e: BaseException) -> None:
+    """How the run ended, for summary.json: diverged (a non-finite loss) or failed (anything else,
+    Ctrl-C included)."""
+    if isinstance(e, Diverged):
+      self.status, self.error = "diverged", str(e)
+    else:
+      self.status, self.error = "failed", f"{type(e).__name__}: {e}"
 
 
 def fmt(n: float) -> str:

@@ -335,11 +335,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
     try:
       _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
              start_step, restored)
-    except Diverged as e:
-      progress.status, progress.error = "diverged", str(e)
-      raise
     except BaseException as e:
-      progress.status, progress.error = "failed", f"{type(e).__name__}: {e}"
+      progress.fail(e)
       raise
     finally:
       if checkpointer is not None:

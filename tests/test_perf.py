@@ -11,14 +11,7 @@ from jaxbench import config, rundir, train
 
 
 def nano(**overrides):
-  c = config.load_config_file("configs/mpt.py:nano")
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config.load_with_overrides("configs/mpt.py:nano", overrides)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,11 @@ import textwrap
 
 import pytest
 from conftest import cli_env
+from jaxbench import config
+from jaxbench.errors import ConfigError
 
-MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (1, 4, 2)]
+# fsdp x tensor without data is also restored onto in test_checkpoint (fsdp4 x tensor2).
+MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -78,10 +81,10 @@ def test_fsdp_shards_params_and_optimizer_state(mesh_results):
   vocab, embed = r["embedding_shape"]
   assert r["embedding_shard"] == [vocab, embed // 8]  # embed -> fsdp
   assert r["mu_shard"] == [vocab, embed // 8]  # AdamW moments sharded like their params
-  t = mesh_results[str((1, 4, 2))]
-  assert t["embedding_shard"] == [vocab // 2, embed // 4]  # vocab -> tensor, embed -> fsdp
+  t = mesh_results[str((2, 2, 2))]
+  assert t["embedding_shard"] == [vocab // 2, embed // 2]  # vocab -> tensor, embed -> fsdp
   layers, d_model, d_ff = 2, 64, 256
-  assert t["mlp_up_shard"] == [layers, d_model // 4, d_ff // 2]
+  assert t["mlp_up_shard"] == [layers, d_model // 2, d_ff // 2]  # data does not shard params
 
 
 def test_collectives_follow_the_mesh(mesh_results):
@@ -108,7 +111,15 @@ MESH_ERRORS = [
 
 
 @pytest.mark.parametrize("args,needle", MESH_ERRORS, ids=[" ".join(a) for a, _ in MESH_ERRORS])
-def test_mesh_errors_exit_2(tmp_path, args, needle):
+def test_mesh_errors_are_caught_before_compiling(args, needle):
+  c, _ = config.parse_flags(["test", "--config=configs/mpt.py:nano", *args])
+  with pytest.raises(ConfigError) as e:
+    config.validate(c, 8)
+  assert needle in str(e.value)
+
+
+def test_a_mesh_error_exits_2_with_one_line(tmp_path):
+  args, needle = MESH_ERRORS[0]
   proc = subprocess.run([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
                          *args, "--workdir=run"], cwd=tmp_path,
                         env=cli_env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=8"),

@@ -26,14 +26,7 @@ RUN_FIELDS = {"config", "versions", "backend", "platform_version", "device_kind"
 
 
 def nano(family="mpt", **overrides):
-  c = config.load_config_file(f"configs/{family}.py:nano")
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config.load_with_overrides(f"configs/{family}.py:nano", overrides)
 
 
 def test_microbatch_accumulation_equals_one_big_batch():

@@ -33,14 +33,7 @@ PARITY_CASES = {
 
 
 def make_config(family, preset, **overrides):
-  c = config.load_config_file(f"configs/{family}.py:{preset}")
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config.load_with_overrides(f"configs/{family}.py:{preset}", overrides)
 
 
 def relative_error(a, b, floor=0.0) -> float:

@@ -462,11 +462,8 @@ def run(c, workdir: str | None = None) -> dict:
   with runlog.StopRequest() as stop:
     try:
       _train(s, torch, peak, out, run_info, progress, stop, say, train_data, eval_data)
-    except Diverged as e:
-      progress.status, progress.error = "diverged", str(e)
-      raise
     except BaseException as e:
-      progress.status, progress.error = "failed", f"{type(e).__name__}: {e}"
+      progress.fail(e)
       raise
     finally:
       summary = runlog.summary(
