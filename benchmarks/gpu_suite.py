@@ -20,6 +20,7 @@ specific to a vendor except `nvidia-smi` for the device memory, which --memory_g
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -65,7 +66,8 @@ def config_for(args, size: str, batch: int, framework: str) -> list[str]:
   return flags + list(args.extra)
 
 
-def predicted_bytes(flags: list[str]) -> tuple[int, int]:
+@functools.lru_cache(maxsize=None)
+def _predicted(flags: tuple[str, ...]) -> tuple[int, int]:
   """(predicted bytes per device, n_params) of the JAX run these flags describe, on one device."""
   from jaxbench import config as config_lib
   from jaxbench import memory
@@ -75,6 +77,11 @@ def predicted_bytes(flags: list[str]) -> tuple[int, int]:
   from jaxbench import model as model_lib
   n_params = model_lib.param_count(model_lib.ModelConfig.from_config(c, "xla"))["total"]
   return int(p["total"]), n_params
+
+
+def predicted_bytes(flags: list[str]) -> tuple[int, int]:
+  """_predicted, once per distinct run: the batch search, the run and the table ask for the same."""
+  return _predicted(tuple(flags))
 
 
 def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:

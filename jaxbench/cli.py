@@ -24,6 +24,11 @@ COMMANDS = {
 }
 
 
+def asks_for_help(argv: list[str]) -> bool:
+  """Whether a command's argv (argv[0] its name) asks for its help text."""
+  return any(a in ("-h", "--help", "--helpfull") for a in argv[1:])
+
+
 def usage() -> str:
   lines = ["usage: jaxbench <command> [flags]   (jaxbench <command> --help for its flags)", "",
            "commands:"]

@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 
+from jaxbench import cli
 from jaxbench import rundir as rundir_lib
 
 LOSS_TOLERANCE = 0.01
@@ -579,7 +580,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+  if cli.asks_for_help(argv):
     print(__doc__.strip())
     return 0
   try:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 
+from jaxbench import cli
 from jaxbench import plugin_installed
 from jaxbench.errors import ConfigError
 
@@ -417,7 +418,7 @@ def format_report(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+  if cli.asks_for_help(argv):
     print(__doc__.strip())
     return 0
   from absl import flags

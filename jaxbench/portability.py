@@ -31,6 +31,8 @@ import re
 import sys
 import time
 
+from jaxbench import cli
+
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 _CUSTOM_CALL = re.compile(r"custom_call\s*@([\w.$-]+)|call_target_name\s*=\s*\"([^\"]+)\"")
@@ -172,7 +174,7 @@ def format_table(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+  if cli.asks_for_help(argv):
     print(__doc__.strip())
     return 0
   from absl import flags

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 
+from jaxbench import cli
 from jaxbench import rundir as rundir_lib
 from jaxbench import sweep as sweep_lib
 from jaxbench.compare import fmt_bytes, fmt_count, fmt_pct, fmt_seconds
@@ -275,7 +276,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+  if cli.asks_for_help(argv):
     print(__doc__.strip())
     return 0
   parser = _Parser(prog=argv[0] if argv else "jaxbench report", add_help=False)

@@ -63,6 +63,7 @@ import subprocess
 import sys
 import time
 
+from jaxbench import cli
 from jaxbench import config as config_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import timing
@@ -621,7 +622,7 @@ def dry_run(sweep: Sweep, results: dict, retry=()) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+  if cli.asks_for_help(argv):
     print(__doc__.strip())
     return 0
   try:

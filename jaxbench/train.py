@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from absl import flags
 
+from jaxbench import cli
 from jaxbench import checkpoint as checkpoint_lib
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
@@ -559,7 +560,7 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+  if cli.asks_for_help(argv):
     print(__doc__.strip())
     print("\nConfig keys and their meaning: jaxbench/config.py; presets: configs/mpt.py, configs/llama.py")
     return 0
