@@ -23,6 +23,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,6 +39,11 @@ JAX_POOL_FRACTION = 0.75
 # The memory model is checked against XLA's own figures by benchmarks/memory.py; keep a margin
 # for what it does not model (workspace, fragmentation).
 MARGIN = 0.85
+# XLA's buffer assignment for the target matched the device's measured peak within 1.5% on an
+# H200 (benchmarks/RESULTS.md); keep a little room for the input pipeline and the allocator.
+COMPILED_MARGIN = 0.92
+# Statuses that say the software is broken rather than the batch too big: --fail_fast stops there.
+FAILURES = ("crash", "compile_error", "bad_config")
 
 
 def device_memory_bytes(override_gib: float | None) -> int:
@@ -51,11 +57,29 @@ def device_memory_bytes(override_gib: float | None) -> int:
     raise SystemExit(f"gpu_suite: cannot read the device memory ({e}); pass --memory_gib") from None
 
 
+def base_framework(label: str) -> str:
+  """`jax` or `torch` for a run label: a framework, or a variant of one (--variant)."""
+  return label.split("-", 1)[0]
+
+
+def profiled_steps(args, label: str) -> int:
+  """Steps traced in the run `label` (only the plain JAX run is traced, not its variants)."""
+  if label != "jax" or not args.profile_jax:
+    return 0
+  first, _, last = args.profile_jax.partition(":")
+  return int(last) - int(first) + 1
+
+
 def config_for(args, size: str, batch: int, framework: str) -> list[str]:
-  """`jaxbench train` flags of one run."""
+  """`jaxbench train` flags of one run (framework: a --frameworks label)."""
+  traced = profiled_steps(args, framework)  # traced steps are kept out of the summary: add them
+  framework = base_framework(framework)
   flags = [f"--config=configs/{args.family}.py:{size}", f"--config.framework={framework}",
-           f"--config.batch_size={batch}", f"--config.steps={args.steps + args.warmup}",
+           f"--config.batch_size={batch}", f"--config.steps={args.steps + args.warmup + traced}",
            f"--config.warmup_steps_excluded={args.warmup}", "--config.log_every=5"]
+  if traced:
+    first, _, last = args.profile_jax.partition(":")
+    flags.append(f"--config.profile_steps={int(first) + args.warmup}:{int(last) + args.warmup}")
   if args.seq_len:
     flags.append(f"--config.seq_len={args.seq_len}")
   if args.dtype:
@@ -84,8 +108,64 @@ def predicted_bytes(flags: list[str]) -> tuple[int, int]:
   return _predicted(tuple(flags))
 
 
+def compiled_bytes(args, size: str, batches: list[int]) -> dict[int, dict]:
+  """XLA's own per-device memory for the JAX step at each batch: `jaxbench compile` for
+  --target (deviceless, all batches at once, one process each, JAX on the CPU so the device
+  stays free). {batch: {"bytes": int | None, "error": str | None}}."""
+  procs = {}
+  search_dir = os.path.join(args.out, "batch_search")
+  os.makedirs(search_dir, exist_ok=True)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  for b in batches:
+    stem = os.path.join(search_dir, f"{size}-b{b}")
+    cmd = [sys.executable, "-m", "jaxbench", "compile", *config_for(args, size, b, "jax"),
+           f"--target={args.target}", "--topology=1x1x1", f"--report={stem}.json"]
+    log = open(stem + ".log", "w")
+    procs[b] = (stem, log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT))
+  out = {}
+  for b, (stem, log, proc) in procs.items():
+    try:
+      proc.wait(timeout=args.search_timeout_s)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+    log.close()
+    report = None
+    if os.path.exists(stem + ".json"):
+      with open(stem + ".json") as f:
+        report = json.load(f)
+    if report and report.get("compiled"):
+      out[b] = {"bytes": report["memory"]["total_bytes"], "error": None}
+    else:
+      with open(stem + ".log") as f:
+        tail = " | ".join(f.read().strip().splitlines()[-2:])
+      out[b] = {"bytes": None, "error": (report or {}).get("error", tail)[:300]}
+  return out
+
+
 def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:
-  """The largest power-of-two batch predicted to fit, and the predictions looked at."""
+  """The largest power-of-two batch that fits, and the figures looked at: XLA's compiled memory
+  for --target (--batch_search=compile) or the analytic model's prediction (model)."""
+  if args.batch_search == "compile":
+    batches = []
+    b = args.min_batch
+    while b <= args.max_batch:
+      batches.append(b)
+      b *= 2
+    compiled = compiled_bytes(args, size, batches)
+    trail, best = [], None
+    for b in batches:
+      need = compiled[b]["bytes"]
+      fits = need is not None and need <= pool_bytes * COMPILED_MARGIN
+      trail.append({"batch_size": b, "compiled_bytes": need, "error": compiled[b]["error"],
+                    "predicted_bytes": predicted_bytes(config_for(args, size, b, "jax"))[0],
+                    "fits": fits})
+      if not fits:
+        break
+      best = b
+    return best or args.min_batch, trail
   trail, best = [], None
   batch = args.min_batch
   while batch <= args.max_batch:
@@ -109,12 +189,19 @@ def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> 
   env.pop("JAX_PLATFORMS", None)  # the driver's own setting; the runs use the device
   if args.platforms:
     env["JAX_PLATFORMS"] = args.platforms
+  for assignment in args.variant_env.get(framework, []):
+    name, _, value = assignment.partition("=")
+    env[name] = (env.get(name, "") + " " + value).strip() if name == "XLA_FLAGS" else value
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   cmd = [sys.executable, "-m", "jaxbench", "train", *config_for(args, size, batch, framework),
          f"--workdir={workdir}"]
+  if args.variant_env.get(framework):
+    cmd_env = " ".join(args.variant_env[framework])
+  else:
+    cmd_env = ""
   t0 = time.time()
   with open(log_path, "w") as log:
-    log.write(" ".join(cmd) + "\n")
+    log.write((cmd_env + " " if cmd_env else "") + " ".join(cmd) + "\n")
     log.flush()
     try:
       proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -132,7 +219,7 @@ def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> 
   print(f"  {size} {framework} batch {batch}: {status} ({reason}) in {time.time() - t0:.0f}s",
         flush=True)
   return {"framework": framework, "batch_size": batch, "status": status, "reason": reason,
-          "workdir": workdir, "log": log_path, "wall_s": time.time() - t0,
+          "flags": config_for(args, size, batch, framework), "env": cmd_env, "workdir": workdir, "log": log_path, "wall_s": time.time() - t0,
           "error_tail": None if status == "ok" else outcome.error_tail(text),
           "summary": summary}
 
@@ -140,8 +227,11 @@ def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> 
 def run_size(args, size: str, pool_bytes: int, deadline: float) -> dict:
   batch, trail = choose_batch(args, size, pool_bytes)
   need, n_params = predicted_bytes(config_for(args, size, batch, "jax"))
-  print(f"{size}: {n_params / 1e6:,.1f}M params, batch {batch} predicted to need "
-        f"{need / 2**20:,.0f} MiB of a {pool_bytes / 2**20:,.0f} MiB pool", flush=True)
+  compiled = next((t.get("compiled_bytes") for t in trail if t["batch_size"] == batch), None)
+  how = (f"compiled for {args.target} to need {compiled / 2**20:,.0f} MiB (the model predicted "
+         f"{need / 2**20:,.0f})" if compiled else f"predicted to need {need / 2**20:,.0f} MiB")
+  print(f"{size}: {n_params / 1e6:,.1f}M params, batch {batch} {how} of a "
+        f"{pool_bytes / 2**20:,.0f} MiB pool", flush=True)
   result = {"size": size, "n_params": n_params, "batch_search": trail, "runs": []}
   frameworks = [f for f in args.frameworks.split(",") if f]
   done: dict[str, dict] = {}
@@ -162,8 +252,13 @@ def run_size(args, size: str, pool_bytes: int, deadline: float) -> dict:
       continue
     done[framework] = run
     frameworks.pop(0)
+    if args.fail_fast and run["status"] in FAILURES and framework in ("jax", "torch"):
+      result["failed"] = f"{size} {framework}: {run['status']} ({run['reason']}); see {run['log']}"
+      break
   result["batch_size"] = batch
   result["predicted_bytes"] = predicted_bytes(config_for(args, size, batch, "jax"))[0]
+  result["compiled_bytes"] = next((t.get("compiled_bytes") for t in trail
+                                   if t["batch_size"] == batch), None)
   ok = [done[f] for f in done if done[f]["status"] == "ok"]
   if len(ok) >= 2:
     out = os.path.join(args.out, "compare", size)
@@ -182,8 +277,8 @@ def _fmt(x, spec):
 
 def table(results: list[dict], twin: str = "torch.compile") -> str:
   lines = ["| size | params | batch | framework | status | tokens/s/device | MFU | step ms | "
-           "compile s | peak memory GiB | predicted GiB |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "compile s | peak memory GiB | predicted GiB | XLA compiled GiB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
     for run in r["runs"]:
       s = run.get("summary") or {}
@@ -194,16 +289,19 @@ def table(results: list[dict], twin: str = "torch.compile") -> str:
           f"{run['status']} | {_fmt(s.get('tokens_per_s_per_device_median'), ',.0f')} | "
           f"{_fmt(s.get('mfu_median'), '.1%')} | {_fmt(step and step * 1e3, '.1f')} | "
           f"{_fmt(s.get('compile_s'), '.1f')} | {_fmt(mem and mem / GIB, '.2f')} | "
-          f"{_fmt(r.get('predicted_bytes', 0) / GIB, '.2f')} |")
+          f"{_fmt(r.get('predicted_bytes', 0) / GIB, '.2f')} | "
+          f"{_fmt(r.get('compiled_bytes') and r['compiled_bytes'] / GIB, '.2f')} |")
   ratios = []
   for r in results:
     by = {run["framework"]: run.get("summary") for run in r["runs"]
           if run["status"] == "ok" and run["batch_size"] == r.get("batch_size")}
-    if by.get("jax") and by.get("torch"):
-      j = by["jax"]["tokens_per_s_per_device_median"]
+    if by.get("torch"):
       t = by["torch"]["tokens_per_s_per_device_median"]
-      ratios.append(f"- {r['size']} at batch {r['batch_size']}: JAX delivers {j / t:.0%} of the "
-                    f"twin's ({twin}) tokens/s per device")
+      for label in [f for f in by if base_framework(f) == "jax"]:
+        j = by[label]["tokens_per_s_per_device_median"]
+        name = "JAX" if label == "jax" else f"JAX ({label})"
+        ratios.append(f"- {r['size']} at batch {r['batch_size']}: {name} delivers {j / t:.0%} of "
+                      f"the twin's ({twin}) tokens/s per device")
   return "\n".join(lines + [""] + (ratios or ["- no size has both frameworks ok"]))
 
 
@@ -226,12 +324,39 @@ def parse_args(argv):
   p.add_argument("--torch_compile", default="True")
   p.add_argument("--torch_init", default="torch",
                  help="torch: the twin draws its own init (fast for big models); jax: converted")
+  p.add_argument("--batch_search", choices=("model", "compile"), default="model",
+                 help="fit the batch by the analytic memory model, or by XLA's memory analysis of "
+                      "the step compiled deviceless for --target (needs the CUDA plugin and ptxas)")
+  p.add_argument("--target", default="h100",
+                 help="--batch_search=compile: a `jaxbench compile` target (e.g. the file "
+                      "`jaxbench compile --describe_local` wrote)")
+  p.add_argument("--search_timeout_s", type=float, default=120)
+  p.add_argument("--variant", action="append", default=[],
+                 help="LABEL:NAME=VALUE[,NAME=VALUE]: another run per size, as jax or torch (the "
+                      "part of LABEL before '-') with this environment; XLA_FLAGS are appended. "
+                      "Add LABEL to --frameworks' list automatically, e.g. "
+                      "jax-cublas:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false")
+  p.add_argument("--profile_jax", default="",
+                 help="START:END: trace these measured steps of each JAX run (jax.profiler; the "
+                      "traced steps are added to --steps, not taken from it)")
+  p.add_argument("--fail_fast", action="store_true",
+                 help="stop at the first run that crashes or does not compile (saves device time)")
   p.add_argument("--platforms", default=None, help="JAX_PLATFORMS for the runs (default: as found)")
   args, rest = p.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
     p.error(f"unrecognized arguments: {' '.join(bad)} (more --config.KEY=VALUE flags go to every run)")
   args.extra = rest
+  args.variant_env = {}
+  for spec in args.variant:
+    label, _, assignments = spec.partition(":")
+    if base_framework(label) not in ("jax", "torch") or "-" not in label or "=" not in assignments:
+      p.error(f"--variant {spec!r}: expected jax-NAME:VAR=VALUE[,VAR=VALUE] (or torch-NAME:...)")
+    args.variant_env[label] = assignments.split(",")
+    if label not in args.frameworks.split(","):
+      args.frameworks += "," + label
+  if args.profile_jax and not re.fullmatch(r"\d+:\d+", args.profile_jax):
+    p.error(f"--profile_jax {args.profile_jax!r}: expected START:END, e.g. 10:11")
   args.out = os.path.abspath(args.out)  # the runs start in the repository root
   return args
 
@@ -243,11 +368,17 @@ def main(argv=None) -> int:
   deadline = start + args.budget_s
   pool = int(device_memory_bytes(args.memory_gib) * JAX_POOL_FRACTION)
   results = []
+  failed = None
   for size in [s for s in args.sizes.split(",") if s]:
     results.append(run_size(args, size, pool, deadline))
+    failed = results[-1].get("failed")
+    if failed:
+      print(f"gpu_suite: stopping (--fail_fast): {failed}", flush=True)
     with open(os.path.join(args.out, "suite.json"), "w") as f:  # after each size: nothing lost
-      json.dump({"args": vars(args), "elapsed_s": time.time() - start, "results": results}, f,
-                indent=2, default=str)
+      json.dump({"args": vars(args), "elapsed_s": time.time() - start, "results": results,
+                 "failed": failed}, f, indent=2, default=str)
+    if failed:
+      return 1
   text = table(results, "torch.compile" if args.torch_compile == "True" else "eager")
   with open(os.path.join(args.out, "suite.md"), "w") as f:
     f.write(f"# GPU suite\n\n{text}\n")

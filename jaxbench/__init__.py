@@ -25,7 +25,8 @@ def _gpu_plugins_without_gpus() -> str | None:
 
   idle = []
   if installed("xla_cuda13", "xla_cuda12") and not (
-      os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")):
+      os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+    or os.path.exists("/dev/nvidia0")):
     idle.append("cuda")
   if installed("xla_rocm7", "xla_rocm") and not os.path.exists("/dev/kfd"):
     idle.append("rocm")

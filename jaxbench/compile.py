@@ -2,6 +2,7 @@
 
   jaxbench compile [--config=...] [--config.KEY=VALUE ...] --target=h100|a100|mi300x|PATH.txtpb
                    [--topology=PxHxD] [--dump=DIR] [--json] [--report=PATH]
+  jaxbench compile --describe_local[=PATH] [--device_index=0]
 
 XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
 attached: the same jitted step `jaxbench train` runs (forward, backward, AdamW, accumulation, the
@@ -21,6 +22,10 @@ its device count must equal the mesh's (default: one host with as many devices a
 or one device). Needs the `cuda-aot` extra (the CUDA PJRT plugin, ptxas and libdevice); nothing
 runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler rejected
 the step, 2 on bad input.
+
+`--describe_local` runs on a machine with an NVIDIA GPU instead: it writes that card's own
+description (from the CUDA driver; see jaxbench/gpu_target.py) to PATH (default: named after the
+card) for `--target=PATH` on machines without it, and compiles nothing.
 """
 
 from __future__ import annotations
@@ -437,13 +442,23 @@ def main(argv: list[str] | None = None) -> int:
         "report": flags.DEFINE_string("report", None, "Also write the report as JSON to this "
                                       "file (how `jaxbench sweep --compile_only` reads it).",
                                       flag_values=fv),
+        "describe_local": flags.DEFINE_string("describe_local", None, "Write this machine's "
+                                              "GPU as a target description to this file (empty: "
+                                              "named after the card) and exit.", flag_values=fv),
+        "device_index": flags.DEFINE_integer("device_index", 0, "Which local GPU "
+                                             "--describe_local describes.", flag_values=fv),
     }
 
   def warn(message):
     print(message, file=sys.stderr)
 
+  # `--describe-local` as the docs of other tools spell it, with or without a value.
+  argv = [re.sub(r"^--describe-local", "--describe_local", a) for a in argv]
+  argv = ["--describe_local=" if a == "--describe_local" else a for a in argv]
   try:
     c, extra = config_lib.parse_flags(argv, define)
+    if extra["describe_local"] is not None:
+      return _describe_local(extra["describe_local"] or None, extra["device_index"])
     target = read_target(extra["target"])
     topology_name = extra["topology"] or default_topology(c)
     if not re.fullmatch(r"\d+x\d+x\d+", topology_name):
@@ -466,6 +481,22 @@ def main(argv: list[str] | None = None) -> int:
     rundir.write_json(extra["report"], r)
   print(json.dumps(r, indent=2) if extra["json"] else format_report(r))
   return 0 if r["compiled"] else 1
+
+
+def _describe_local(path: str | None, index: int) -> int:
+  from jaxbench import gpu_target
+  path, gpu = gpu_target.write_local(path, index)
+  facts = gpu_target.device_facts(gpu)
+  a = gpu.attributes
+  print(f"{gpu.name}: compute capability {a['compute_capability_major']}."
+        f"{a['compute_capability_minor']}, {a['multiprocessor_count']} SMs, "
+        f"{a['total_memory'] / GIB:.1f} GiB"
+        + (f", {facts['memory_bandwidth'] / 1e12:.2f} TB/s" if "memory_bandwidth" in facts else "")
+        + (f", {facts['clock_rate_ghz']:g} GHz" if "clock_rate_ghz" in facts else ""))
+  if gpu.unanswered:
+    print(f"  the driver did not answer: {', '.join(gpu.unanswered)} (left out)")
+  print(f"wrote {path}; elsewhere: jaxbench compile --target={os.path.basename(path)} ...")
+  return 0
 
 
 def _compile_only_environment() -> None:

@@ -104,17 +104,21 @@ _RUNTIME_EVENTS = ("ThreadpoolListener", "ThunkExecutor", "SlinkyThreadPool", "P
 _HLO_OP = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"")
 
 
+def is_op_line(plane: str, line: str) -> bool:
+  """Whether a trace line holds the step's ops: the CPU backend's worker threads (tf_XLA...), a
+  TPU device plane's "XLA Ops" line, or a GPU device plane's streams (one line of kernels each)."""
+  if plane.startswith("/device:"):
+    return "op" in line.lower() or line.startswith("Stream")
+  return line.startswith("tf_XLA")
+
+
 def op_times(xplane_path: str) -> collections.Counter:
-  """{op name: total ns} over the XLA ops in a trace: the CPU backend's worker threads
-  (tf_XLA...) or a GPU/TPU device plane's op lines."""
+  """{op name (GPU: kernel name): total ns} over the op lines of a trace (is_op_line)."""
   from jax.profiler import ProfileData
   totals = collections.Counter()
   for plane in ProfileData.from_file(xplane_path).planes:
-    on_device = plane.name.startswith("/device:")
     for line in plane.lines:
-      if not on_device and not line.name.startswith("tf_XLA"):
-        continue
-      if on_device and "op" not in line.name.lower():
+      if not is_op_line(plane.name, line.name):
         continue
       for event in line.events:
         if not event.name.startswith(_RUNTIME_EVENTS):

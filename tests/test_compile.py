@@ -214,3 +214,68 @@ def test_compile_only_bad_target_is_bad_input(tmp_path):
   path.write_text('def get_sweep():\n  return {"base": "configs/mpt.py:nano", "compile_only": "b200"}\n')
   with pytest.raises(sweepfile.BadInput, match="b200"):
     sweepfile.build(str(path))
+
+
+# --- --describe_local: the local GPU's own description ---------------------------------------------
+
+# An H200 (SXM, 141 GB) as its driver described it on 2026-11-28 (benchmarks/results/2026-11-28-h200-*
+# local.txtpb: 3201000 kHz memory clock and 4.814 TB/s, so a 6016-bit bus).
+H200_ATTRIBUTES = dict(
+    max_threads_per_block=1024, max_block_dim_x=1024, max_block_dim_y=1024, max_block_dim_z=64,
+    max_grid_dim_x=2147483647, max_grid_dim_y=65535, max_grid_dim_z=65535,
+    max_shared_memory_per_block=49152, warp_size=32, max_registers_per_block=65536,
+    clock_rate_khz=1980000, multiprocessor_count=132, ecc_enabled=1, memory_clock_rate_khz=3201000,
+    global_memory_bus_width_bits=6016, l2_cache_size=62914560, max_threads_per_multiprocessor=2048,
+    compute_capability_major=9, compute_capability_minor=0,
+    max_shared_memory_per_multiprocessor=233472, max_registers_per_multiprocessor=65536,
+    max_shared_memory_per_block_optin=232448, total_memory=150109880320)
+
+
+def _h200(**changes):
+  from jaxbench import gpu_target
+  return gpu_target.LocalGpu(name="NVIDIA H200", attributes={**H200_ATTRIBUTES, **changes},
+                             driver_version=13000, runtime_version=13000, dnn_version=91000)
+
+
+def test_describe_local_writes_the_cards_own_facts_into_the_architectures_layout():
+  from jaxbench import gpu_target
+  text = gpu_target.describe(_h200())
+  field = lambda name: compile_lib._field(text, name)  # noqa: E731
+  # Facts of this card, computed as XLA computes them (bandwidth: two transfers per memory clock over the bus).
+  assert field("device_memory_size") == "150109880320"
+  assert field("memory_bandwidth") == "4814304000000"  # what the H200 machine itself wrote
+  assert field("l2_cache_size") == "62914560" and field("core_count") == "132"
+  assert field("name") == field("device_description_str") == "NVIDIA H200"
+  assert field("dnn_version") == "9.10.0" and field("runtime_version") == "13.0.0"
+  # The H100's per-architecture tables are kept (same compute capability), its own card's
+  # facts that the driver cannot confirm here are not.
+  h100 = compile_lib.read_target("h100").text
+  assert "matrix_unit_description" in text and "1.8295201" in text
+  assert "pcie_bandwidth" not in text and "device_interconnect_info" not in text
+  assert text.count("clock_rate_ghz: 1.98") == h100.count("clock_rate_ghz: 1.98")
+  # A compute capability with no shipped layout gets the driver's facts alone.
+  bare = gpu_target.describe(_h200(compute_capability_major=12, compute_capability_minor=0))
+  assert "matrix_unit_description" not in bare and "major: 12" in bare
+  assert "device_memory_size: 150109880320" in bare
+
+
+@needs_aot
+def test_a_described_card_is_a_target_xla_accepts(tmp_path):
+  from jaxbench import gpu_target
+  path = tmp_path / "h200.txtpb"
+  path.write_text(gpu_target.describe(_h200()))
+  target = compile_lib.read_target(str(path))
+  assert target.memory_bytes == 150109880320 and target.device_name == "NVIDIA H200"
+  warnings = []
+  topo, used = compile_lib.topology(target, "1x1x1", warnings.append)
+  assert len(topo.devices) == 1 and "matrix_unit_description" in used.text
+
+
+def test_describe_local_without_a_gpu_exits_2_saying_so(tmp_path, monkeypatch, capsys):
+  import ctypes
+  def no_driver(name, *a, **k):
+    raise OSError(f"{name}: cannot open shared object file")
+  monkeypatch.setattr(ctypes, "CDLL", no_driver)
+  assert compile_lib.main(["jaxbench compile", "--describe-local"]) == 2
+  err = capsys.readouterr().err
+  assert "no NVIDIA driver here" in err and "--target" in err

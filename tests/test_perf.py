@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import read_json
 
-from jaxbench import config, rundir, train
+from jaxbench import config, profiling, rundir, train
 
 
 def nano(**overrides):
@@ -38,7 +38,6 @@ def test_profile_steps_writes_a_trace_named_in_run_json(profiled_run):
 
 
 def test_top_ops_names_the_model_code(profiled_run):
-  from jaxbench import profiling
   text = profiling.top_ops(profiled_run[0], top=5)
   assert "ms/step" in text and "<- jit(train_step)" in text, text
 
@@ -110,3 +109,12 @@ def test_memory_prediction_grows_with_batch_and_covers_the_state():
   chunked = memory.predict(c, one_device)["logits"]
   c.loss_chunk_size = 0
   assert chunked * 4 == memory.predict(c, one_device)["logits"]
+
+
+def test_op_lines_of_cpu_tpu_and_gpu_traces():
+  # Line names as jax.profiler writes them (the GPU ones from an H200 trace, 2026-11-28).
+  assert profiling.is_op_line("/host:CPU", "tf_XLACpuThread/1")
+  assert not profiling.is_op_line("/host:CPU", "python")
+  assert profiling.is_op_line("/device:TPU:0", "XLA Ops")
+  assert profiling.is_op_line("/device:GPU:0", "Stream #14(Memset,Compute)")
+  assert not profiling.is_op_line("/device:GPU:0", "Launch Stats")

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Everything a session with one GPU checks, as one command (about 9 minutes on an H100/H200):
+#   benchmarks/gpu_session.sh OUT_DIR [BUDGET_S [more gpu_suite.py flags]]
+# 1. the card described for deviceless compiles elsewhere (`jaxbench compile --describe_local`);
+# 2. the GPU suite (benchmarks/gpu_suite.sh: MPT 125m/350m/1b, JAX vs the torch.compile twin),
+#    each at the largest batch whose step XLA compiles (deviceless, for that description) into
+#    the memory pool, stopping at the first run that crashes;
+# 3. each finished JAX run compiled deviceless for that description and for the shipped H100 one,
+#    against the device's own compile, measured peak memory and step time
+#    (benchmarks/aot_vs_device.py).
+# The work happens in a scratch folder; OUT_DIR receives at most eight files (the device tool's
+# limit): session.log, stack.txt, local.txtpb, suite.md, aot.md, suite.json, aot.json and
+# session.tgz with every run folder and log.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+OUT="${1:?usage: benchmarks/gpu_session.sh OUT_DIR [BUDGET_S [gpu_suite.py flags]]}"
+BUDGET="${2:-380}"
+shift $(( $# < 2 ? $# : 2 ))
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(mktemp -d /tmp/jaxbench-session.XXXXXX)"
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c "import ml_collections" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/jaxbench-site .whl/*.whl
+  export PYTHONPATH="/tmp/jaxbench-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+pack() {
+  for f in stack.txt local.txtpb suite.md suite.json aot/aot.md aot/aot.json; do
+    [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"
+  done
+  tar czf "$OUT/session.tgz" -C "$WORK" . 2>/dev/null
+}
+trap pack EXIT
+{
+  echo "== describe the local GPU"
+  "$PYTHON" -m jaxbench compile --describe_local="$WORK/local.txtpb"
+  "$PYTHON" -c "import torch; print('torch sees:', torch.cuda.get_device_properties(0))" 2>&1 | tail -1
+  echo "== JAX on the GPU"
+  if ! "$PYTHON" -c "import jaxbench, jax; d = jax.devices(); print(jax.__version__, d); assert d[0].platform == 'gpu', d"; then
+    echo "JAX does not see the GPU here: stopping before the suite"; exit 1
+  fi
+  echo "== GPU suite (budget ${BUDGET}s)"
+  TARGET=h100
+  [ -f "$WORK/local.txtpb" ] && TARGET="$WORK/local.txtpb"
+  benchmarks/gpu_suite.sh "$WORK" --budget_s="$BUDGET" --fail_fast --batch_search=compile \
+    --target="$TARGET" "$@"
+  echo "== deviceless compile against the device"
+  "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120
+  echo "== done in ${SECONDS}s"
+} 2>&1 | tee "$OUT/session.log"
