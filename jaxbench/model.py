@@ -113,7 +113,7 @@ def xla_attention(q, k, v, bias=None):
   b, s, h, d = q.shape
   kv = k.shape[2]
   q = q.reshape(b, s, kv, h // kv, d) * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
+  scores = einsum_f32("bskgd,btkd->bkgst", q, k)
   if bias is not None:
     scores = scores + bias.reshape(kv, h // kv, s, s)
   causal = jnp.tril(jnp.ones((s, s), dtype=bool))
@@ -227,10 +227,42 @@ def block_class(c: ModelConfig):
   return nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def einsum_f32(equation, a, b):
+  """jnp.einsum accumulated in and returned as float32 (logits, attention scores: what softmax
+  and the loss read). Its backward runs like every other layer's, in the operands' dtype: the
+  float32 gradient is rounded to it before the two matmuls. Left to autodiff, the float32
+  cotangent would make both float32 matmuls (TF32 at half the bf16 rate on an H100, f32 on a
+  CPU); PyTorch's autocast rounds the same way."""
+  return jnp.einsum(equation, a, b, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_fwd(equation, a, b):
+  return einsum_f32(equation, a, b), (a, b)
+
+
+def _einsum_f32_bwd(equation, residuals, g):
+  a, b = residuals
+  out, pullback = jax.vjp(lambda a, b: jnp.einsum(equation, a, b), a, b)
+  return pullback(g.astype(out.dtype))
+
+
+einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
+
+
 def logits(x, head):
   """Final hidden states [B, S, d] x output matrix [d, vocab] -> float32 logits [B, S, vocab]."""
-  out = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
+  out = einsum_f32("bsd,dv->bsv", x, head)
   return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def head_matmul_grads(x, head, dlogits):
+  """(dx, dhead) of logits(x, head) for the logits' gradient `dlogits`, as einsum_f32's backward
+  computes them but accumulated in float32 (the chunked loss sums dhead over chunks)."""
+  g = dlogits.astype(jnp.result_type(x, head))
+  dx = jnp.einsum("bsv,dv->bsd", g, head, preferred_element_type=jnp.float32)
+  dhead = jnp.einsum("bsd,bsv->dv", x, g, preferred_element_type=jnp.float32)
+  return dx, dhead
 
 
 class Transformer(nn.Module):

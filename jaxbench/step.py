@@ -80,9 +80,8 @@ def _chunked_ce_pass(x, head, targets, chunk: int, with_grads: bool):
     dlogits = ((jax.nn.softmax(logits, axis=-1)
                 - jax.nn.one_hot(t_chunk, logits.shape[-1], dtype=jnp.float32))
                * (valid_chunk[..., None] / tokens))
-    dx = jnp.einsum("bcv,dv->bcd", dlogits, head, preferred_element_type=jnp.float32)
-    dhead = dhead + jnp.einsum("bcd,bcv->dv", x_chunk, dlogits, preferred_element_type=jnp.float32)
-    return (total, dhead), dx.astype(x.dtype)
+    dx, dhead_chunk = model_lib.head_matmul_grads(x_chunk, head, dlogits)
+    return (total, dhead + dhead_chunk), dx.astype(x.dtype)
 
   dhead = jnp.zeros(head.shape, jnp.float32) if with_grads else jnp.zeros((), jnp.float32)
   (total, dhead), dxs = jax.lax.scan(one_chunk, (jnp.zeros((), jnp.float32), dhead), (xs, ts, valid))

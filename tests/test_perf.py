@@ -3,6 +3,7 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import read_json
@@ -84,6 +85,25 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients():
   np.testing.assert_allclose(chunked[0], plain[0], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(chunked[1]), jax.tree.leaves(plain[1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [0, 24])
+def test_bf16_step_has_no_float32_matmul(chunk):
+  """In bfloat16 every matmul of the step, the logits' and attention scores' backward included,
+  takes bf16 operands (float32 ones would run as TF32 / f32 at half the rate or worse)."""
+  import re
+
+  from jaxbench import model, step
+  c = nano(seq_len=64, dtype="bfloat16")
+  m = model.Transformer(model.ModelConfig.from_config(c, "xla"))
+  tokens = jnp.zeros((2, c.seq_len + 1), jnp.int32)
+  params = jax.eval_shape(m.init, jax.random.key(0), tokens[:, :-1])["params"]
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  text = jax.jit(jax.grad(step.make_loss_fn(m, chunk))).lower(params, tokens).as_text()
+  dots = re.findall(r"stablehlo.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)", text)
+  assert len(dots) >= 20, len(dots)
+  assert not [d for d in dots if "f32" in d[0] or "f32" in d[1]], dots
 
 
 def test_memory_prediction_grows_with_batch_and_covers_the_state():
