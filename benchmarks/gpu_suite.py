@@ -40,7 +40,8 @@ JAX_POOL_FRACTION = 0.75
 # for what it does not model (workspace, fragmentation).
 MARGIN = 0.85
 # XLA's buffer assignment for the target matched the device's measured peak within 1.5% on an
-# H200 (benchmarks/RESULTS.md); keep a little room for the input pipeline and the allocator.
+# H200 (benchmarks/RESULTS.md); keep a little room for the input pipeline and the allocator, on
+# top of the room for the next step's temporaries.
 COMPILED_MARGIN = 0.92
 # Statuses that say the software is broken rather than the batch too big: --fail_fast stops there.
 FAILURES = ("crash", "compile_error", "bad_config")
@@ -137,11 +138,13 @@ def compiled_bytes(args, size: str, batches: list[int]) -> dict[int, dict]:
       with open(stem + ".json") as f:
         report = json.load(f)
     if report and report.get("compiled"):
-      out[b] = {"bytes": report["memory"]["total_bytes"], "error": None}
+      out[b] = {"bytes": report["memory"]["total_bytes"], "error": None,
+                "with_next_step_bytes": report["memory"]["with_next_step_bytes"]}
     else:
       with open(stem + ".log") as f:
         tail = " | ".join(f.read().strip().splitlines()[-2:])
-      out[b] = {"bytes": None, "error": (report or {}).get("error", tail)[:300]}
+      out[b] = {"bytes": None, "with_next_step_bytes": None,
+                "error": (report or {}).get("error", tail)[:300]}
   return out
 
 
@@ -157,9 +160,11 @@ def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:
     compiled = compiled_bytes(args, size, batches)
     trail, best = [], None
     for b in batches:
-      need = compiled[b]["bytes"]
+      # Room for the next step's temporaries too (jaxbench/compile.py memory_report).
+      need = compiled[b]["with_next_step_bytes"]
       fits = need is not None and need <= pool_bytes * COMPILED_MARGIN
-      trail.append({"batch_size": b, "compiled_bytes": need, "error": compiled[b]["error"],
+      trail.append({"batch_size": b, "compiled_bytes": compiled[b]["bytes"],
+                    "with_next_step_bytes": need, "error": compiled[b]["error"],
                     "predicted_bytes": predicted_bytes(config_for(args, size, b, "jax"))[0],
                     "fits": fits})
       if not fits:

@@ -11,7 +11,9 @@ questions of a study before anyone rents the hardware:
 
 - does it compile, and how long does that take;
 - per-device memory (arguments, outputs, temporaries, code, from XLA's buffer assignment) against
-  the device's memory and the pool JAX's allocator takes from it: fits, or short by how much;
+  the device's memory and the pool JAX's allocator takes from it: fits, or short by how much, and
+  whether it also leaves room for the next step's temporaries (TIGHT when not: on an H200 such
+  steps ran once and ran out of memory at the second; see memory_report);
 - the collectives the mesh implies (kind, count, bytes), after SPMD partitioning;
 - the kernels it chose (Triton GEMM fusions, cuBLAS, cuDNN attention, other custom calls);
 - a roofline lower bound on the step time on that GPU: FLOPs over its peak, bytes over its
@@ -47,7 +49,8 @@ from jaxbench.errors import ConfigError
 TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
 TARGETS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb", "mi300x": "mi300.txtpb"}
 AOT_EXTRA = ("the `cuda-aot` extra: pip install -e \".[cuda-aot]\" (the CUDA PJRT plugin matching "
-             "jax, plus nvidia-cuda-nvcc and nvidia-nvvm for ptxas and libdevice)")
+             "jax, plus nvidia-cuda-nvcc and nvidia-nvvm for ptxas and libdevice, and cuDNN for the "
+             "fused attention)")
 # JAX's GPU allocator takes this fraction of device memory up front, unless told otherwise
 # (https://docs.jax.dev/en/latest/gpu_memory_allocation.html).
 DEFAULT_MEM_FRACTION = 0.75
@@ -194,13 +197,19 @@ def memory_report(analysis, device_memory: int | None, mem_fraction: float) -> d
                       + m["generated_code_bytes"])
   m["device_memory_bytes"] = device_memory
   m["mem_fraction"] = mem_fraction
+  # Training runs the step again and again: the next step's temporaries need a second contiguous
+  # block. On an H200 (benchmarks/RESULTS.md, 2026-11-28) every step whose total fit the pool but
+  # whose total + temporaries did not (mpt-1b batch 8, mpt-350m batch 16) ran its first step and
+  # ran out of memory in the second (BFC allocator fragmentation), and every step within it ran.
+  m["with_next_step_bytes"] = m["total_bytes"] + m["temp_bytes"]
   if device_memory:
     pool = int(device_memory * mem_fraction)
     m["pool_bytes"] = pool
     m["fits"] = m["total_bytes"] <= pool
     m["short_by_bytes"] = max(0, m["total_bytes"] - pool)
+    m["fits_with_next_step"] = m["with_next_step_bytes"] <= pool
   else:
-    m["pool_bytes"] = m["fits"] = m["short_by_bytes"] = None
+    m["pool_bytes"] = m["fits"] = m["short_by_bytes"] = m["fits_with_next_step"] = None
   return m
 
 
@@ -398,6 +407,10 @@ def format_report(r: dict) -> str:
     verdict = ("FITS" if m["fits"] else f"DOES NOT FIT: short by {_gib(m['short_by_bytes'])}")
     lines.append(f"  {verdict} in JAX's pool of {_gib(m['pool_bytes'])} ({m['mem_fraction']:.0%} of "
                  f"{_gib(m['device_memory_bytes'])}; XLA_PYTHON_CLIENT_MEM_FRACTION sets the share)")
+    if m["fits"] and m.get("fits_with_next_step") is False:
+      lines.append(f"  but TIGHT for training: with room for the next step's temporaries it needs "
+                   f"{_gib(m['with_next_step_bytes'])}; steps like this ran one step and then ran "
+                   "out of memory on an H200 (allocator fragmentation): expect an OOM at step 2")
   found = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 2**20:,.1f} MiB)"
                     for k, v in r["collectives"].items() if v["count"]) or "none"
   lines.append(f"collectives: {found}")

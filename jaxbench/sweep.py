@@ -235,6 +235,8 @@ def compile_summary(report: dict | None) -> dict | None:
           "peak_memory_source": (f"XLA buffer assignment of the step compiled for "
                                  f"{target.get('device')} (compile_only: nothing ran)"),
           "fits": memory.get("fits"), "short_by_bytes": memory.get("short_by_bytes"),
+          "fits_with_next_step": memory.get("fits_with_next_step"),
+          "with_next_step_bytes": memory.get("with_next_step_bytes"),
           "pool_bytes": memory.get("pool_bytes"),
           "step_time_lower_bound_s": roofline.get("step_time_lower_bound_s"),
           "mfu_upper_bound": roofline.get("mfu_upper_bound"),
@@ -242,12 +244,17 @@ def compile_summary(report: dict | None) -> dict | None:
 
 
 def classify_compile(returncode, log: str, timed_out: bool, summary: dict | None) -> tuple[str, str]:
-  """A compile-only point: ok when the step compiled and fits the target, oom when it compiled
-  and does not fit, compile_error when the compiler rejected it."""
+  """A compile-only point: ok when the step compiled and fits the target with room for the next
+  step's temporaries (see compile.memory_report), oom when it compiled and does not, compile_error
+  when the compiler rejected it."""
   if returncode == 0 and summary and summary["status"] == "compiled":
     if summary["fits"] is False:
       return "oom", (f"does not fit {summary['device_kind']}: short by "
                      f"{summary['short_by_bytes'] / 2**30:.2f} GiB")
+    if summary.get("fits_with_next_step") is False:
+      return "oom", (f"one step fits {summary['device_kind']}, but not with the next step's "
+                     f"temporaries beside it ({summary['with_next_step_bytes'] / 2**30:.2f} GiB "
+                     f"of a {summary['pool_bytes'] / 2**30:.2f} GiB pool): an OOM at step 2")
     return "ok", "compiled, fits" if summary["fits"] else "compiled"
   if returncode == 1 and not timed_out:
     return "compile_error", "the compiler rejected the step"

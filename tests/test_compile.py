@@ -70,6 +70,25 @@ def test_default_config_compiles_for_h100_and_fits(reports):
   if r["target"]["dropped_fields"]:
     assert any("dropped" in w for w in reports["warnings"])
   assert "NOT" not in compile_lib.format_report(r)
+  m = r["memory"]
+  assert m["with_next_step_bytes"] == m["total_bytes"] + m["temp_bytes"]
+  assert m["fits_with_next_step"] is True and "TIGHT" not in compile_lib.format_report(r)
+
+
+def test_a_step_that_fits_once_but_not_beside_the_next_ones_temporaries_is_tight():
+  class Analysis:  # mpt-1b at batch 8 on an H200, as XLA assigned it (GiB)
+    argument_size_in_bytes = output_size_in_bytes = alias_size_in_bytes = int(14.70 * 2**30)
+    temp_size_in_bytes, generated_code_size_in_bytes = int(59.38 * 2**30), 0
+  m = compile_lib.memory_report(Analysis, 150109880320, 0.75)
+  assert m["fits"] is True and m["fits_with_next_step"] is False
+  summary = {"status": "compiled", "device_kind": "NVIDIA H200", "fits": True,
+             "short_by_bytes": 0, "fits_with_next_step": False, "pool_bytes": m["pool_bytes"],
+             "with_next_step_bytes": m["with_next_step_bytes"]}
+  status, reason = sweep_lib.classify_compile(0, "", False, summary)
+  assert status == "oom" and "step 2" in reason
+  # Half the temporaries (batch 4): room for both.
+  Analysis.temp_size_in_bytes = int(33.29 * 2**30)
+  assert compile_lib.memory_report(Analysis, 150109880320, 0.75)["fits_with_next_step"] is True
 
 
 @needs_aot
