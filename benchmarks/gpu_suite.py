@@ -92,13 +92,17 @@ def config_for(args, size: str, batch: int, framework: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _predicted(flags: tuple[str, ...]) -> tuple[int, int]:
-  """(predicted bytes per device, n_params) of the JAX run these flags describe, on one device."""
+def _predicted(flags: tuple[str, ...], nvidia: bool) -> tuple[int, int]:
+  """(predicted bytes per device, n_params) of the JAX run these flags describe, on one device
+  (an NVIDIA GPU: the fused attention that `auto` picks there when the config allows it)."""
   from jaxbench import config as config_lib
-  from jaxbench import memory
+  from jaxbench import memory, train
   c, _ = config_lib.parse_flags(["gpu_suite", *flags])
   mesh = config_lib.validate(c, 1)
-  p = memory.predict(c, mesh)
+  attention = c.model.attention
+  if attention == "auto" and nvidia and train.cudnn_problem(c, True) is None:
+    attention = "cudnn"
+  p = memory.predict(c, mesh, attention=attention)
   from jaxbench import model as model_lib
   n_params = model_lib.param_count(model_lib.ModelConfig.from_config(c, "xla"))["total"]
   return int(p["total"]), n_params
@@ -106,7 +110,11 @@ def _predicted(flags: tuple[str, ...]) -> tuple[int, int]:
 
 def predicted_bytes(flags: list[str]) -> tuple[int, int]:
   """_predicted, once per distinct run: the batch search, the run and the table ask for the same."""
-  return _predicted(tuple(flags))
+  return _predicted(tuple(flags), NVIDIA)
+
+
+# Whether the runs go to an NVIDIA GPU (set by main from nvidia-smi and --platforms).
+NVIDIA = False
 
 
 def compiled_bytes(args, size: str, batches: list[int]) -> dict[int, dict]:
@@ -372,6 +380,8 @@ def main(argv=None) -> int:
   start = time.time()
   deadline = start + args.budget_s
   pool = int(device_memory_bytes(args.memory_gib) * JAX_POOL_FRACTION)
+  global NVIDIA
+  NVIDIA = args.platforms != "cpu" and not args.memory_gib
   results = []
   failed = None
   for size in [s for s in args.sizes.split(",") if s]:

@@ -1,7 +1,10 @@
 """Predicted per-device memory (jaxbench/memory.py) against XLA's memory analysis of the compiled
 step, and against a short run's measured peak; and the saving of the chunked cross-entropy.
 
-  python benchmarks/memory.py [--skip_runs]
+  python benchmarks/memory.py [--skip_runs] [--only=compiled|chunk|runs|gpu] [--target=h100]
+
+The `gpu` section compiles deviceless for a GPU description (`jaxbench compile`'s targets; needs
+the cuda-aot extra) at seq 2048 in bf16, where the fused cuDNN attention changes what is kept.
 
 Compile-only figures need no device memory (the step is lowered and compiled, never run), so
 large configs are fine on a laptop. The measured peak on CPU is the process's peak RSS (the
@@ -41,6 +44,20 @@ CHUNK_CASE = ("configs/mpt.py:125m", {"model__d_model": 128, "model__n_heads": 2
                                       "model__d_ff": 512,
                                       "model__n_layers": 2, "batch_size": 8, "dtype": "float32"})
 
+# GPU shapes at seq 2048 (compiled deviceless for --target): the suite's sizes, both MLPs, every
+# remat policy, GQA, and float32 (XLA's attention: cuDNN needs bf16).
+GPU_CASES = [
+    ("mpt:125m bf16 b8", "configs/mpt.py:125m", {"batch_size": 8}),
+    ("mpt:125m bf16 b8 remat=full", "configs/mpt.py:125m", {"batch_size": 8, "model__remat": "full"}),
+    ("mpt:125m bf16 b8 remat=dots", "configs/mpt.py:125m", {"batch_size": 8, "model__remat": "dots"}),
+    ("mpt:125m bf16 b8 remat=dots_no_batch", "configs/mpt.py:125m",
+     {"batch_size": 8, "model__remat": "dots_no_batch"}),
+    ("mpt:350m bf16 b8", "configs/mpt.py:350m", {"batch_size": 8}),
+    ("mpt:1b bf16 b4", "configs/mpt.py:1b", {"batch_size": 4}),
+    ("llama:1b bf16 b4 (GQA, SwiGLU)", "configs/llama.py:1b", {"batch_size": 4}),
+    ("mpt:125m f32 b2 (XLA attention)", "configs/mpt.py:125m", {"batch_size": 2, "dtype": "float32"}),
+]
+
 RUN_CASES = [
     ("mpt:tiny", "configs/mpt.py:tiny", {}),
     ("mpt:small", "configs/mpt.py:small", {}),
@@ -76,6 +93,28 @@ def compare_compiled(out: list) -> None:
           f"{common.mib(mem.get('temp_size_in_bytes'))} | {common.mib(pred['floor_state'])} |",
           flush=True)
     out.append({"case": label, "predicted": pred, "xla": mem, "xla_peak": peak})
+
+
+def compare_gpu(out: list, target_name: str) -> None:
+  """The prediction, told which attention runs, against XLA's buffer assignment for a GPU."""
+  from jaxbench import compile as compile_lib
+  target = compile_lib.read_target(target_name)
+  print(f"\n## Predicted against XLA's memory analysis for {target.device_name} (deviceless), "
+        "seq 2048, MiB per device")
+  print("| config | attention | predicted total | XLA total | predicted/XLA | predicted "
+        "activations | XLA temp |")
+  print("|---|---|---|---|---|---|---|")
+  for label, spec, overrides in GPU_CASES:
+    c = common.load(spec, seq_len=2048, **{"dtype": "bfloat16", **overrides})
+    r = compile_lib.compile_report(c, target, "1x1x1", None, lambda _: None)
+    attention = r["attention"]["implementation"]
+    pred = memory.predict(c, config_lib_validate(c), attention=attention)
+    xla = r["memory"]["total_bytes"] - r["memory"]["generated_code_bytes"]
+    print(f"| {label} | {attention} | {common.mib(pred['total'])} | {common.mib(xla)} | "
+          f"{pred['total'] / xla:.2f} | {common.mib(pred['activations'])} | "
+          f"{common.mib(r['memory']['temp_bytes'])} |", flush=True)
+    out.append({"gpu_case": label, "target": target.device_name, "attention": attention,
+                "predicted": pred, "xla": r["memory"]})
 
 
 def config_lib_validate(c):
@@ -131,14 +170,18 @@ def measured_runs(out: list) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--skip_runs", action="store_true", help="compile-only figures")
-  parser.add_argument("--only", choices=("compiled", "chunk", "runs"), default=None,
+  parser.add_argument("--only", choices=("compiled", "chunk", "runs", "gpu"), default=None,
                       help="one section only")
+  parser.add_argument("--target", default="h100", help="the gpu section's `jaxbench compile` target")
   parser.add_argument("--json", default=None, help="also write the figures here")
   args = parser.parse_args()
   print(common.header("benchmarks/memory.py"))
   out: list = []
-  sections = {"compiled": compare_compiled, "chunk": chunk_saving, "runs": measured_runs}
+  sections = {"compiled": compare_compiled, "chunk": chunk_saving, "runs": measured_runs,
+              "gpu": lambda out: compare_gpu(out, args.target)}
   for name, section in sections.items():
+    if name == "gpu" and args.only != "gpu":
+      continue  # needs the cuda-aot extra and JAX on the CPU: asked for by name
     if (args.only in (None, name)) and not (name == "runs" and args.skip_runs):
       section(out)
   if args.json:

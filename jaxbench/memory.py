@@ -6,16 +6,21 @@ backward pass keeps (by remat policy), the logits and the working set of one lay
 against XLA's memory analysis of the compiled step by benchmarks/memory.py.
 
 Activations kept per token per layer, by policy (a = bytes of the compute dtype, d = d_model,
-kv = key/value width, f = d_ff, h = heads, S = seq_len, t = mesh.tensor; softmax in float32):
-  none           everything the backward pass reads: the block input and both norm outputs
-                 (3ad), q/k/v (a(d + 2kv)/t), the masked scores and the softmax output in
-                 float32 and its cast ((8 + a) h S / t), the attention output (ad/t), the residual (ad), the MLP's
-                 hidden pre- and post-activation (2af/t; SwiGLU 3af/t)
+kv = key/value width, f = d_ff, h = heads, S = seq_len, t = mesh.tensor), as XLA's buffer
+assignment of the scanned step keeps them (read off the stacked residuals of the compiled step for
+an H100, mpt and llama, bf16 and f32):
+  none           each layer norm's float32 working copies (3 x 4d) and its output (ad); q/k/v
+                 (a(d + 2kv)/t); the attention's own state: the fused kernel (cuDNN) keeps the
+                 softmax statistics (4h/t), XLA's einsum attention the float32 scores and the
+                 probabilities ((4 + a) h S / t) and a transposed v (a kv/t); the attention output
+                 (ad/t); the MLP's hidden activations (GELU 4af/t, SwiGLU 6af/t)
   full           only the block input (ad): each block is recomputed in the backward pass
-  dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t), the
-                 attention output, the output projection (ad), the MLP's up (and gate) and down
+  dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t, not
+                 with the fused kernel), the attention output, the output projection (ad), the
+                 MLP's up (and gate) and down
   dots_no_batch  as dots without the two attention matmuls (they have batch dimensions)
-Policies other than none also hold one layer's full set while that layer is recomputed.
+Policies other than none also hold part of one layer's full set (half, fitted) while that layer
+is recomputed in the backward pass.
 """
 
 from __future__ import annotations
@@ -59,45 +64,55 @@ def _param_bytes(cfg: model_lib.ModelConfig, mesh_items: tuple) -> int:
   return _shard_bytes(boxed, dict(mesh_items))
 
 
-def _activation_bytes_per_token(c, policy: str, tensor: int) -> tuple[float, float]:
+def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bool
+                                ) -> tuple[float, float]:
   """(kept per token per layer, one layer's full set per token) in bytes."""
   m = c.model
   a = DTYPE_BYTES[c.dtype]
   d, f, h, s = m.d_model, m.d_ff, m.n_heads, c.seq_len
   kv = m.n_kv_heads * (d // m.n_heads)
-  mlp_hidden = 3 if m.mlp == "swiglu" else 2
   qkv = a * (d + 2 * kv) / tensor
-  full_set = (3 * a * d + qkv + (8 + a) * h * s / tensor + a * d / tensor + a * d
-              + mlp_hidden * a * f / tensor)
+  norms = 2 * (3 * 4 * d + a * d)
+  attention_state = 4 * h / tensor if fused_attention else ((4 + a) * h * s + a * kv) / tensor
+  mlp_hidden = (6 if m.mlp == "swiglu" else 4) * a * f / tensor
+  full_set = norms + qkv + attention_state + a * d / tensor + mlp_hidden
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor
+  # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.
+  attention_dots = 0 if fused_attention else 4 * h * s / tensor + a * d / tensor
   kept = {
       "none": full_set,
       "full": a * d,
-      "dots": a * d + qkv + 4 * h * s / tensor + a * d / tensor + a * d + up_outputs + a * d,
+      "dots": a * d + qkv + attention_dots + a * d + up_outputs + a * d,
       "dots_no_batch": a * d + qkv + a * d + up_outputs + a * d,
   }[policy]
   return kept, full_set
 
 
-def predict(c, mesh_shape: dict[str, int]) -> dict:
-  """Predicted bytes per device of the train step for config `c` on a mesh of this shape."""
+def predict(c, mesh_shape: dict[str, int], attention: str | None = None) -> dict:
+  """Predicted bytes per device of the train step for config `c` on a mesh of this shape, with
+  `attention` the implementation that runs (train.choose_attention; default: the config's, and
+  XLA's einsum attention for auto, the larger of the two)."""
   m = c.model
   cfg = model_lib.ModelConfig.from_config(c, "xla")
   params = _param_bytes(cfg, tuple(sorted(mesh_shape.items())))
   tensor = mesh_shape["tensor"]
   batch_per_device = c.batch_size // (mesh_shape["data"] * mesh_shape["fsdp"] * c.microbatches)
   tokens = batch_per_device * c.seq_len
-  kept, full_set = _activation_bytes_per_token(c, m.remat, tensor)
+  attention = attention or m.attention
+  kept, full_set = _activation_bytes_per_token(c, m.remat, tensor, attention == "cudnn")
   a = DTYPE_BYTES[c.dtype]
-  # Logits are float32 whatever the dtype; the backward pass holds them and their gradient.
+  # Logits are float32 whatever the dtype; the backward pass holds them and their gradient, rounded
+  # to the compute dtype for the output layer's matmuls (model.einsum_f32).
   logit_positions = (c.loss_chunk_size if 0 < c.loss_chunk_size < c.seq_len else c.seq_len)
-  logits = 2 * batch_per_device * logit_positions * (m.vocab_size // tensor) * 4
+  logits = batch_per_device * logit_positions * (m.vocab_size // tensor) * (4 + a)
   parts = {
       "params": params,
       "gradients": params * (2 if c.microbatches > 1 else 1),  # + the accumulator
       "optimizer_state": 2 * params,  # AdamW's first and second moments, float32
       "activations": int(kept * tokens * m.n_layers),
-      "recompute_layer": int(full_set * tokens) if m.remat != "none" else 0,
+      # The backward pass consumes the recomputed layer as it goes: about half of its full set
+      # is live at once (fitted to XLA's figures: benchmarks/RESULTS.md, goal 4).
+      "recompute_layer": int(full_set * tokens / 2) if m.remat != "none" else 0,
       "logits": logits,
       # Embedding output, final norm in and out.
       "embedding_and_final_norm": 3 * a * m.d_model * tokens,

@@ -49,16 +49,7 @@ def choose_attention(c, device) -> tuple[str, str]:
   head_dim = c.model.d_model // c.model.n_heads
   platform = device.platform
   cuda = platform in ("gpu", "cuda") and "NVIDIA" in device.device_kind.upper()
-  # What jax.nn.dot_product_attention's cuDNN path accepts (jax/_src/cudnn/fused_attention_stablehlo.py).
-  problem = None
-  if not cuda:
-    problem = f"cuDNN fused attention needs an NVIDIA GPU; this backend is {platform}"
-  elif c.dtype != "bfloat16":
-    problem = f"cuDNN fused attention needs bfloat16 (or float16), dtype is {c.dtype}"
-  elif head_dim > 128 or head_dim % 8:
-    problem = f"cuDNN fused attention needs head_dim <= 128 and a multiple of 8, got {head_dim}"
-  elif c.model.position == "alibi":
-    problem = "ALiBi runs on the XLA path (its float32 bias)"
+  problem = cudnn_problem(c, cuda, platform)
   if requested == "cudnn" and problem:
     raise ConfigError("model.attention", f"cudnn: {problem}; allowed here: auto, xla, jax")
   if requested != "auto":
@@ -70,6 +61,23 @@ def choose_attention(c, device) -> tuple[str, str]:
   if problem:
     return "xla", "auto: " + problem
   return "cudnn", "auto: cuDNN fused attention lowered for this shape"
+
+
+def cudnn_problem(c, cuda: bool, platform: str = "this backend") -> str | None:
+  """Why the cuDNN fused attention cannot take config `c` (None: it may; the probe decides), from
+  the config alone: what jax.nn.dot_product_attention's cuDNN path accepts
+  (jax/_src/cudnn/fused_attention_stablehlo.py)."""
+  head_dim = c.model.d_model // c.model.n_heads
+  problem = None
+  if not cuda:
+    problem = f"cuDNN fused attention needs an NVIDIA GPU; this backend is {platform}"
+  elif c.dtype != "bfloat16":
+    problem = f"cuDNN fused attention needs bfloat16 (or float16), dtype is {c.dtype}"
+  elif head_dim > 128 or head_dim % 8:
+    problem = f"cuDNN fused attention needs head_dim <= 128 and a multiple of 8, got {head_dim}"
+  elif c.model.position == "alibi":
+    problem = "ALiBi runs on the XLA path (its float32 bias)"
+  return problem
 
 
 def _cudnn_probe(device, head_dim: int, n_heads: int, n_kv_heads: int) -> str | None:
