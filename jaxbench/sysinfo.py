@@ -94,6 +94,22 @@ def now_iso() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def memory_limit_per_device(devices) -> int | None:
+  """The smallest allocator limit (bytes_limit) among the local devices; None where the backend
+  reports none (the CPU)."""
+  limits = []
+  for d in devices:
+    if d.process_index != jax.process_index():
+      continue
+    try:
+      stats = d.memory_stats()
+    except Exception:  # backends without allocator stats raise or return None
+      stats = None
+    if stats and stats.get("bytes_limit"):
+      limits.append(int(stats["bytes_limit"]))
+  return min(limits) if limits else None
+
+
 def peak_memory_per_device(devices) -> tuple[int | None, str]:
   """Peak bytes in use on the busiest local device, and where the figure comes from."""
   peaks = []

@@ -119,6 +119,25 @@ def _memory_analysis(compiled) -> dict:
   return {f: int(getattr(mem, f)) for f in fields if hasattr(mem, f)}
 
 
+def queue_ahead(memory_analysis: dict, limit: int | None) -> tuple[bool, str]:
+  """Whether the loop may queue the next step while one runs, and why. A queued step needs its
+  temporaries while those of the step in flight may still be held (the runtime releases them
+  once that step is done), so with a step whose total plus a second set of temporaries exceeds
+  the allocator's limit the loop runs one step at a time. On an H200, such steps (mpt-1b batch 8:
+  74 of 105 GiB, 59.6 GiB of temporaries) ran one step and ran out of memory in the second with
+  queueing on (benchmarks/RESULTS.md); that queueing is the cause is the likely reading, not a
+  verified one."""
+  if not limit or "temp_size_in_bytes" not in memory_analysis:
+    return True, "on"
+  m = memory_analysis
+  need = (m["argument_size_in_bytes"] + m["output_size_in_bytes"] - m.get("alias_size_in_bytes", 0)
+          + 2 * m["temp_size_in_bytes"] + m.get("generated_code_size_in_bytes", 0))
+  if need <= limit:
+    return True, "on"
+  return False, (f"off: the step with a second step's temporaries needs {need / 2**30:.2f} GiB of "
+                 f"the device's {limit / 2**30:.2f} GiB, so steps run one at a time")
+
+
 def _state_shardings(model, optimizer, c, mesh):
   """Shardings of the whole train state from the params' logical axis names, without allocating."""
   boxed = jax.eval_shape(functools.partial(step_lib.init_state, model, optimizer, seq_len=c.seq_len,
@@ -418,6 +437,8 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
     collectives = {"unavailable": f"{type(e).__name__}: {e}"}
   if c.dump_hlo and out.writer:
     run_info["hlo"] = profiling.dump_hlo(out.path, lowered, compiled.as_text())
+  ahead, ahead_reason = queue_ahead(memory, sysinfo.memory_limit_per_device(setup.devices))
+  run_info["queue_ahead"] = ahead_reason
   run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,
                          "xla_cost_analysis": cost, "xla_memory_analysis": memory,
                          "xla_cost_analysis_note": loops_note,
@@ -427,6 +448,8 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   out.write("run.json", run_info)
   say(f"  compiled in {p.lower_s + p.compile_s:.1f}s (lower {p.lower_s:.1f}s + compile "
       f"{p.compile_s:.1f}s)", flush=True)
+  if not ahead:
+    say(f"  queueing the next step {ahead_reason}", flush=True)
   if _any_process(stop.signal_name is not None):
     p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
     return
@@ -438,7 +461,7 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   trace = profiling.StepTrace(out.path, config_lib.profile_steps(c))
   try:
     _loop(setup, peak, out, p, stop, say, compiled, state, batch, prefetch, evaluate,
-          checkpointer if saving else None, start_step, trace)
+          checkpointer if saving else None, start_step, trace, ahead)
   finally:
     prefetch.close()
     trace.stop()
@@ -465,7 +488,8 @@ def _evaluator(setup: Setup, eval_data, put):
 
 
 def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, state, batch, prefetch,
-          evaluate, checkpointer, start_step: int, trace: profiling.StepTrace) -> None:
+          evaluate, checkpointer, start_step: int, trace: profiling.StepTrace,
+          queue_next: bool = True) -> None:
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
   n_devices = len(setup.devices)
@@ -485,9 +509,11 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
     save_due = checkpointer is not None and (checkpointer.due(step) or stopping or last)
     # Most steps queue the next one before reading their own outputs, so the device never waits
     # for the host's bookkeeping; a step is then timed from the end of the one before. Steps whose
-    # state an evaluation or a save needs (the next step takes it: donated), and the first and
-    # last traced steps, wait instead and the next step is timed from its dispatch.
-    ahead = next_batch is not None and not eval_due and not save_due and not trace.boundary(step)
+    # state an evaluation or a save needs (the next step takes it: donated), the first and last
+    # traced steps, and every step of a run with no room for two steps' temporaries (queue_ahead)
+    # wait instead and the next step is timed from its dispatch.
+    ahead = (queue_next and next_batch is not None and not eval_due and not save_due
+             and not trace.boundary(step))
     if ahead:
       pending = compiled(state, next_batch)
     metrics = jax.device_get(metrics)  # waits for this step's outputs

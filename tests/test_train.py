@@ -209,3 +209,17 @@ def test_json_writer_never_writes_nan(tmp_path):
   with open(d.file("metrics.jsonl"), "a") as f:
     f.write('{"step": 2, "lo')  # a torn line, as a crash mid-write would leave
   assert rundir.read_metrics(d.file("metrics.jsonl")) == [{"step": 1, "loss": 2.0}]
+
+
+def test_the_next_step_is_queued_only_with_room_for_a_second_steps_temporaries():
+  gib = 2**30
+  # mpt-1b on an H200 (XLA's figures, benchmarks/RESULTS.md): batch 8 ran one step and then ran
+  # out of memory with queueing on; batch 4 ran.
+  limit = int(105.3 * gib)
+  batch8 = {"argument_size_in_bytes": int(14.7 * gib), "output_size_in_bytes": int(14.7 * gib),
+            "alias_size_in_bytes": int(14.7 * gib), "temp_size_in_bytes": int(59.4 * gib)}
+  on, why = train.queue_ahead(batch8, limit)
+  assert not on and "one at a time" in why and "133.50 GiB" in why
+  assert train.queue_ahead({**batch8, "temp_size_in_bytes": int(33.3 * gib)}, limit) == (True, "on")
+  # No allocator limit (the CPU) or no analysis: queued, as before.
+  assert train.queue_ahead(batch8, None)[0] and train.queue_ahead({}, limit)[0]
