@@ -9,11 +9,12 @@ Activations kept per token per layer, by policy (a = bytes of the compute dtype,
 kv = key/value width, f = d_ff, h = heads, S = seq_len, t = mesh.tensor), as XLA's buffer
 assignment of the scanned step keeps them (read off the stacked residuals of the compiled step for
 an H100, mpt and llama, bf16 and f32):
-  none           each layer norm's float32 working copies (3 x 4d) and its output (ad); q/k/v
-                 (a(d + 2kv)/t); the attention's own state: the fused kernel (cuDNN) keeps the
-                 softmax statistics (4h/t), XLA's einsum attention the float32 scores and the
-                 probabilities ((4 + a) h S / t) and a transposed v (a kv/t); the attention output
-                 (ad/t); the MLP's hidden activations (GELU 4af/t, SwiGLU 6af/t)
+  none           each layer norm's input and output (2ad; model.normalize recomputes the rest from
+                 the input and two float32 statistics); q/k/v (a(d + 2kv)/t); the attention's own
+                 state: the fused kernel (cuDNN) keeps the softmax statistics (4h/t), XLA's einsum
+                 attention the float32 scores and the probabilities ((4 + a) h S / t); the
+                 attention output (ad/t); the MLP's hidden activations (GELU: its input and output,
+                 2af/t; SwiGLU: gate, up and product, 3af/t)
   full           only the block input (ad): each block is recomputed in the backward pass
   dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t, not
                  with the fused kernel), the attention output, the output projection (ad), the
@@ -72,9 +73,9 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   d, f, h, s = m.d_model, m.d_ff, m.n_heads, c.seq_len
   kv = m.n_kv_heads * (d // m.n_heads)
   qkv = a * (d + 2 * kv) / tensor
-  norms = 2 * (3 * 4 * d + a * d)
-  attention_state = 4 * h / tensor if fused_attention else ((4 + a) * h * s + a * kv) / tensor
-  mlp_hidden = (6 if m.mlp == "swiglu" else 4) * a * f / tensor
+  norms = 2 * (2 * a * d + 8)
+  attention_state = 4 * h / tensor if fused_attention else (4 + a) * h * s / tensor
+  mlp_hidden = (3 if m.mlp == "swiglu" else 2) * a * f / tensor
   full_set = norms + qkv + attention_state + a * d / tensor + mlp_hidden
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor
   # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.

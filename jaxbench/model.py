@@ -181,6 +181,50 @@ class Attention(nn.Module):
                  bias_init=_zeros(("embed",)), name="out")(out)
 
 
+@jax.custom_vjp
+def gelu(x):
+  """Exact (erf) GELU, as jax.nn.gelu(approximate=False); its backward keeps only x and computes
+  the derivative from it in float32 (autodiff keeps four hidden-size tensors per layer, this one)."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  x32 = x.astype(jnp.float32)
+  cdf = 0.5 * (1.0 + jax.lax.erf(x32 * (1.0 / math.sqrt(2.0))))
+  pdf = jnp.exp(-0.5 * jnp.square(x32)) * (1.0 / math.sqrt(2.0 * math.pi))
+  return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@jax.custom_vjp
+def swiglu(gate, up):
+  """silu(gate) * up; its backward keeps only gate and up (autodiff keeps six hidden-size tensors
+  per layer) and forms the derivatives from them in float32."""
+  return nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+  return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(residuals, g):
+  gate, up = residuals
+  gate32, g32 = gate.astype(jnp.float32), g.astype(jnp.float32)
+  sig = jax.nn.sigmoid(gate32)
+  dup = g32 * gate32 * sig
+  dgate = g32 * up.astype(jnp.float32) * sig * (1.0 + gate32 * (1.0 - sig))
+  return dgate.astype(gate.dtype), dup.astype(up.dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class Mlp(nn.Module):
   cfg: ModelConfig
 
@@ -191,21 +235,87 @@ class Mlp(nn.Module):
     up = functools.partial(dense, c.d_ff, kernel_init=_init(c.init_std, ("embed", "mlp")),
                            bias_init=_zeros(("mlp",)))
     if c.mlp == "swiglu":
-      h = nn.silu(up(name="gate")(x)) * up(name="up")(x)
+      h = swiglu(up(name="gate")(x), up(name="up")(x))
     else:
-      h = nn.gelu(up(name="up")(x), approximate=False)
+      h = gelu(up(name="up")(x))
     h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
     return dense(c.d_model, kernel_init=_init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
                  bias_init=_zeros(("embed",)), name="down")(h)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def normalize(x, scale, bias, epsilon: float, rms: bool, dtype):
+  """LayerNorm (rms=False) or RMSNorm of x over its last axis, computed in float32 as flax's
+  LayerNorm / RMSNorm compute it (fast variance: E[x^2] - E[x]^2), returned in `dtype`.
+
+  The backward pass keeps only x (in its own dtype) and the float32 mean and 1/std per position,
+  and recomputes the normalized values from them, as PyTorch's layer norm does. Left to autodiff,
+  XLA keeps three float32 copies of every normalized tensor for the backward pass: 24 bytes per
+  model dimension per token per layer, a third of what a bf16 block keeps (benchmarks/RESULTS.md,
+  goal 4)."""
+  return _normalize_fwd(x, scale, bias, epsilon, rms, dtype)[0]
+
+
+def _norm_stats(x32, epsilon: float, rms: bool):
+  mean_sq = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  if rms:
+    mean = jnp.zeros_like(mean_sq)
+    var = mean_sq
+  else:
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
+  return mean, jax.lax.rsqrt(var + epsilon)
+
+
+def _normalize_fwd(x, scale, bias, epsilon, rms, dtype):
+  x32 = x.astype(jnp.float32)
+  mean, rstd = _norm_stats(x32, epsilon, rms)
+  y = (x32 - mean) * (rstd * scale)
+  if bias is not None:
+    y = y + bias
+  return y.astype(dtype), (x, mean, rstd, scale, bias)
+
+
+def _normalize_bwd(epsilon, rms, dtype, residuals, g):
+  x, mean, rstd, scale, bias = residuals
+  xhat = (x.astype(jnp.float32) - mean) * rstd
+  g32 = g.astype(jnp.float32)
+  batch_axes = tuple(range(g.ndim - 1))
+  dscale = jnp.sum(g32 * xhat, axis=batch_axes)
+  dbias = None if bias is None else jnp.sum(g32, axis=batch_axes)
+  gx = g32 * scale
+  dxhat_term = xhat * jnp.mean(gx * xhat, axis=-1, keepdims=True)
+  if rms:
+    dx = rstd * (gx - dxhat_term)
+  else:
+    dx = rstd * (gx - jnp.mean(gx, axis=-1, keepdims=True) - dxhat_term)
+  return dx.astype(x.dtype), dscale, dbias
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class Norm(nn.Module):
+  """LayerNorm or RMSNorm with flax's parameter names (scale, bias) and math (see normalize)."""
+  rms: bool
+  epsilon: float
+  use_bias: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (d,), jnp.float32)
+    bias = None
+    if not self.rms and self.use_bias:
+      bias = self.param("bias", _zeros(("norm",)), (d,), jnp.float32)
+    return normalize(x, scale, bias, self.epsilon, self.rms, self.dtype)
+
+
 def norm(c: ModelConfig, name: str) -> nn.Module:
-  scale = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
-  if c.norm == "rmsnorm":
-    return nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype, param_dtype=jnp.float32, scale_init=scale,
-                      name=name)
-  return nn.LayerNorm(epsilon=c.norm_eps, use_bias=c.bias, dtype=c.dtype, param_dtype=jnp.float32,
-                      scale_init=scale, bias_init=_zeros(("norm",)), name=name)
+  return Norm(rms=c.norm == "rmsnorm", epsilon=c.norm_eps, use_bias=c.bias, dtype=c.dtype,
+              name=name)
 
 
 class Block(nn.Module):
