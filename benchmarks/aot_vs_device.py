@@ -58,37 +58,50 @@ def target_label(target: str) -> str:
   return os.path.splitext(os.path.basename(target))[0]
 
 
-def compile_all(jobs: list[dict], out: str, timeout_s: float) -> None:
-  """`jaxbench compile --report` for every (run, target) job, all at once; each job gets
-  "report" (or None) and "error"."""
+def compile_reports(jobs: dict[str, list[str]], timeout_s: float) -> dict[str, dict]:
+  """`jaxbench compile FLAGS --report=STEM.json` for every {STEM: FLAGS} (STEM a path without a
+  suffix; the log goes to STEM.log), all at once, one process each, JAX on the CPU so a GPU that
+  is here stays free, under one shared timeout. {STEM: {"report": dict | None, "error": str |
+  None}}: the report when one was written, else the end of the log."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  procs = []
-  for job in jobs:
-    stem = os.path.join(out, f"{job['size']}-{target_label(job['target'])}")
-    job["report_path"], job["log_path"] = stem + ".json", stem + ".log"
-    cmd = [sys.executable, "-m", "jaxbench", "compile", *job["flags"], f"--target={job['target']}",
-           "--topology=1x1x1", f"--report={job['report_path']}"]
-    log = open(job["log_path"], "w")
-    procs.append((job, log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
-                                             stderr=subprocess.STDOUT)))
+  procs = {}
+  for stem, flags in jobs.items():
+    log = open(stem + ".log", "w")
+    cmd = [sys.executable, "-m", "jaxbench", "compile", *flags, f"--report={stem}.json"]
+    procs[stem] = (log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT))
   deadline = time.time() + timeout_s
-  for job, log, proc in procs:
+  out = {}
+  for stem, (log, proc) in procs.items():
     try:
       proc.wait(timeout=max(1.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
       proc.kill()
       proc.wait()
     log.close()
-    job["report"], job["error"] = None, None
-    if os.path.exists(job["report_path"]):
-      with open(job["report_path"]) as f:
-        job["report"] = json.load(f)
+    report = error = None
+    if os.path.exists(stem + ".json"):
+      with open(stem + ".json") as f:
+        report = json.load(f)
     else:
-      with open(job["log_path"]) as f:
+      with open(stem + ".log") as f:
         tail = f.read().strip().splitlines()[-3:]
-      job["error"] = (f"exit {proc.returncode}: " if proc.returncode is not None else "") + \
-          " | ".join(tail)
+      error = f"exit {proc.returncode}: " + " | ".join(tail)
+    out[stem] = {"report": report, "error": error}
+  return out
+
+
+def compile_all(jobs: list[dict], out: str, timeout_s: float) -> None:
+  """Each (run, target) job compiled for its target; each job gets "report" and "error"."""
+  stems = {}
+  for job in jobs:
+    stem = os.path.join(out, f"{job['size']}-{target_label(job['target'])}")
+    stems[stem] = [*job["flags"], f"--target={job['target']}", "--topology=1x1x1"]
+    job["stem"] = stem
+  results = compile_reports(stems, timeout_s)
+  for job in jobs:
+    job.update(results[job["stem"]])
 
 
 def compare_row(job: dict) -> dict:

@@ -119,40 +119,23 @@ NVIDIA = False
 
 def compiled_bytes(args, size: str, batches: list[int]) -> dict[int, dict]:
   """XLA's own per-device memory for the JAX step at each batch: `jaxbench compile` for
-  --target (deviceless, all batches at once, one process each, JAX on the CPU so the device
-  stays free). {batch: {"bytes": int | None, "error": str | None}}."""
-  procs = {}
+  --target (deviceless, all batches at once). {batch: {"bytes", "with_next_step_bytes", "error"}}."""
+  from aot_vs_device import compile_reports
   search_dir = os.path.join(args.out, "batch_search")
   os.makedirs(search_dir, exist_ok=True)
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  for b in batches:
-    stem = os.path.join(search_dir, f"{size}-b{b}")
-    cmd = [sys.executable, "-m", "jaxbench", "compile", *config_for(args, size, b, "jax"),
-           f"--target={args.target}", "--topology=1x1x1", f"--report={stem}.json"]
-    log = open(stem + ".log", "w")
-    procs[b] = (stem, log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT))
+  stems = {b: os.path.join(search_dir, f"{size}-b{b}") for b in batches}
+  results = compile_reports({stems[b]: [*config_for(args, size, b, "jax"), f"--target={args.target}",
+                                        "--topology=1x1x1"] for b in batches},
+                            args.search_timeout_s)
   out = {}
-  for b, (stem, log, proc) in procs.items():
-    try:
-      proc.wait(timeout=args.search_timeout_s)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-    log.close()
-    report = None
-    if os.path.exists(stem + ".json"):
-      with open(stem + ".json") as f:
-        report = json.load(f)
+  for b in batches:
+    report, error = results[stems[b]]["report"], results[stems[b]]["error"]
     if report and report.get("compiled"):
       out[b] = {"bytes": report["memory"]["total_bytes"], "error": None,
                 "with_next_step_bytes": report["memory"]["with_next_step_bytes"]}
     else:
-      with open(stem + ".log") as f:
-        tail = " | ".join(f.read().strip().splitlines()[-2:])
       out[b] = {"bytes": None, "with_next_step_bytes": None,
-                "error": (report or {}).get("error", tail)[:300]}
+                "error": ((report or {}).get("error") or error or "")[:300]}
   return out
 
 

@@ -94,10 +94,9 @@ def now_iso() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def memory_limit_per_device(devices) -> int | None:
-  """The smallest allocator limit (bytes_limit) among the local devices; None where the backend
-  reports none (the CPU)."""
-  limits = []
+def _local_allocator_stats(devices, key: str) -> list[int]:
+  """`key` of each local device's allocator statistics, where the backend reports it."""
+  values = []
   for d in devices:
     if d.process_index != jax.process_index():
       continue
@@ -105,23 +104,21 @@ def memory_limit_per_device(devices) -> int | None:
       stats = d.memory_stats()
     except Exception:  # backends without allocator stats raise or return None
       stats = None
-    if stats and stats.get("bytes_limit"):
-      limits.append(int(stats["bytes_limit"]))
+    if stats and stats.get(key):
+      values.append(int(stats[key]))
+  return values
+
+
+def memory_limit_per_device(devices) -> int | None:
+  """The smallest allocator limit (bytes_limit) among the local devices; None where the backend
+  reports none (the CPU)."""
+  limits = _local_allocator_stats(devices, "bytes_limit")
   return min(limits) if limits else None
 
 
 def peak_memory_per_device(devices) -> tuple[int | None, str]:
   """Peak bytes in use on the busiest local device, and where the figure comes from."""
-  peaks = []
-  for d in devices:
-    if d.process_index != jax.process_index():
-      continue
-    try:
-      stats = d.memory_stats()
-    except Exception:  # backends without allocator stats raise or return None
-      stats = None
-    if stats and "peak_bytes_in_use" in stats:
-      peaks.append(int(stats["peak_bytes_in_use"]))
+  peaks = _local_allocator_stats(devices, "peak_bytes_in_use")
   if peaks:
     return max(peaks), "device allocator peak_bytes_in_use (max over local devices)"
   # CPU: no allocator stats; the process's peak resident memory is the honest upper bound.
