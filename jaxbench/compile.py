@@ -21,7 +21,7 @@ questions of a study before anyone rents the hardware:
 
 The topology is PARTITIONS x HOSTS-PER-PARTITION x DEVICES-PER-HOST (XLA's GPU topology string);
 its device count must equal the mesh's (default: one host with as many devices as the mesh needs,
-or one device). Needs the `cuda-aot` extra (the CUDA PJRT plugin, ptxas and libdevice); nothing
+or one device). Needs the `cuda-aot` extra (the CUDA PJRT plugin, ptxas, libdevice, cuDNN); nothing
 runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler rejected
 the step, 2 on bad input.
 
@@ -197,10 +197,12 @@ def memory_report(analysis, device_memory: int | None, mem_fraction: float) -> d
                       + m["generated_code_bytes"])
   m["device_memory_bytes"] = device_memory
   m["mem_fraction"] = mem_fraction
-  # Training runs the step again and again: the next step's temporaries need a second contiguous
-  # block. On an H200 (benchmarks/RESULTS.md, 2026-11-28) every step whose total fit the pool but
-  # whose total + temporaries did not (mpt-1b batch 8, mpt-350m batch 16) ran its first step and
-  # ran out of memory in the second (BFC allocator fragmentation), and every step within it ran.
+  # Training runs the step again and again, the next one queued while one runs. On an H200
+  # (benchmarks/RESULTS.md, 2026-11-28) every step whose total fit the pool but whose total +
+  # temporaries did not (mpt-1b batch 8, mpt-350m batch 16) ran its first step and ran out of
+  # memory in the second, and every step within it ran: the queued step's temporaries needed a
+  # second block (the likely reading; `jaxbench train` now runs such steps one at a time, see
+  # train.queue_ahead, which is not yet checked on a GPU).
   m["with_next_step_bytes"] = m["total_bytes"] + m["temp_bytes"]
   if device_memory:
     pool = int(device_memory * mem_fraction)
@@ -410,7 +412,8 @@ def format_report(r: dict) -> str:
     if m["fits"] and m.get("fits_with_next_step") is False:
       lines.append(f"  but TIGHT for training: with room for the next step's temporaries it needs "
                    f"{_gib(m['with_next_step_bytes'])}; steps like this ran one step and then ran "
-                   "out of memory on an H200 (allocator fragmentation): expect an OOM at step 2")
+                   "out of memory on an H200 with the next step queued (jaxbench train now runs "
+                   "them one at a time; not yet checked on a GPU)")
   found = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 2**20:,.1f} MiB)"
                     for k, v in r["collectives"].items() if v["count"]) or "none"
   lines.append(f"collectives: {found}")

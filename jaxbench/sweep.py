@@ -254,7 +254,8 @@ def classify_compile(returncode, log: str, timed_out: bool, summary: dict | None
     if summary.get("fits_with_next_step") is False:
       return "oom", (f"one step fits {summary['device_kind']}, but not with the next step's "
                      f"temporaries beside it ({summary['with_next_step_bytes'] / 2**30:.2f} GiB "
-                     f"of a {summary['pool_bytes'] / 2**30:.2f} GiB pool): an OOM at step 2")
+                     f"of a {summary['pool_bytes'] / 2**30:.2f} GiB pool): such steps ran out of memory "
+                     "at step 2 on an H200")
     return "ok", "compiled, fits" if summary["fits"] else "compiled"
   if returncode == 1 and not timed_out:
     return "compile_error", "the compiler rejected the step"
