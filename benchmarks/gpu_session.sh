@@ -7,14 +7,18 @@
 #    the memory pool, stopping at the first run that crashes;
 # 3. each finished JAX run compiled deviceless for that description and for the shipped H100 one,
 #    against the device's own compile, measured peak memory and step time
-#    (benchmarks/aot_vs_device.py).
+#    (benchmarks/aot_vs_device.py);
+# 4. a TIGHT step (fits once, not beside a second step's temporaries) trained for a few steps
+#    (benchmarks/tight_check.py).
+# Defaults sized for a 15-minute device lease (about 9 minutes of work): sizes 1b,125m,350m (the
+# one with the MFU target first), batches up to 32, two JAX steps traced; later flags win.
 # The work happens in a scratch folder; OUT_DIR receives at most eight files (the device tool's
-# limit): session.log, stack.txt, local.txtpb, suite.md, aot.md, suite.json, aot.json and
-# session.tgz with every run folder and log.
+# limit): session.log, stack.txt, local.txtpb, suite.md, suite.json, aot.md, tight.md and
+# session.tgz with every run folder, log and trace.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT="${1:?usage: benchmarks/gpu_session.sh OUT_DIR [BUDGET_S [gpu_suite.py flags]]}"
-BUDGET="${2:-380}"
+BUDGET="${2:-330}"
 shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -26,7 +30,7 @@ if ! "$PYTHON" -c "import ml_collections" 2>/dev/null && ls .whl/*.whl >/dev/nul
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 pack() {
-  for f in stack.txt local.txtpb suite.md suite.json aot/aot.md aot/aot.json; do
+  for f in stack.txt local.txtpb suite.md suite.json aot/aot.md tight/tight.md; do
     [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"
   done
   tar czf "$OUT/session.tgz" -C "$WORK" . 2>/dev/null
@@ -44,8 +48,10 @@ trap pack EXIT
   TARGET=h100
   [ -f "$WORK/local.txtpb" ] && TARGET="$WORK/local.txtpb"
   benchmarks/gpu_suite.sh "$WORK" --budget_s="$BUDGET" --fail_fast --batch_search=compile \
-    --target="$TARGET" "$@"
+    --target="$TARGET" --sizes=1b,125m,350m --max_batch=32 --profile_jax=10:11 "$@"
   echo "== deviceless compile against the device"
   "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120
+  echo "== a TIGHT step, trained"
+  "$PYTHON" benchmarks/tight_check.py --suite="$WORK" --timeout_s=120
   echo "== done in ${SECONDS}s"
 } 2>&1 | tee "$OUT/session.log"

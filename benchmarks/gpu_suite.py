@@ -373,8 +373,8 @@ def main(argv=None) -> int:
     if failed:
       print(f"gpu_suite: stopping (--fail_fast): {failed}", flush=True)
     with open(os.path.join(args.out, "suite.json"), "w") as f:  # after each size: nothing lost
-      json.dump({"args": vars(args), "elapsed_s": time.time() - start, "results": results,
-                 "failed": failed}, f, indent=2, default=str)
+      json.dump({"args": vars(args), "elapsed_s": time.time() - start, "pool_bytes": pool,
+                 "results": results, "failed": failed}, f, indent=2, default=str)
     if failed:
       return 1
   text = table(results, "torch.compile" if args.torch_compile == "True" else "eager")

@@ -56,3 +56,25 @@ def test_compiled_batch_search_keeps_room_for_the_next_steps_temporaries(monkeyp
   batch, trail = suite.choose_batch(args, "1b", int(105.3 * gib))
   assert batch == 4 and [t["fits"] for t in trail] == [True, True, True, False]
   assert trail[-1]["compiled_bytes"] < 105.3 * gib  # it fits once: the search still says no
+
+
+def test_tight_check_picks_the_batch_that_fits_once_but_not_twice():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "tight_check", os.path.join(REPO, "benchmarks", "tight_check.py"))
+  tight = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tight)
+  flags = ["--config=configs/mpt.py:1b", "--config.batch_size=4", "--config.steps=25",
+           "--config.profile_steps=13:14", "--config.warmup_steps_excluded=3"]
+  suite = {"pool_bytes": 100, "results": [{"size": "1b", "runs": [
+      {"framework": "jax", "flags": flags, "status": "oom", "batch_size": 8}], "batch_search": [
+      {"batch_size": 4, "compiled_bytes": 50, "with_next_step_bytes": 80, "fits": True},
+      {"batch_size": 8, "compiled_bytes": 75, "with_next_step_bytes": 135, "fits": False},
+      {"batch_size": 16, "compiled_bytes": 125, "with_next_step_bytes": 235, "fits": False}]}]}
+  cand = tight.tight_candidate(suite)
+  assert (cand["size"], cand["batch_size"]) == ("1b", 8)
+  assert tight.train_flags(cand["flags"], 8, 6) == [
+      "--config=configs/mpt.py:1b", "--config.batch_size=8", "--config.steps=6",
+      "--config.warmup_steps_excluded=2"]
+  assert tight.tight_candidate({**suite, "pool_bytes": 200})["batch_size"] == 16
+  assert tight.tight_candidate({"results": []}) is None
