@@ -202,10 +202,14 @@ def describe(gpu: LocalGpu) -> str:
       body = _set(body, "ecc_enabled", bool(a["ecc_enabled"]))
     for field, value in strings.items():
       body = _set(body, field, value, quote=True) if value else compile_lib.drop_field(body, field)
-    if dnn:
+    if not dnn:  # the template's cuDNN is not this machine's
+      body = compile_lib.drop_field(body, "dnn_version_info")
+    else:
       body = re.sub(r"dnn_version_info\s*{[^}]*}",
                     f"dnn_version_info {{\n  major: {dnn[0]}\n  minor: {dnn[1]}\n  patch: {dnn[2]}\n}}",
                     body)
+    if not re.search(r"^device_description_str\s*:", body, re.MULTILINE):
+      body = body.rstrip() + f'\ndevice_description_str: "{gpu.name}"\n'
     header.append("# Layout and per-architecture unit tables: jaxbench/targets/ (OpenXLA, Apache "
                   "2.0); every value the driver reports is this card's own.")
     return "\n".join(header) + "\n" + body.strip() + "\n"
