@@ -11,7 +11,8 @@
 # 4. a TIGHT step (fits once, not beside a second step's temporaries) trained for a few steps
 #    (benchmarks/tight_check.py).
 # Defaults sized for a 15-minute device lease (about 9 minutes of work): sizes 1b,125m,350m (the
-# one with the MFU target first), batches up to 32, two JAX steps traced; later flags win.
+# one with the MFU target first), batches up to 32, two JAX steps traced, and JAX with unrolled
+# layers beside the scanned default (no per-layer residual copies); later flags win.
 # The work happens in a scratch folder; OUT_DIR receives at most eight files (the device tool's
 # limit): session.log, stack.txt, local.txtpb, suite.md, suite.json, aot.md, tight.md and
 # session.tgz with every run folder, log and trace.
@@ -48,7 +49,8 @@ trap pack EXIT
   TARGET=h100
   [ -f "$WORK/local.txtpb" ] && TARGET="$WORK/local.txtpb"
   benchmarks/gpu_suite.sh "$WORK" --budget_s="$BUDGET" --fail_fast --batch_search=compile \
-    --target="$TARGET" --sizes=1b,125m,350m --max_batch=32 --profile_jax=10:11 "$@"
+    --target="$TARGET" --sizes=1b,125m,350m --max_batch=32 --profile_jax=10:11 \
+    --variant=jax-unrolled:--config.model.scan_layers=False "$@"
   echo "== deviceless compile against the device"
   "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120
   echo "== a TIGHT step, trained"

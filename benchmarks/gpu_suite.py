@@ -74,6 +74,7 @@ def profiled_steps(args, label: str) -> int:
 def config_for(args, size: str, batch: int, framework: str) -> list[str]:
   """`jaxbench train` flags of one run (framework: a --frameworks label)."""
   traced = profiled_steps(args, framework)  # traced steps are kept out of the summary: add them
+  variant_flags = args.variant_flags.get(framework, [])
   framework = base_framework(framework)
   flags = [f"--config=configs/{args.family}.py:{size}", f"--config.framework={framework}",
            f"--config.batch_size={batch}", f"--config.steps={args.steps + args.warmup + traced}",
@@ -88,7 +89,7 @@ def config_for(args, size: str, batch: int, framework: str) -> list[str]:
   if framework == "torch":
     flags.append(f"--config.torch.compile={args.torch_compile}")
     flags.append(f"--config.torch.init={args.torch_init}")
-  return flags + list(args.extra)
+  return flags + list(args.extra) + variant_flags
 
 
 @functools.lru_cache(maxsize=None)
@@ -328,10 +329,11 @@ def parse_args(argv):
                       "`jaxbench compile --describe_local` wrote)")
   p.add_argument("--search_timeout_s", type=float, default=120)
   p.add_argument("--variant", action="append", default=[],
-                 help="LABEL:NAME=VALUE[,NAME=VALUE]: another run per size, as jax or torch (the "
-                      "part of LABEL before '-') with this environment; XLA_FLAGS are appended. "
-                      "Add LABEL to --frameworks' list automatically, e.g. "
-                      "jax-cublas:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false")
+                 help="LABEL:SETTING[,SETTING]: another run per size, as jax or torch (the part "
+                      "of LABEL before '-'), each SETTING an environment variable NAME=VALUE "
+                      "(XLA_FLAGS are appended) or a --config.KEY=VALUE flag; LABEL joins "
+                      "--frameworks, e.g. jax-cublas:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false "
+                      "or jax-unrolled:--config.model.scan_layers=False")
   p.add_argument("--profile_jax", default="",
                  help="START:END: trace these measured steps of each JAX run (jax.profiler; the "
                       "traced steps are added to --steps, not taken from it)")
@@ -343,12 +345,17 @@ def parse_args(argv):
   if bad:
     p.error(f"unrecognized arguments: {' '.join(bad)} (more --config.KEY=VALUE flags go to every run)")
   args.extra = rest
-  args.variant_env = {}
+  args.variant_env, args.variant_flags = {}, {}
   for spec in args.variant:
     label, _, assignments = spec.partition(":")
-    if base_framework(label) not in ("jax", "torch") or "-" not in label or "=" not in assignments:
-      p.error(f"--variant {spec!r}: expected jax-NAME:VAR=VALUE[,VAR=VALUE] (or torch-NAME:...)")
-    args.variant_env[label] = assignments.split(",")
+    settings = [a for a in assignments.split(",") if a]
+    if (base_framework(label) not in ("jax", "torch") or "-" not in label or not settings
+        or not all("=" in a and (a.startswith("--config.") or not a.startswith("-"))
+                   for a in settings)):
+      p.error(f"--variant {spec!r}: expected jax-NAME:SETTING[,SETTING] (or torch-NAME:...), "
+              "each SETTING VAR=VALUE or --config.KEY=VALUE")
+    args.variant_flags[label] = [a for a in settings if a.startswith("--config.")]
+    args.variant_env[label] = [a for a in settings if not a.startswith("--")]
     if label not in args.frameworks.split(","):
       args.frameworks += "," + label
   if args.profile_jax and not re.fullmatch(r"\d+:\d+", args.profile_jax):

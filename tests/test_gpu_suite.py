@@ -78,3 +78,19 @@ def test_tight_check_picks_the_batch_that_fits_once_but_not_twice():
       "--config.warmup_steps_excluded=2"]
   assert tight.tight_candidate({**suite, "pool_bytes": 200})["batch_size"] == 16
   assert tight.tight_candidate({"results": []}) is None
+
+
+def test_variants_take_environment_and_config_settings():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+  suite = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(suite)
+  args = suite.parse_args(["--out=/tmp/x", "--variant=jax-cublas:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false",
+                           "--variant=jax-unrolled:--config.model.scan_layers=False"])
+  assert args.frameworks == "jax,torch,jax-cublas,jax-unrolled"
+  assert args.variant_env["jax-cublas"] == ["XLA_FLAGS=--xla_gpu_enable_triton_gemm=false"]
+  flags = suite.config_for(args, "125m", 8, "jax-unrolled")
+  assert "--config.framework=jax" in flags and flags[-1] == "--config.model.scan_layers=False"
+  assert "--config.model.scan_layers=False" not in suite.config_for(args, "125m", 8, "jax")
+  with pytest.raises(SystemExit):
+    suite.parse_args(["--out=/tmp/x", "--variant=jax-x:--bogus=1"])
