@@ -176,29 +176,27 @@ def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:
   return best or args.min_batch, trail
 
 
-def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> dict:
-  """One `jaxbench train` process; its status from the sweep's classifier."""
+def train_process(flags: list[str], workdir: str, timeout_s: float, platforms: str | None = None,
+                  env_settings: list[str] = ()) -> dict:
+  """One `jaxbench train FLAGS --workdir=WORKDIR` process on the device (the driver's own
+  JAX_PLATFORMS is not passed on; `platforms` sets the run's), with extra environment settings
+  NAME=VALUE (XLA_FLAGS appended), its log in WORKDIR.log; its status from the sweep's
+  classifier. {"status", "reason", "log", "wall_s", "error_tail", "summary"}."""
   from jaxbench import outcome
-  workdir = os.path.join(args.out, "runs", f"{size}-{framework}-b{batch}")
   os.makedirs(os.path.dirname(workdir), exist_ok=True)
   log_path = workdir + ".log"
   env = dict(os.environ)
-  env.pop("JAX_PLATFORMS", None)  # the driver's own setting; the runs use the device
-  if args.platforms:
-    env["JAX_PLATFORMS"] = args.platforms
-  for assignment in args.variant_env.get(framework, []):
+  env.pop("JAX_PLATFORMS", None)
+  if platforms:
+    env["JAX_PLATFORMS"] = platforms
+  for assignment in env_settings:
     name, _, value = assignment.partition("=")
     env[name] = (env.get(name, "") + " " + value).strip() if name == "XLA_FLAGS" else value
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  cmd = [sys.executable, "-m", "jaxbench", "train", *config_for(args, size, batch, framework),
-         f"--workdir={workdir}"]
-  if args.variant_env.get(framework):
-    cmd_env = " ".join(args.variant_env[framework])
-  else:
-    cmd_env = ""
+  cmd = [sys.executable, "-m", "jaxbench", "train", *flags, f"--workdir={workdir}"]
   t0 = time.time()
   with open(log_path, "w") as log:
-    log.write((cmd_env + " " if cmd_env else "") + " ".join(cmd) + "\n")
+    log.write(" ".join([*env_settings, *cmd]) + "\n")
     log.flush()
     try:
       proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -213,12 +211,20 @@ def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> 
     with open(os.path.join(workdir, "summary.json")) as f:
       summary = json.load(f)
   status, reason = outcome.classify(returncode, text, timed_out, summary)
-  print(f"  {size} {framework} batch {batch}: {status} ({reason}) in {time.time() - t0:.0f}s",
-        flush=True)
-  return {"framework": framework, "batch_size": batch, "status": status, "reason": reason,
-          "flags": config_for(args, size, batch, framework), "env": cmd_env, "workdir": workdir, "log": log_path, "wall_s": time.time() - t0,
-          "error_tail": None if status == "ok" else outcome.error_tail(text),
-          "summary": summary}
+  return {"status": status, "reason": reason, "log": log_path, "wall_s": time.time() - t0,
+          "error_tail": None if status == "ok" else outcome.error_tail(text), "summary": summary}
+
+
+def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> dict:
+  """One run of the suite: `framework` (a --frameworks label) at `batch`."""
+  flags = config_for(args, size, batch, framework)
+  settings = args.variant_env.get(framework, [])
+  workdir = os.path.join(args.out, "runs", f"{size}-{framework}-b{batch}")
+  run = train_process(flags, workdir, timeout_s, args.platforms, settings)
+  print(f"  {size} {framework} batch {batch}: {run['status']} ({run['reason']}) in "
+        f"{run['wall_s']:.0f}s", flush=True)
+  return {"framework": framework, "batch_size": batch, "flags": flags, "env": " ".join(settings),
+          "workdir": workdir, **run}
 
 
 def run_size(args, size: str, pool_bytes: int, deadline: float) -> dict:

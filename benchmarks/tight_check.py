@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -68,35 +66,19 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "tight.md"), "w") as f:
       f.write(f"# TIGHT step check\n\n{text}\n")
     return 0
-  from jaxbench import outcome
+  from gpu_suite import train_process
   workdir = os.path.join(out, f"{cand['size']}-b{cand['batch_size']}")
-  cmd = [sys.executable, "-m", "jaxbench", "train",
-         *train_flags(cand["flags"], cand["batch_size"], args.steps), f"--workdir={workdir}"]
-  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  env.pop("JAX_PLATFORMS", None)
-  t0 = time.time()
-  try:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=args.timeout_s)
-    returncode, timed_out, log = proc.returncode, False, proc.stdout + proc.stderr
-  except subprocess.TimeoutExpired as e:
-    returncode, timed_out = None, True
-    log = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
-  with open(workdir + ".log", "w") as f:
-    f.write(" ".join(cmd) + "\n" + log)
-  summary = run_info = None
-  if os.path.exists(os.path.join(workdir, "summary.json")):
-    with open(os.path.join(workdir, "summary.json")) as f:
-      summary = json.load(f)
+  run = train_process(train_flags(cand["flags"], cand["batch_size"], args.steps), workdir,
+                      args.timeout_s)
+  summary, run_info = run["summary"] or {}, {}
   if os.path.exists(os.path.join(workdir, "run.json")):
     with open(os.path.join(workdir, "run.json")) as f:
       run_info = json.load(f)
-  status, reason = outcome.classify(returncode, log, timed_out, summary)
-  result = {**cand, "status": status, "reason": reason, "wall_s": time.time() - t0,
-            "queue_ahead": (run_info or {}).get("queue_ahead"),
-            "steps": (summary or {}).get("steps"),
-            "peak_memory_bytes": (summary or {}).get("peak_memory_bytes_per_device"),
-            "step_time_s_median": (summary or {}).get("step_time_s_median")}
+  status, reason = run["status"], run["reason"]
+  result = {**cand, "status": status, "reason": reason, "wall_s": run["wall_s"],
+            "queue_ahead": run_info.get("queue_ahead"), "steps": summary.get("steps"),
+            "peak_memory_bytes": summary.get("peak_memory_bytes_per_device"),
+            "step_time_s_median": summary.get("step_time_s_median")}
   result.pop("flags")
   peak = result["peak_memory_bytes"]
   text = (f"| size | batch | compiled once GiB | with the next step's temporaries GiB | pool GiB | "
