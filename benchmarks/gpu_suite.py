@@ -109,13 +109,10 @@ def _predicted(flags: tuple[str, ...], nvidia: bool) -> tuple[int, int]:
   return int(p["total"]), n_params
 
 
-def predicted_bytes(flags: list[str]) -> tuple[int, int]:
-  """_predicted, once per distinct run: the batch search, the run and the table ask for the same."""
-  return _predicted(tuple(flags), NVIDIA)
-
-
-# Whether the runs go to an NVIDIA GPU (set by main from nvidia-smi and --platforms).
-NVIDIA = False
+def predicted_bytes(args, flags: list[str]) -> tuple[int, int]:
+  """_predicted, once per distinct run: the batch search, the run and the table ask for the same.
+  The runs go to an NVIDIA GPU unless told the CPU or given --memory_gib (no nvidia-smi)."""
+  return _predicted(tuple(flags), args.platforms != "cpu" and not args.memory_gib)
 
 
 def compiled_bytes(args, size: str, batches: list[int]) -> dict[int, dict]:
@@ -157,7 +154,7 @@ def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:
       fits = need is not None and need <= pool_bytes * COMPILED_MARGIN
       trail.append({"batch_size": b, "compiled_bytes": compiled[b]["bytes"],
                     "with_next_step_bytes": need, "error": compiled[b]["error"],
-                    "predicted_bytes": predicted_bytes(config_for(args, size, b, "jax"))[0],
+                    "predicted_bytes": predicted_bytes(args, config_for(args, size, b, "jax"))[0],
                     "fits": fits})
       if not fits:
         break
@@ -166,7 +163,7 @@ def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:
   trail, best = [], None
   batch = args.min_batch
   while batch <= args.max_batch:
-    need, _ = predicted_bytes(config_for(args, size, batch, "jax"))
+    need, _ = predicted_bytes(args, config_for(args, size, batch, "jax"))
     fits = need <= pool_bytes * MARGIN
     trail.append({"batch_size": batch, "predicted_bytes": need, "fits": fits})
     if not fits:
@@ -229,7 +226,7 @@ def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> 
 
 def run_size(args, size: str, pool_bytes: int, deadline: float) -> dict:
   batch, trail = choose_batch(args, size, pool_bytes)
-  need, n_params = predicted_bytes(config_for(args, size, batch, "jax"))
+  need, n_params = predicted_bytes(args, config_for(args, size, batch, "jax"))
   compiled = next((t.get("compiled_bytes") for t in trail if t["batch_size"] == batch), None)
   how = (f"compiled for {args.target} to need {compiled / 2**20:,.0f} MiB (the model predicted "
          f"{need / 2**20:,.0f})" if compiled else f"predicted to need {need / 2**20:,.0f} MiB")
@@ -259,7 +256,7 @@ def run_size(args, size: str, pool_bytes: int, deadline: float) -> dict:
       result["failed"] = f"{size} {framework}: {run['status']} ({run['reason']}); see {run['log']}"
       break
   result["batch_size"] = batch
-  result["predicted_bytes"] = predicted_bytes(config_for(args, size, batch, "jax"))[0]
+  result["predicted_bytes"] = predicted_bytes(args, config_for(args, size, batch, "jax"))[0]
   result["compiled_bytes"] = next((t.get("compiled_bytes") for t in trail
                                    if t["batch_size"] == batch), None)
   ok = [done[f] for f in done if done[f]["status"] == "ok"]
@@ -376,8 +373,6 @@ def main(argv=None) -> int:
   start = time.time()
   deadline = start + args.budget_s
   pool = int(device_memory_bytes(args.memory_gib) * JAX_POOL_FRACTION)
-  global NVIDIA
-  NVIDIA = args.platforms != "cpu" and not args.memory_gib
   results = []
   failed = None
   for size in [s for s in args.sizes.split(",") if s]:

@@ -51,7 +51,7 @@ def test_compiled_batch_search_keeps_room_for_the_next_steps_temporaries(monkeyp
   monkeypatch.setattr(suite, "compiled_bytes", lambda args, size, batches: {
       b: {"bytes": int((14.7 + temps[b]) * gib), "error": None,
           "with_next_step_bytes": int((14.7 + 2 * temps[b]) * gib)} for b in batches})
-  monkeypatch.setattr(suite, "predicted_bytes", lambda flags: (0, 0))
+  monkeypatch.setattr(suite, "predicted_bytes", lambda args, flags: (0, 0))
   args = suite.parse_args(["--out=/tmp/x", "--batch_search=compile", "--max_batch=16"])
   batch, trail = suite.choose_batch(args, "1b", int(105.3 * gib))
   assert batch == 4 and [t["fits"] for t in trail] == [True, True, True, False]
