@@ -30,16 +30,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 GIB = 2**30
-
-
-def device_total(mem: dict) -> int | None:
-  """run.json's xla_memory_analysis summed as `jaxbench compile` sums its own."""
-  if not mem or "temp_size_in_bytes" not in mem:
-    return None
-  return (mem["argument_size_in_bytes"] + mem["output_size_in_bytes"]
-          - mem.get("alias_size_in_bytes", 0) + mem["temp_size_in_bytes"]
-          + mem.get("generated_code_size_in_bytes", 0))
 
 
 def finished_jax_runs(suite: dict) -> list[dict]:
@@ -106,6 +98,7 @@ def compile_all(jobs: list[dict], out: str, timeout_s: float) -> None:
 
 def compare_row(job: dict) -> dict:
   """One size x target: deviceless figures beside the device's."""
+  from jaxbench import memory
   with open(os.path.join(job["workdir"], "run.json")) as f:
     run = json.load(f)
   with open(os.path.join(job["workdir"], "summary.json")) as f:
@@ -118,7 +111,7 @@ def compare_row(job: dict) -> dict:
          "deviceless_compile_s": rep.get("compile_s"),
          "device_compile_s": on_device.get("compile_s"),
          "deviceless_bytes": mem.get("total_bytes"),
-         "device_compiled_bytes": device_total(on_device.get("xla_memory_analysis") or {}),
+         "device_compiled_bytes": memory.xla_total(on_device.get("xla_memory_analysis") or {}),
          "measured_peak_bytes": summary.get("peak_memory_bytes_per_device"),
          "peak_source": summary.get("peak_memory_source"),
          "roofline_s": rf.get("step_time_lower_bound_s"), "bound_by": rf.get("bound_by"),

@@ -189,12 +189,12 @@ def plugin_problem(platform: str) -> str | None:
 
 def memory_report(analysis, device_memory: int | None, mem_fraction: float) -> dict:
   """Per-device bytes from XLA's buffer assignment against the device and JAX's pool."""
+  from jaxbench import memory as memory_lib
   fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
             "temp_size_in_bytes", "generated_code_size_in_bytes")
-  m = {f.replace("_size_in_bytes", "_bytes"): int(getattr(analysis, f, 0) or 0) for f in fields}
-  # Donated arguments alias their outputs: counted once.
-  m["total_bytes"] = (m["argument_bytes"] + m["output_bytes"] - m["alias_bytes"] + m["temp_bytes"]
-                      + m["generated_code_bytes"])
+  raw = {f: int(getattr(analysis, f, 0) or 0) for f in fields}
+  m = {f.replace("_size_in_bytes", "_bytes"): v for f, v in raw.items()}
+  m["total_bytes"] = memory_lib.xla_total(raw)  # donated arguments alias outputs: counted once
   m["device_memory_bytes"] = device_memory
   m["mem_fraction"] = mem_fraction
   # Training runs the step again and again, the next one queued while one runs. On an H200

@@ -130,3 +130,9 @@ def xla_peak(memory_analysis: dict) -> int | None:
     return None
   return (memory_analysis["argument_size_in_bytes"] + memory_analysis["output_size_in_bytes"]
           - memory_analysis.get("alias_size_in_bytes", 0) + memory_analysis["temp_size_in_bytes"])
+
+
+def xla_total(memory_analysis: dict) -> int | None:
+  """xla_peak plus the generated code: the per-device total `jaxbench compile` reports."""
+  peak = xla_peak(memory_analysis)
+  return None if peak is None else peak + memory_analysis.get("generated_code_size_in_bytes", 0)

@@ -30,6 +30,7 @@ from jaxbench import data as data_lib
 from jaxbench import distributed
 from jaxbench import flops as flops_lib
 from jaxbench import hlo
+from jaxbench import memory as memory_lib
 from jaxbench import model as model_lib
 from jaxbench import optim
 from jaxbench import peak as peak_lib
@@ -129,9 +130,7 @@ def queue_ahead(memory_analysis: dict, limit: int | None) -> tuple[bool, str]:
   verified one."""
   if not limit or "temp_size_in_bytes" not in memory_analysis:
     return True, "on"
-  m = memory_analysis
-  need = (m["argument_size_in_bytes"] + m["output_size_in_bytes"] - m.get("alias_size_in_bytes", 0)
-          + 2 * m["temp_size_in_bytes"] + m.get("generated_code_size_in_bytes", 0))
+  need = memory_lib.xla_total(memory_analysis) + memory_analysis["temp_size_in_bytes"]
   if need <= limit:
     return True, "on"
   return False, (f"off: the step with a second step's temporaries needs {need / 2**30:.2f} GiB of "
