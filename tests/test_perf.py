@@ -87,23 +87,43 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def _loss_grad(c, chunk):
+  """The jitted gradient of the step's loss for config `c`, and its (params, tokens)."""
+  from jaxbench import model, step
+  m = model.Transformer(model.ModelConfig.from_config(c, "xla"))
+  tokens = jnp.zeros((2, c.seq_len + 1), jnp.int32)
+  params = jax.eval_shape(m.init, jax.random.key(0), tokens[:, :-1])["params"]
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  return jax.jit(jax.grad(step.make_loss_fn(m, chunk))), (params, tokens)
+
+
 @pytest.mark.parametrize("chunk", [0, 24])
 def test_bf16_step_has_no_float32_matmul(chunk):
   """In bfloat16 every matmul of the step, the logits' and attention scores' backward included,
   takes bf16 operands (float32 ones would run as TF32 / f32 at half the rate or worse)."""
   import re
 
-  from jaxbench import model, step
-  c = nano(seq_len=64, dtype="bfloat16")
-  m = model.Transformer(model.ModelConfig.from_config(c, "xla"))
-  tokens = jnp.zeros((2, c.seq_len + 1), jnp.int32)
-  params = jax.eval_shape(m.init, jax.random.key(0), tokens[:, :-1])["params"]
-  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
-                        is_leaf=lambda x: hasattr(x, "value"))
-  text = jax.jit(jax.grad(step.make_loss_fn(m, chunk))).lower(params, tokens).as_text()
+  grad, args = _loss_grad(nano(seq_len=64, dtype="bfloat16"), chunk)
+  text = grad.lower(*args).as_text()
   dots = re.findall(r"stablehlo.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)", text)
   assert len(dots) >= 20, len(dots)
   assert not [d for d in dots if "f32" in d[0] or "f32" in d[1]], dots
+
+
+def test_cpu_step_does_not_transpose_the_mlp_gradient():
+  """XLA's CPU backend reads the MLP's weight gradients straight from the [tokens, d_ff] hidden
+  gradient: no fusion writes it transposed, [d_ff, tokens], first (model.over_tokens; that copy,
+  with GELU's derivative fused in, was 13% of a CPU step)."""
+  import re
+
+  c = nano(seq_len=64)
+  grad, args = _loss_grad(c, 0)
+  text = grad.lower(*args).compile().as_text()
+  shape = rf"= f32\[{c.model.d_ff},{2 * c.seq_len}\]"
+  transposed = [line for line in text.splitlines()
+                if re.search(shape, line) and " fusion(" in line and "/mlp/" in line]
+  assert not transposed, transposed
 
 
 def test_memory_prediction_grows_with_batch_and_covers_the_state():
