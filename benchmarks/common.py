@@ -12,7 +12,12 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from jaxbench import config as config_lib  # noqa: E402
+from jaxbench import hostalloc  # noqa: E402
 from jaxbench import sysinfo  # noqa: E402
+
+# The scripts that time steps in-process get the host allocator `jaxbench train` sets by default
+# (before any backend starts), so their figures and the CLI's agree.
+HOST_ALLOCATOR = hostalloc.configure("auto", "jax", os.environ.get("JAX_PLATFORMS", ""))
 
 
 def load(spec: str, **overrides):
@@ -27,7 +32,8 @@ def header(title: str) -> str:
   return (f"# {title}\n{sysinfo.now_iso()}  {host['cpu']} x {host['cpu_count']} cores  "
           f"{jax.devices()[0].device_kind} ({jax.default_backend()})  python {v['python']}  "
           f"jax {v.get('jax')}  jaxlib {v.get('jaxlib')}  flax {v.get('flax')}  "
-          f"optax {v.get('optax')}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"optax {v.get('optax')}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "
+          f"host allocator: {'reuse' if HOST_ALLOCATOR['applied'] else 'system'}")
 
 
 def median(values):

@@ -30,6 +30,7 @@ from jaxbench import data as data_lib
 from jaxbench import distributed
 from jaxbench import flops as flops_lib
 from jaxbench import hlo
+from jaxbench import hostalloc
 from jaxbench import memory as memory_lib
 from jaxbench import model as model_lib
 from jaxbench import optim
@@ -261,6 +262,15 @@ def apply_determinism(c) -> dict:
           if not (added and started) else "the backend had already started: flags not applied"}
 
 
+def apply_host_allocator(c) -> dict:
+  """Sets the process's malloc per `host_allocator` (jaxbench/hostalloc.py), once, before any
+  backend starts; returns what was done (run.json's `host_allocator`)."""
+  if c.host_allocator not in hostalloc.MODES:
+    raise ConfigError("host_allocator", f"{c.host_allocator!r} is not allowed; allowed: "
+                                        + ", ".join(hostalloc.MODES))
+  return hostalloc.configure(c.host_allocator, c.framework, jax.config.jax_platforms or "")
+
+
 def _check_workdir(workdir: str | None) -> bool:
   """True when `workdir` holds a run to resume; ConfigError when it holds one that cannot be."""
   if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
@@ -334,6 +344,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
       "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
       "deterministic": determinism or apply_determinism(c),
+      "host_allocator": hostalloc.describe(c.host_allocator),
   }
   run_info["data"] = (train_data.describe() if hasattr(train_data, "describe")
                       else {"synthetic": c.data.synthetic, "seed": c.seed})
@@ -599,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     c, workdir, cluster = parse_args(argv)
+    apply_host_allocator(c)  # before any backend or framework starts its threads
     if c.framework == "torch":  # the PyTorch twin: same config, run directory and exit codes
       from jaxbench.twin import train as twin_train
       return twin_train.main(c, workdir, cluster)

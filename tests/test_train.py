@@ -99,6 +99,8 @@ def test_default_run_writes_the_contract_files(tmp_path):
       model.ModelConfig.from_config(config.load_config_file("configs/mpt.py:tiny"), "xla"))["total"]
   assert info["peak"]["source"] == "measured" and info["peak"]["tflops"] > 0
   assert info["compile"]["compile_s"] > 0 and info["versions"]["jax"] == jax.__version__
+  if sys.platform.startswith("linux"):  # JAX_PLATFORMS=cpu: `auto` sets glibc's malloc
+    assert info["host_allocator"]["applied"] and info["host_allocator"]["mode"] == "auto"
 
   records = rundir.read_metrics(str(run_dir / "metrics.jsonl"))
   steps = info["config"]["steps"]
@@ -140,6 +142,7 @@ BAD_INPUTS = [
     (["--config.steps=abc"], "config.steps"),
     (["--config.seed=-1"], "seed"),
     (["--config.peak_tflops=inf"], "peak_tflops"),
+    (["--config.host_allocator=tcmalloc"], "host_allocator"),
     (["--config.model.norm_eps=-1"], "model.norm_eps"),
     (["--config.optimizer.lr=nan"], "optimizer.lr"),
     (["--config=configs/llama.py:nano", "--config.model.n_kv_heads=3"], "model.n_kv_heads"),

@@ -30,6 +30,7 @@ from typing import Any
 
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
+from jaxbench import hostalloc
 from jaxbench import rundir as rundir_lib
 from jaxbench import runlog
 from jaxbench.errors import ConfigError, Diverged
@@ -455,6 +456,7 @@ def run(c, workdir: str | None = None) -> dict:
                else {"synthetic": c.data.synthetic, "seed": c.seed}),
       "deterministic": {"requested": bool(c.deterministic),
                         "note": "the twin does not set torch's deterministic algorithms"},
+      "host_allocator": hostalloc.describe(c.host_allocator),
   }
   out.write("run.json", run_info)
 
