@@ -11,8 +11,8 @@ assignment of the scanned step keeps them (read off the stacked residuals of the
 an H100, mpt and llama, bf16 and f32):
   none           each layer norm's input and output (2ad; model.normalize recomputes the rest from
                  the input and two float32 statistics); q/k/v (a(d + 2kv)/t); the attention's own
-                 state: the fused kernel (cuDNN) keeps the softmax statistics (4h/t), XLA's einsum
-                 attention the float32 scores and the probabilities ((4 + a) h S / t); the
+                 state, the softmax statistics (4h/t): the fused kernel (cuDNN) and the einsum
+                 attention (model.causal_attention) both recompute the probabilities; the
                  attention output (ad/t); the MLP's hidden activations (GELU: its input and output,
                  2af/t; SwiGLU: gate, up and product, 3af/t)
   full           only the block input (ad): each block is recomputed in the backward pass
@@ -74,7 +74,7 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   kv = m.n_kv_heads * (d // m.n_heads)
   qkv = a * (d + 2 * kv) / tensor
   norms = 2 * (2 * a * d + 8)
-  attention_state = 4 * h / tensor if fused_attention else (4 + a) * h * s / tensor
+  attention_state = 4 * h / tensor  # the softmax statistics (cuDNN; model.causal_attention's)
   mlp_hidden = (3 if m.mlp == "swiglu" else 2) * a * f / tensor
   full_set = norms + qkv + attention_state + a * d / tensor + mlp_hidden
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor

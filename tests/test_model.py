@@ -153,6 +153,30 @@ def test_xla_attention_matches_naive_reference():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("alibi", [False, True])
+def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alibi):
+  """model.causal_attention's own backward (probabilities recomputed from the saved
+  log-normalizer) gives autodiff's gradients of jax.nn.dot_product_attention, bias included, and
+  its pullback holds no [B, H, S, S] array."""
+  rng = np.random.default_rng(5)
+  b, s, h, k, d = 2, 16, 4, 2, 8
+  q, kk, v, g = (rng.normal(size=shape).astype(np.float32)
+                 for shape in [(b, s, h, d), (b, s, k, d), (b, s, k, d), (b, s, h, d)])
+  bias = model.alibi_bias(h, s) if alibi else None
+  ours, pullback = jax.vjp(model.xla_attention, q, kk, v, bias)
+  ref, ref_pullback = jax.vjp(model.dot_product_attention, q, kk, v, bias)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  for got, want in zip(pullback(g), ref_pullback(g)):
+    if want is None:
+      assert got is None
+    else:
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  def per_batch_square(fn):  # the [B, ..., S, S] residuals (the bias, [H, S, S], is no batch's)
+    return [x.shape for x in jax.tree.leaves(fn) if x.ndim >= 4 and x.shape[-2:] == (s, s)]
+
+  assert not per_batch_square(pullback) and per_batch_square(ref_pullback)
+
+
 def test_rotary_is_hugging_face_half_split():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(1, 4, 2, 8)).astype(np.float32)
