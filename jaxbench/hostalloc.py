@@ -106,6 +106,12 @@ def _sync_cpu_dispatch() -> bool | None:
   return False
 
 
+def cpu_dispatch_async() -> bool:
+  """Whether JAX dispatches CPU steps asynchronously in this process (False once `reuse` turned it
+  off: a call then returns when the step is done, which the training loop's timing must know)."""
+  return not (_applied is not None and _applied.get("jax_cpu_async_dispatch") is False)
+
+
 def describe(mode: str) -> dict:
   """What configure() did in this process (run.json's `host_allocator`); when it was not called
   (a run started in-process, not by `jaxbench train`), says so."""

@@ -448,6 +448,11 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   if c.dump_hlo and out.writer:
     run_info["hlo"] = profiling.dump_hlo(out.path, lowered, compiled.as_text())
   ahead, ahead_reason = queue_ahead(memory, sysinfo.memory_limit_per_device(setup.devices))
+  if ahead and setup.devices[0].platform == "cpu" and not hostalloc.cpu_dispatch_async():
+    # A dispatch runs the step to its end (host_allocator): queueing the next step would finish it
+    # inside this step's time, so each step is timed from its own dispatch instead.
+    ahead, ahead_reason = False, ("off: JAX runs CPU steps on the calling thread "
+                                  "(host_allocator), each step timed from its dispatch")
   run_info["queue_ahead"] = ahead_reason
   run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,
                          "xla_cost_analysis": cost, "xla_memory_analysis": memory,

@@ -101,10 +101,15 @@ def test_default_run_writes_the_contract_files(tmp_path):
   assert info["compile"]["compile_s"] > 0 and info["versions"]["jax"] == jax.__version__
   if sys.platform.startswith("linux"):  # JAX_PLATFORMS=cpu: `auto` sets glibc's malloc
     assert info["host_allocator"]["applied"] and info["host_allocator"]["mode"] == "auto"
+    # ... and steps that run inline, so the loop times each from its own dispatch: no step's
+    # time holds the next one's (the last step then read ~0 s, the first two steps' worth).
+    assert info["queue_ahead"].startswith("off: JAX runs CPU steps on the calling thread")
 
   records = rundir.read_metrics(str(run_dir / "metrics.jsonl"))
   steps = info["config"]["steps"]
   assert [r["step"] for r in records] == list(range(1, steps + 1))
+  times = [r["step_time_s"] for r in records]
+  assert min(times[1:]) > 0.25 * float(np.median(times)), times
   for r in records:
     assert METRIC_FIELDS <= set(r)
     assert r["mfu"] > 0 and r["step_time_s"] > 0 and np.isfinite(r["loss"])
