@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.deterministic = False
   # The host's malloc (jaxbench/hostalloc.py): `reuse` keeps freed memory, and JAX runs
   # single-device CPU steps on the calling thread, so XLA's CPU step reuses its temporaries'
-  # pages instead of faulting them in afresh every step (1.17x the CPU step rate); `auto` = reuse
+  # pages instead of faulting them in afresh every step (1.09x the CPU step rate); `auto` = reuse
   # when the run computes on the CPU; `system` = as the process started. Set once per process,
   # before any backend starts; both frameworks; recorded in run.json.
   c.host_allocator = "auto"

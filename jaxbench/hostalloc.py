@@ -7,7 +7,7 @@ zero-filled by the kernel: 160,000 page faults a step there. With `reuse` malloc
 block with mmap (M_MMAP_MAX=0) and never gives the heap's top back (M_TRIM_THRESHOLD=-1), and JAX
 runs single-device CPU steps on the calling thread (jax_cpu_enable_async_dispatch=False), so the
 block comes from the main thread's heap and the next step reuses the same pages: no fault after
-the first steps, the same peak resident memory, 10-20% faster CPU steps (benchmarks/RESULTS.md).
+the first steps, the same peak resident memory, 1.09x the CPU step rate (benchmarks/RESULTS.md).
 (A dispatch thread allocates from its own arena, where glibc maps blocks over 64 MiB afresh
 whatever the settings; one arena for all threads, M_ARENA_MAX=1, also worked but doubled the
 resident memory and slowed the compiler's threads.) This is an allocator setting, like the
