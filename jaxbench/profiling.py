@@ -142,6 +142,12 @@ def top_ops(workdir: str, top: int = 25) -> str:
   profile = info.get("profile")
   if not profile:
     raise FileNotFoundError(f"{workdir}/run.json names no trace: run with --config.profile_steps=START:END")
+  if profile.get("tool") == "torch.profiler":  # the twin: torch.profiler's own table
+    tables = [p for p in profile["files"] if p.endswith("top_ops.txt")]
+    if not tables:
+      raise FileNotFoundError(f"no top_ops.txt among {profile['files']}")
+    with open(os.path.join(workdir, tables[0])) as f:
+      return f.read().rstrip()
   traces = [os.path.join(workdir, p) for p in profile["files"] if p.endswith(".xplane.pb")]
   if not traces:
     raise FileNotFoundError(f"no .xplane.pb among {profile['files']}")

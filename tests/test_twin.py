@@ -130,8 +130,8 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("twin")
   c = make_config("mpt", "nano", steps=10, log_every=0, warmup_steps_excluded=2, peak_tflops=0.2)
   train.run(c, str(tmp / "jax"))
-  twin = run_cli(["train", *TEN_STEPS, "--config.framework=torch", f"--workdir={tmp / 'torch'}"],
-                 tmp, OMP_NUM_THREADS=1)
+  twin = run_cli(["train", *TEN_STEPS, "--config.framework=torch", "--config.profile_steps=4:5",
+                  f"--workdir={tmp / 'torch'}"], tmp, OMP_NUM_THREADS=1)
   assert twin.returncode == 0, twin.stderr
   return tmp, twin
 
@@ -154,11 +154,26 @@ def test_ten_steps_agree_and_the_run_directory_is_complete(runs):
   assert info["attention"]["implementation"] == "sdpa" and info["attention"]["backend"]
   assert info["n_params"] == read_json(tmp / "jax" / "run.json")["n_params"]
   assert info["flops_per_token"] == read_json(tmp / "jax" / "run.json")["flops_per_token"]
-  assert summary["status"] == "finished" and summary["timed_steps"] == 8
+  assert summary["status"] == "finished" and summary["timed_steps"] == 6  # 2 warm-up, 2 traced
   assert summary["compile_s"] > 0 and summary["mfu_median"] > 0
   with open(tmp / "torch" / "metrics.jsonl") as f:
     first = json.loads(f.readline())
   assert first["lr"] == 0.0 and first["mfu"] > 0  # Optax's schedule: step 1 runs at lr(0)
+
+
+def test_profile_steps_traces_the_twin_with_torch_profiler(runs, capsys):
+  tmp, _ = runs
+  profile = read_json(tmp / "torch" / "run.json")["profile"]
+  assert profile["tool"] == "torch.profiler" and profile["steps"] == [4, 5]
+  assert sorted(os.path.basename(f) for f in profile["files"]) == ["top_ops.txt", "torch_trace.json"]
+  with open(tmp / "torch" / profile["dir"] / "torch_trace.json") as f:
+    assert json.load(f)["traceEvents"]
+  with open(tmp / "torch" / "metrics.jsonl") as f:
+    assert [json.loads(line).get("profiled", False) for line in f] == [s in (4, 5) for s in range(1, 11)]
+  from jaxbench import profiling
+  assert profiling.main([str(tmp / "torch")]) == 0
+  table = capsys.readouterr().out
+  assert table.startswith("torch ops of steps 4-5") and "aten::" in table
 
 
 def test_compare_reads_both(runs, capsys):

@@ -34,6 +34,7 @@ from jaxbench import hostalloc
 from jaxbench import rundir as rundir_lib
 from jaxbench import runlog
 from jaxbench.errors import ConfigError, Diverged
+from jaxbench.twin import profiling as twin_profiling
 
 EXTRA_HINT = 'the PyTorch twin needs torch: pip install -e ".[torch]" (the `torch` extra)'
 
@@ -517,16 +518,20 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
                   if eval_data is not None else None)
   p.status = "training"
   prefetch = data_lib.Prefetcher(lambda step: put(train_data.batch(step)), 1, c.steps)
+  trace = twin_profiling.TorchStepTrace(torch, out.path, config_lib.profile_steps(c), s.rank,
+                                        s.world, cuda=s.device.type == "cuda")
   try:
     data_wait_s = 0.0  # the first batch was fetched before the warm-up
     start = t_prev = time.perf_counter()
     for i in range(c.steps):
       step = i + 1
       last = step == c.steps
+      trace.before_step(step)
       loss_t, norm_t = train_step(s, batch, i)
       loss, grad_norm = float(loss_t), float(norm_t)  # waits for this step's loss and norm
       _synchronize(torch, s.device)  # and for the optimizer's update
       step_time = time.perf_counter() - t_prev
+      trace.after_step(step)  # a trace's writing is in no step's time: t_prev is taken below
       finite = math.isfinite(loss) and math.isfinite(grad_norm)
       stopping = _any_process(torch, s, stop.signal_name is not None)
       eval_loss = eval_s = None
@@ -544,8 +549,10 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
         batch, data_wait_s = prefetch.get(step)
       if eval_loss is not None:
         record["eval_loss"], record["eval_s"] = eval_loss, eval_s
+      if trace.traced(step):
+        record["profiled"] = True
       out.append_metrics(record)
-      if i >= c.warmup_steps_excluded:
+      if i >= c.warmup_steps_excluded and not trace.traced(step):
         p.step_times.append(step_time)
       p.steps, p.final_loss = step, loss
       if not finite:
@@ -561,6 +568,10 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
       p.status = "finished"
   finally:
     prefetch.close()
+    trace.stop()
+    if trace.steps is not None:
+      run_info["profile"] = trace.describe(out.path)
+      out.write("run.json", run_info)
 
 
 # --- command line (reached through jaxbench train's main) -----------------------------------------
