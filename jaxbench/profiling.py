@@ -75,14 +75,22 @@ class StepTrace:
     """For run.json: the traced steps and the files written, relative to the run directory."""
     if self.steps is None:
       return None
-    files = []
-    for root, _, names in os.walk(self.directory):
-      files += [os.path.relpath(os.path.join(root, n), workdir) for n in names]
-    return {"steps": list(self.steps), "tool": "jax.profiler",
-            "dir": os.path.relpath(self.directory, workdir), "files": sorted(files),
-            "note": "traced steps are left out of the timing summary (tracing slows them); "
-                    "open the .xplane.pb with TensorBoard's profile plugin or xprof, "
-                    "perfetto_trace.json.gz with ui.perfetto.dev"}
+    return trace_record(workdir, self.directory, self.steps, "jax.profiler",
+                        "open the .xplane.pb with TensorBoard's profile plugin or xprof, "
+                        "perfetto_trace.json.gz with ui.perfetto.dev")
+
+
+def trace_record(workdir: str, directory: str, steps: tuple[int, int], tool: str,
+                 how_to_open: str) -> dict:
+  """run.json's `profile` (both frameworks): the traced steps, the tool, and the files written
+  under `directory`, relative to the run directory."""
+  files = []
+  for root, _, names in os.walk(directory):
+    files += [os.path.relpath(os.path.join(root, n), workdir) for n in names]
+  return {"steps": list(steps), "tool": tool, "dir": os.path.relpath(directory, workdir),
+          "files": sorted(files),
+          "note": f"traced steps are left out of the timing summary (tracing slows them); "
+                  f"{how_to_open}"}
 
 
 def dump_hlo(workdir: str, lowered, optimized_text: str) -> dict:

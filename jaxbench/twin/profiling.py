@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-PROFILE_DIR = "profile"
+from jaxbench import profiling
+
 TRACE_FILE = "torch_trace.json"
 TABLE_FILE = "top_ops.txt"
 TABLE_ROWS = 40
@@ -26,7 +27,7 @@ class TorchStepTrace:
                world: int = 1, cuda: bool = False):
     self.torch, self.steps, self.cuda = torch, steps, cuda
     self.profiler = None
-    directory = os.path.join(workdir, PROFILE_DIR)
+    directory = os.path.join(workdir, profiling.PROFILE_DIR)
     if world > 1:
       directory = os.path.join(directory, f"process_{rank}")
     self.directory = directory
@@ -71,11 +72,6 @@ class TorchStepTrace:
     """For run.json: the traced steps and the files written, relative to the run directory."""
     if self.steps is None:
       return None
-    files = []
-    for root, _, names in os.walk(self.directory):
-      files += [os.path.relpath(os.path.join(root, n), workdir) for n in names]
-    return {"steps": list(self.steps), "tool": "torch.profiler",
-            "dir": os.path.relpath(self.directory, workdir), "files": sorted(files),
-            "note": "traced steps are left out of the timing summary (tracing slows them); "
-                    f"open {TRACE_FILE} with ui.perfetto.dev or chrome://tracing; {TABLE_FILE} "
-                    "lists the ops by self time"}
+    return profiling.trace_record(workdir, self.directory, self.steps, "torch.profiler",
+                                  f"open {TRACE_FILE} with ui.perfetto.dev or chrome://tracing; "
+                                  f"{TABLE_FILE} lists the ops by self time")
