@@ -17,7 +17,7 @@ from jaxbench import sysinfo  # noqa: E402
 
 # The scripts that time steps in-process get the host allocator `jaxbench train` sets by default
 # (before any backend starts), so their figures and the CLI's agree.
-HOST_ALLOCATOR = hostalloc.configure("auto", "jax", os.environ.get("JAX_PLATFORMS", ""))
+HOST_ALLOCATOR = hostalloc.configure("auto", "jax")
 
 
 def load(spec: str, **overrides):

@@ -121,14 +121,20 @@ def _memory_analysis(compiled) -> dict:
   return {f: int(getattr(mem, f)) for f in fields if hasattr(mem, f)}
 
 
-def queue_ahead(memory_analysis: dict, limit: int | None) -> tuple[bool, str]:
-  """Whether the loop may queue the next step while one runs, and why. A queued step needs its
-  temporaries while those of the step in flight may still be held (the runtime releases them
-  once that step is done), so with a step whose total plus a second set of temporaries exceeds
-  the allocator's limit the loop runs one step at a time. On an H200, such steps (mpt-1b batch 8:
+def queue_ahead(memory_analysis: dict, limit: int | None, runs_inline: bool = False
+                ) -> tuple[bool, str]:
+  """Whether the loop may queue the next step while one runs, and why. Where a dispatch runs the
+  step to its end (`runs_inline`: JAX CPU steps under host_allocator), queueing the next step
+  would finish it inside this step's time, so each step is timed from its own dispatch. A queued
+  step needs its temporaries while those of the step in flight may still be held (the runtime
+  releases them once that step is done), so with a step whose total plus a second set of
+  temporaries exceeds the allocator's limit the loop runs one step at a time. On an H200, such steps (mpt-1b batch 8:
   74 of 105 GiB, 59.6 GiB of temporaries) ran one step and ran out of memory in the second with
   queueing on (benchmarks/RESULTS.md); that queueing is the cause is the likely reading, not a
   verified one."""
+  if runs_inline:
+    return False, ("off: JAX runs CPU steps on the calling thread (host_allocator), each step "
+                   "timed from its dispatch")
   if not limit or "temp_size_in_bytes" not in memory_analysis:
     return True, "on"
   need = memory_lib.xla_total(memory_analysis) + memory_analysis["temp_size_in_bytes"]
@@ -447,12 +453,9 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
     collectives = {"unavailable": f"{type(e).__name__}: {e}"}
   if c.dump_hlo and out.writer:
     run_info["hlo"] = profiling.dump_hlo(out.path, lowered, compiled.as_text())
-  ahead, ahead_reason = queue_ahead(memory, sysinfo.memory_limit_per_device(setup.devices))
-  if ahead and setup.devices[0].platform == "cpu" and not hostalloc.cpu_dispatch_async():
-    # A dispatch runs the step to its end (host_allocator): queueing the next step would finish it
-    # inside this step's time, so each step is timed from its own dispatch instead.
-    ahead, ahead_reason = False, ("off: JAX runs CPU steps on the calling thread "
-                                  "(host_allocator), each step timed from its dispatch")
+  runs_inline = setup.devices[0].platform == "cpu" and not hostalloc.cpu_dispatch_async()
+  ahead, ahead_reason = queue_ahead(memory, sysinfo.memory_limit_per_device(setup.devices),
+                                    runs_inline)
   run_info["queue_ahead"] = ahead_reason
   run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,
                          "xla_cost_analysis": cost, "xla_memory_analysis": memory,

@@ -231,3 +231,4 @@ def test_the_next_step_is_queued_only_with_room_for_a_second_steps_temporaries()
   assert train.queue_ahead({**batch8, "temp_size_in_bytes": int(33.3 * gib)}, limit) == (True, "on")
   # No allocator limit (the CPU) or no analysis: queued, as before.
   assert train.queue_ahead(batch8, None)[0] and train.queue_ahead({}, limit)[0]
+  assert not train.queue_ahead({}, None, runs_inline=True)[0]  # inline steps: never queued
