@@ -225,7 +225,8 @@ def unknown_preset(family: str, preset: str, presets) -> ConfigError:
   return ConfigError("preset", f"unknown {family} preset {preset!r}; allowed: {', '.join(presets)}")
 
 
-def _choice(c, key: str, allowed) -> None:
+def check_choice(c, key: str, allowed) -> None:
+  """ConfigError naming `key` when its value is not one of `allowed`."""
   value = _get(c, key)
   if value not in allowed:
     raise ConfigError(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
@@ -287,10 +288,10 @@ def profile_steps(c) -> tuple[int, int] | None:
 
 def validate(c, n_devices: int) -> dict[str, int]:
   """Checks everything that can be checked without compiling; returns the mesh shape."""
-  _choice(c, "framework", FRAMEWORKS)
-  _choice(c, "family", FAMILIES)
-  _choice(c, "dtype", DTYPES)
-  _choice(c, "host_allocator", hostalloc.MODES)
+  check_choice(c, "framework", FRAMEWORKS)
+  check_choice(c, "family", FAMILIES)
+  check_choice(c, "dtype", DTYPES)
+  check_choice(c, "host_allocator", hostalloc.MODES)
   for key in ("steps", "batch_size", "microbatches", "seq_len", "model.n_layers", "model.d_model",
               "model.n_heads", "model.n_kv_heads", "model.d_ff", "model.vocab_size",
               "model.max_seq_len"):
@@ -319,11 +320,11 @@ def validate(c, n_devices: int) -> dict[str, int]:
     raise ConfigError("dump_hlo", f"{c.dump_hlo!r} must be True or False")
 
   m = c.model
-  _choice(c, "model.attention", ATTENTIONS)
-  _choice(c, "model.remat", REMAT_POLICIES)
-  _choice(c, "model.position", POSITIONS)
-  _choice(c, "model.norm", NORMS)
-  _choice(c, "model.mlp", MLPS)
+  check_choice(c, "model.attention", ATTENTIONS)
+  check_choice(c, "model.remat", REMAT_POLICIES)
+  check_choice(c, "model.position", POSITIONS)
+  check_choice(c, "model.norm", NORMS)
+  check_choice(c, "model.mlp", MLPS)
   if m.d_model % m.n_heads:
     raise ConfigError("model.n_heads", f"{m.n_heads} does not divide model.d_model={m.d_model}; "
                                        f"allowed: divisors of {m.d_model}")
@@ -360,11 +361,11 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if o.weight_decay < 0 or o.clip_norm < 0 or o.eps <= 0:
     raise ConfigError("optimizer", "weight_decay and clip_norm must be >= 0, eps > 0")
 
-  _choice(c, "torch.parallel", TORCH_PARALLEL)
-  _choice(c, "torch.init", TORCH_INITS)
-  _choice(c, "torch.float32_matmul_precision", TORCH_MATMUL_PRECISIONS)
+  check_choice(c, "torch.parallel", TORCH_PARALLEL)
+  check_choice(c, "torch.init", TORCH_INITS)
+  check_choice(c, "torch.float32_matmul_precision", TORCH_MATMUL_PRECISIONS)
 
-  _choice(c, "data.synthetic", SYNTHETIC)
+  check_choice(c, "data.synthetic", SYNTHETIC)
   if not 1 <= c.data.markov_branching <= m.vocab_size:
     raise ConfigError("data.markov_branching",
                       f"{c.data.markov_branching} must be in 1 .. model.vocab_size={m.vocab_size}")

@@ -271,9 +271,7 @@ def apply_determinism(c) -> dict:
 def apply_host_allocator(c) -> dict:
   """Sets the process's malloc per `host_allocator` (jaxbench/hostalloc.py), once, before any
   backend starts; returns what was done (run.json's `host_allocator`)."""
-  if c.host_allocator not in hostalloc.MODES:
-    raise ConfigError("host_allocator", f"{c.host_allocator!r} is not allowed; allowed: "
-                                        + ", ".join(hostalloc.MODES))
+  config_lib.check_choice(c, "host_allocator", hostalloc.MODES)  # validate() runs after this
   return hostalloc.configure(c.host_allocator, c.framework, jax.config.jax_platforms or "")
 
 
