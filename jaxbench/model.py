@@ -119,15 +119,21 @@ def xla_attention(q, k, v, bias=None):
 
 
 def _attention_scores(q, k, bias):
-  """Scaled, biased, causally masked float32 scores [B, KV, G, S, T] of q [B, S, KV, G, D] and
-  k [B, T, KV, D]."""
-  _, s, kv, g, d = q.shape
+  """Scaled, biased, causally masked float32 scores [B, KV, G, S, T] of head-major q
+  [B, KV, G, S, D] and k [B, KV, T, D]."""
+  _, kv, g, s, d = q.shape
   q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("bkgsd,bktd->bkgst", q, k, preferred_element_type=jnp.float32)
   if bias is not None:
     scores = scores + bias.reshape(kv, g, s, s)
   causal = jnp.tril(jnp.ones((s, s), dtype=bool))
   return jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+
+
+def _heads_major(q, k, v):
+  """q [B, S, KV, G, D] -> [B, KV, G, S, D]; k, v [B, T, KV, D] -> [B, KV, T, D]."""
+  return (jnp.transpose(q, (0, 2, 3, 1, 4)), jnp.transpose(k, (0, 2, 1, 3)),
+          jnp.transpose(v, (0, 2, 1, 3)))
 
 
 @jax.custom_vjp
@@ -140,37 +146,43 @@ def causal_attention(q, k, v, bias):
   probabilities of every layer for the backward pass and reduced over their rows again there; this
   keeps [B, H, S] and reduces dO * O over D instead. Deviceless for an H100 with this attention,
   mpt-125m at batch 8 needs 10.2 GiB of temporaries instead of 50.2; on a CPU, 21% less and 6%
-  less op time (benchmarks/RESULTS.md)."""
+  less op time (benchmarks/RESULTS.md).
+
+  The matmuls run on head-major copies ([B, heads, S, D], each transposed once): batched over
+  the leading dims and written contiguously, XLA's CPU backend ran them up to 2x faster than on
+  the projections' [B, S, heads, D] layout, whose strided output it wrote through a transpose."""
   return _causal_attention_fwd(q, k, v, bias)[0]
 
 
 def _causal_attention_fwd(q, k, v, bias):
+  q, k, v = _heads_major(q, k, v)
   scores = _attention_scores(q, k, bias)
   top = jnp.max(scores, axis=-1, keepdims=True)
   unnormalized = jnp.exp(scores - top)
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
   probs = (unnormalized / total).astype(v.dtype)
-  out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
-  return out, (q, k, v, bias, out, top + jnp.log(total))
+  out = jnp.einsum("bkgst,bktd->bkgsd", probs, v)
+  return jnp.transpose(out, (0, 3, 1, 2, 4)), (q, k, v, bias, out, top + jnp.log(total))
 
 
 def _causal_attention_bwd(residuals, g):
-  q, k, v, bias, out, lse = residuals
+  q, k, v, bias, out, lse = residuals  # head-major
   d = q.shape[-1]
+  g = jnp.transpose(g, (0, 2, 3, 1, 4))
   probs = jnp.exp(_attention_scores(q, k, bias) - lse)  # float32; 0 where masked
-  dv = jnp.einsum("bkgst,bskgd->btkd", probs.astype(v.dtype), g)
-  dprobs = jnp.einsum("bskgd,btkd->bkgst", g, v, preferred_element_type=jnp.float32)
+  dv = jnp.einsum("bkgst,bkgsd->bktd", probs.astype(v.dtype), g)
+  dprobs = jnp.einsum("bkgsd,bktd->bkgst", g, v, preferred_element_type=jnp.float32)
   # Row sums of dprobs * probs, as the rows of dO . O (D wide instead of T); a product and a sum,
   # not a float32 matmul.
-  delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, S, KV, G]
-  delta = jnp.transpose(delta, (0, 2, 3, 1))
-  dscores32 = probs * (dprobs - delta[..., None])
+  delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+  dscores32 = probs * (dprobs - delta)
   dscores = dscores32.astype(q.dtype)
   scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  dq = jnp.einsum("bkgst,btkd->bskgd", dscores, k) * scale
-  dk = jnp.einsum("bkgst,bskgd->btkd", dscores, q * scale)
+  dq = jnp.einsum("bkgst,bktd->bkgsd", dscores, k) * scale
+  dk = jnp.einsum("bkgst,bkgsd->bktd", dscores, q * scale)
   dbias = None if bias is None else jnp.sum(dscores32, axis=0).reshape(bias.shape).astype(bias.dtype)
-  return dq, dk, dv, dbias
+  return (jnp.transpose(dq, (0, 3, 1, 2, 4)), jnp.transpose(dk, (0, 2, 1, 3)),
+          jnp.transpose(dv, (0, 2, 1, 3)), dbias)
 
 
 causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)

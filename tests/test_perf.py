@@ -126,6 +126,24 @@ def test_cpu_step_does_not_transpose_the_mlp_gradient():
   assert not transposed, transposed
 
 
+def test_cpu_attention_matmuls_write_head_major_rows():
+  """Every attention matmul of the CPU step writes [.., S, D] or [.., S, S] rows, none the
+  transposed [.., D, S] the projections' [B, S, heads, D] layout led XLA to (which it then copied
+  back: those matmuls ran at half the rate; model.causal_attention)."""
+  import re
+
+  c = nano(seq_len=48)
+  grad, args = _loss_grad(c, 0)
+  text = grad.lower(*args).compile().as_text()
+  d, s = c.model.d_model // c.model.n_heads, c.seq_len
+  dots = [line for line in text.splitlines()
+          if re.search(r"/attention/b\w+,b\w+->b\w+/dot_general", line)
+          and re.search(r" = f32\[[\d,]+\]\S* (fusion|dot)\(", line)]
+  shapes = [re.search(r" = f32\[([\d,]+)\]", line).group(1).split(",")[-2:] for line in dots]
+  assert len(dots) >= 6, dots  # forward: scores, probs . v; backward: scores, d(probs), dv, dq, dk
+  assert all(shape in ([str(s), str(d)], [str(s), str(s)]) for shape in shapes), shapes
+
+
 def test_memory_prediction_grows_with_batch_and_covers_the_state():
   from jaxbench import memory, model
   c = config.load_config_file("configs/mpt.py:small")
