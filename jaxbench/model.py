@@ -259,11 +259,17 @@ class Attention(nn.Module):
                  bias_init=_zeros(("embed",)), name="out")(out)
 
 
+def _normal_cdf(x32):
+  return 0.5 * (1.0 + jax.lax.erf(x32 * (1.0 / math.sqrt(2.0))))
+
+
 @jax.custom_vjp
 def gelu(x):
-  """Exact (erf) GELU, as jax.nn.gelu(approximate=False); its backward keeps only x and computes
-  the derivative from it in float32 (autodiff keeps four hidden-size tensors per layer, this one)."""
-  return jax.nn.gelu(x, approximate=False)
+  """Exact GELU, x * Phi(x) with Phi from erf as PyTorch's nn.GELU computes it; its backward keeps
+  only x and computes the derivative from it in float32 (autodiff keeps four hidden-size tensors
+  per layer, this one). jax.nn.gelu(approximate=False) spells Phi with erfc, which XLA's CPU
+  backend expands into a branchy polynomial it split over three loops inside the layer scan."""
+  return (x.astype(jnp.float32) * _normal_cdf(x.astype(jnp.float32))).astype(x.dtype)
 
 
 def _gelu_fwd(x):
@@ -272,7 +278,7 @@ def _gelu_fwd(x):
 
 def _gelu_bwd(x, g):
   x32 = x.astype(jnp.float32)
-  cdf = 0.5 * (1.0 + jax.lax.erf(x32 * (1.0 / math.sqrt(2.0))))
+  cdf = _normal_cdf(x32)
   pdf = jnp.exp(-0.5 * jnp.square(x32)) * (1.0 / math.sqrt(2.0 * math.pi))
   return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(x.dtype),)
 

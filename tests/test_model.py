@@ -177,6 +177,22 @@ def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alib
   assert not per_batch_square(pullback) and per_batch_square(ref_pullback)
 
 
+def test_gelu_and_swiglu_match_autodiff_of_their_library_forms():
+  """The activations' own backward passes (they keep only their inputs) give autodiff's gradients
+  of jax.nn.gelu (exact) and silu(gate) * up; GELU's value is jax.nn.gelu's."""
+  x = jnp.linspace(-9.0, 9.0, 4001)
+  up = jnp.cos(x)
+  np.testing.assert_allclose(model.gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+  for ours, reference, args in [
+      (model.gelu, lambda a: jax.nn.gelu(a, approximate=False), (x,)),
+      (model.swiglu, lambda a, b: nn.silu(a) * b, (x, up))]:
+    argnums = tuple(range(len(args)))
+    got = jax.grad(lambda *a: jnp.sum(jnp.sin(ours(*a))), argnums)(*args)
+    want = jax.grad(lambda *a: jnp.sum(jnp.sin(reference(*a))), argnums)(*args)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, atol=2e-5)
+
+
 def test_rotary_is_hugging_face_half_split():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(1, 4, 2, 8)).astype(np.float32)
