@@ -1,10 +1,11 @@
-"""CPU throughput of jaxbench's JAX model on the issue #7 config, float32 and bfloat16 side by side.
+"""CPU throughput of jaxbench's JAX model on the issue #7 config, float32 and bfloat16, the layers
+scanned (the preset's default) and unrolled, side by side.
 
-  python benchmarks/cpu_perf.py [--steps=6] [--repeats=3] [--remat=none]
+  python benchmarks/cpu_perf.py [--steps=6] [--repeats=3] [--remat=none] [--layers=scan,unrolled]
 
 The config is configs/mpt.py:small: 6 layers, d_model 384, 6 heads, seq 256, batch 8, vocab 8192
-(2,048 tokens a step). Both dtypes are compiled first, then timed in turns (repeats x steps, each
-step waited for), so the machine's noise hits both alike; medians are reported. MFU is given
+(2,048 tokens a step). All variants are compiled first, then timed in turns (repeats x steps, each
+step waited for), so the machine's noise hits them alike; medians are reported. MFU is given
 against two peaks: the cached `jaxbench peak` figure, and the same matmul peak measured again
 between the timed steps (one second per dtype per repeat), so a shared machine's load weighs on the
 model and on its peak alike. The peers' figures quoted in issue #7 are for reference (measured
@@ -32,8 +33,8 @@ PEERS = {
 }
 
 
-def prepare(dtype: str, remat: str):
-  c = common.load(CONFIG, dtype=dtype, model__remat=remat)
+def prepare(dtype: str, remat: str, layers: str):
+  c = common.load(CONFIG, dtype=dtype, model__remat=remat, model__scan_layers=layers == "scan")
   assert {k: c.model[k] for k in SHAPE} == SHAPE and (c.seq_len, c.batch_size) == (256, 8)
   s = train.build(c)
   state = train.init_state(s)
@@ -68,41 +69,50 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--remat", default="none")
   parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--layers", default="scan,unrolled",
+                      help="scan (model.scan_layers=True), unrolled, or both")
   args = parser.parse_args()
   print(common.header("benchmarks/cpu_perf.py")
         + f"\nconfig {CONFIG} (issue #7's), remat {args.remat}, {args.repeats} x {args.steps} steps")
   runs = {}
   for dtype in args.dtypes.split(","):
-    runs[dtype] = prepare(dtype, args.remat)
-    print(f"  {dtype}: compiled in {runs[dtype]['compile_s']:.1f}s", flush=True)
+    for layers in args.layers.split(","):
+      if layers not in ("scan", "unrolled"):
+        parser.error(f"--layers: {layers!r}; allowed: scan, unrolled")
+      runs[dtype, layers] = prepare(dtype, args.remat, layers)
+      print(f"  {dtype} {layers}: compiled in {runs[dtype, layers]['compile_s']:.1f}s", flush=True)
   for i in range(args.repeats):
-    for dtype, r in runs.items():
+    for (dtype, layers), r in runs.items():
       times = timed_steps(r, args.steps)
       r["times"] += times
       r.setdefault("peaks", []).append(peak_lib.measure_peak(jax.local_devices(), dtype, seconds=1.0))
-      print(f"  repeat {i} {dtype}: " + " ".join(f"{t * 1e3:.0f}" for t in times) + " ms",
+      print(f"  repeat {i} {dtype} {layers}: " + " ".join(f"{t * 1e3:.0f}" for t in times) + " ms",
             flush=True)
-  print("\n| dtype | median ms/step | tokens/s | TFLOP/s | `jaxbench peak` (cached) | MFU | "
-        "peak measured between steps | MFU against it | issue #7 peers (tokens/s) |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("\n| dtype | layers | compile s | median ms/step | tokens/s | TFLOP/s | `jaxbench peak` (cached) "
+        "| MFU | peak measured between steps | MFU against it | issue #7 peers (tokens/s) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   tokens = {}
-  for dtype, r in runs.items():
+  for (dtype, layers), r in runs.items():
     c, s = r["c"], r["s"]
     med = common.median(r["times"])
-    tokens[dtype] = c.batch_size * c.seq_len / med
-    tflops = s.flops["flops_per_token"] * tokens[dtype] / 1e12
+    tokens[dtype, layers] = c.batch_size * c.seq_len / med
+    tflops = s.flops["flops_per_token"] * tokens[dtype, layers] / 1e12
     peak = peak_lib.cached_peak(jax.local_devices(), dtype)
     mfu = f"{tflops / peak.tflops:.1%}" if peak and peak.tflops else "n/a"
     cached = f"{peak.tflops:.4f}" if peak and peak.tflops else "not cached"
     live = common.median(r["peaks"])
-    print(f"| {dtype} | {med * 1e3:.0f} | {tokens[dtype]:,.0f} | {tflops:.4f} | {cached} | {mfu} | "
-          f"{live:.4f} | {tflops / live:.1%} | {PEERS[dtype]} |")
-  if len(tokens) == 2:
-    cpu = {d: common.median(r["cpu"]) for d, r in runs.items()}
-    print(f"\nbfloat16 / float32 throughput: {tokens['bfloat16'] / tokens['float32']:.2f}x by wall "
-          f"time, {cpu['float32'] / cpu['bfloat16']:.2f}x by the process's CPU time per step "
-          f"(float32 {cpu['float32']:.2f}s, bfloat16 {cpu['bfloat16']:.2f}s: less disturbed by "
-          "other users of a shared machine)")
+    print(f"| {dtype} | {layers} | {r['compile_s']:.1f} | {med * 1e3:.0f} | {tokens[dtype, layers]:,.0f} "
+          f"| {tflops:.4f} | {cached} | {mfu} | {live:.4f} | {tflops / live:.1%} | {PEERS[dtype]} |")
+  # Ratios of variants timed in turns, by wall time and by the process's CPU time per step (less
+  # disturbed by other users of a shared machine).
+  cpu = {k: common.median(r["cpu"]) for k, r in runs.items()}
+  pairs = [((d, "unrolled"), (d, "scan"), f"{d}: unrolled / scan") for d in args.dtypes.split(",")]
+  pairs += [(("bfloat16", l), ("float32", l), f"{l}: bfloat16 / float32") for l in args.layers.split(",")]
+  print()
+  for a, b, label in pairs:
+    if a in runs and b in runs:
+      print(f"{label} throughput: {tokens[a] / tokens[b]:.2f}x by wall time, "
+            f"{cpu[b] / cpu[a]:.2f}x by CPU time per step ({cpu[a]:.2f}s against {cpu[b]:.2f}s)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 torch.compile), the runs alternated in one invocation, tokens/s per device and the ratios.
 
   python benchmarks/xla_vs_torch.py [--config=configs/mpt.py:small] [--rounds=2] [--steps=12]
-      [--modes=jax,torch-eager,torch-compile] [--out=DIR] [--markdown] [-- --config.KEY=VALUE ...]
+      [--modes=jax,jax-unrolled,torch-eager,torch-compile] [--out=DIR] [--markdown]
+      [-- --config.KEY=VALUE ...]
 
 Each run is its own `jaxbench train` process with its own run directory under --out, so every
 number is also in a run folder that `jaxbench compare` reads. The modes run in turn, round after
@@ -31,6 +32,7 @@ from jaxbench import sysinfo  # noqa: E402
 
 MODES = {
     "jax": [],
+    "jax-unrolled": ["--config.model.scan_layers=False"],
     "torch-eager": ["--config.framework=torch"],
     "torch-compile": ["--config.framework=torch", "--config.torch.compile=True"],
 }
