@@ -13,8 +13,8 @@ an H100, mpt and llama, bf16 and f32):
                  the input and two float32 statistics); q/k/v (a(d + 2kv)/t); the attention's own
                  state, the softmax statistics (4h/t): the fused kernel (cuDNN) and the einsum
                  attention (model.causal_attention) both recompute the probabilities; the
-                 attention output (ad/t); the MLP's hidden activations (GELU: its input and output,
-                 2af/t; SwiGLU: gate, up and product, 3af/t)
+                 attention output (ad/t); the MLP's pre-activations (GELU: af/t; SwiGLU: gate and
+                 up, 2af/t; model.activated_matmul recomputes the activation)
   full           only the block input (ad): each block is recomputed in the backward pass
   dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t, not
                  with the fused kernel), the attention output, the output projection (ad), the
@@ -75,9 +75,8 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   qkv = a * (d + 2 * kv) / tensor
   norms = 2 * (2 * a * d + 8)
   attention_state = 4 * h / tensor  # the softmax statistics (cuDNN; model.causal_attention's)
-  mlp_hidden = (3 if m.mlp == "swiglu" else 2) * a * f / tensor
-  full_set = norms + qkv + attention_state + a * d / tensor + mlp_hidden
-  up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor
+  up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor  # the MLP's pre-activations
+  full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
   # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.
   attention_dots = 0 if fused_attention else 4 * h * s / tensor + a * d / tensor
   kept = {

@@ -314,6 +314,53 @@ def _swiglu_bwd(residuals, g):
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
+ACTIVATIONS = {"gelu": gelu, "swiglu": swiglu}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def activated_matmul(activation: str, hs, kernel):
+  """ACTIVATIONS[activation](*hs) @ kernel, for pre-activations hs [T, F] and kernel [F, D].
+
+  Its backward recomputes the activation from hs instead of keeping it: autodiff kept the
+  activation's output for the kernel's gradient, one more [T, F] tensor per layer beside hs,
+  which a scan over layers also stacks and reads back."""
+  return ACTIVATIONS[activation](*hs) @ kernel
+
+
+def _activated_matmul_fwd(activation, hs, kernel):
+  return activated_matmul(activation, hs, kernel), (hs, kernel)
+
+
+def _activated_matmul_bwd(activation, residuals, g):
+  hs, kernel = residuals
+  a, activation_vjp = jax.vjp(ACTIVATIONS[activation], *hs)
+  dkernel = jnp.einsum("tf,td->fd", a, g)
+  da = jnp.einsum("td,fd->tf", g, kernel)
+  return activation_vjp(da), dkernel
+
+
+activated_matmul.defvjp(_activated_matmul_fwd, _activated_matmul_bwd)
+
+
+class ActivatedDense(nn.Module):
+  """nn.Dense (same parameters, dtypes and result) applied to activation(*hs): activated_matmul."""
+  features: int
+  activation: str
+  use_bias: bool
+  dtype: Any
+  kernel_init: Any
+  bias_init: Any
+
+  @nn.compact
+  def __call__(self, *hs):
+    kernel = self.param("kernel", self.kernel_init, (hs[0].shape[-1], self.features), jnp.float32)
+    hs = tuple(h.astype(self.dtype) for h in hs)
+    y = activated_matmul(self.activation, hs, kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
+
+
 class Mlp(nn.Module):
   cfg: ModelConfig
 
@@ -323,14 +370,15 @@ class Mlp(nn.Module):
     dense = functools.partial(nn.Dense, use_bias=c.bias, dtype=c.dtype, param_dtype=jnp.float32)
     up = functools.partial(dense, c.d_ff, kernel_init=_init(c.init_std, ("embed", "mlp")),
                            bias_init=_zeros(("mlp",)))
-    if c.mlp == "swiglu":
-      h = swiglu(over_tokens(up(name="gate"), x), over_tokens(up(name="up"), x))
-    else:
-      h = gelu(over_tokens(up(name="up"), x))
-    h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
-    down = dense(c.d_model, kernel_init=_init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
-                 bias_init=_zeros(("embed",)), name="down")
-    return over_tokens(down, h)
+    names = ("gate", "up") if c.mlp == "swiglu" else ("up",)
+    hs = [sharding.constrain(over_tokens(up(name=name), x),
+                             ("activation_batch", "activation_length", "activation_mlp"))
+          for name in names]
+    down = ActivatedDense(c.d_model, c.mlp, c.bias, c.dtype,
+                          _init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
+                          _zeros(("embed",)), name="down")
+    b, s = x.shape[:2]  # over B*S token rows, as over_tokens
+    return down(*(h.reshape(b * s, c.d_ff) for h in hs)).reshape(b, s, c.d_model)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
