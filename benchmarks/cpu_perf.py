@@ -107,7 +107,7 @@ def main() -> None:
   # disturbed by other users of a shared machine).
   cpu = {k: common.median(r["cpu"]) for k, r in runs.items()}
   pairs = [((d, "unrolled"), (d, "scan"), f"{d}: unrolled / scan") for d in args.dtypes.split(",")]
-  pairs += [(("bfloat16", l), ("float32", l), f"{l}: bfloat16 / float32") for l in args.layers.split(",")]
+  pairs += [(("bfloat16", m), ("float32", m), f"{m}: bfloat16 / float32") for m in args.layers.split(",")]
   print()
   for a, b, label in pairs:
     if a in runs and b in runs:
