@@ -220,16 +220,16 @@ def rotary(x, positions, theta: float):
   return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
 
 
-def over_tokens(layer, x):
-  """layer(x) with x's leading [batch, length] dims read as one token dim: one matmul over B*S
-  rows, whose weight gradient contracts one dim. Left as [B, S, d], autodiff contracts two, and
-  XLA's CPU backend wrote the MLP's hidden gradient transposed first ([d_ff, B*S] per layer, with
-  the GELU's derivative fused in: 13% of a CPU step of configs/mpt.py:small). The reshapes are
-  bitcasts; for an H100 the compiled step is unchanged (deviceless: same temporaries). The
-  attention projections gained nothing from it on the CPU and cost 5% more temporaries on an
-  H100, so they are left as they are."""
-  b, s = x.shape[:2]
-  y = layer(x.reshape(b * s, *x.shape[2:]))
+def over_tokens(layer, *xs):
+  """layer(*xs) with the inputs' leading [batch, length] dims read as one token dim: one matmul
+  over B*S rows, whose weight gradient contracts one dim. Left as [B, S, d], autodiff contracts
+  two, and XLA's CPU backend wrote the MLP's hidden gradient transposed first ([d_ff, B*S] per
+  layer, with the GELU's derivative fused in: 13% of a CPU step of configs/mpt.py:small). The
+  reshapes are bitcasts; for an H100 the compiled step is unchanged (deviceless: same
+  temporaries). The attention projections gained nothing from it on the CPU and cost 5% more
+  temporaries on an H100, so they are left as they are."""
+  b, s = xs[0].shape[:2]
+  y = layer(*(x.reshape(b * s, *x.shape[2:]) for x in xs))
   return y.reshape(b, s, *y.shape[1:])
 
 
@@ -274,7 +274,8 @@ def gelu(x):
   only x and computes the derivative from it in float32 (autodiff keeps four hidden-size tensors
   per layer, this one). jax.nn.gelu(approximate=False) spells Phi with erfc, which XLA's CPU
   backend expands into a branchy polynomial it split over three loops inside the layer scan."""
-  return (x.astype(jnp.float32) * _normal_cdf(x.astype(jnp.float32))).astype(x.dtype)
+  x32 = x.astype(jnp.float32)
+  return (x32 * _normal_cdf(x32)).astype(x.dtype)
 
 
 def _gelu_fwd(x):
@@ -377,8 +378,7 @@ class Mlp(nn.Module):
     down = ActivatedDense(c.d_model, c.mlp, c.bias, c.dtype,
                           _init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
                           _zeros(("embed",)), name="down")
-    b, s = x.shape[:2]  # over B*S token rows, as over_tokens
-    return down(*(h.reshape(b * s, c.d_ff) for h in hs)).reshape(b, s, c.d_model)
+    return over_tokens(down, *hs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
