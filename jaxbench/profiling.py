@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-import time
 
 import jax
 
@@ -26,23 +25,30 @@ PROFILE_DIR = "profile"
 HLO_DIR = "hlo"
 
 
-class StepTrace:
-  """Starts jax.profiler before step `first` is dispatched and stops it once step `last` is done.
+class TraceWindow:
+  """The steps a trace covers (numbered as in metrics.jsonl, 1 = the first step) and the directory
+  it is written to: RUN_DIR/profile/, or profile/process_<i>/ with several processes (a host name
+  alone can repeat on one machine). Shared by StepTrace and the twin's TorchStepTrace."""
 
-  Steps are numbered as in metrics.jsonl (1 = the first step). With several processes each writes
-  its own trace under profile/process_<i>/ (a host name alone can repeat on one machine)."""
-
-  def __init__(self, workdir: str, steps: tuple[int, int] | None):
+  def __init__(self, workdir: str, steps: tuple[int, int] | None, process_index: int,
+               process_count: int):
     self.steps = steps
-    self.active = False
-    self.overhead_s = 0.0  # starting and writing the trace: kept out of every step's time
     directory = os.path.join(workdir, PROFILE_DIR)
-    if jax.process_count() > 1:
-      directory = os.path.join(directory, f"process_{jax.process_index()}")
+    if process_count > 1:
+      directory = os.path.join(directory, f"process_{process_index}")
     self.directory = directory
 
   def traced(self, step: int) -> bool:
     return self.steps is not None and self.steps[0] <= step <= self.steps[1]
+
+
+class StepTrace(TraceWindow):
+  """Starts jax.profiler before step `first` is dispatched and stops it once step `last` is done.
+  Starting and writing the trace fall in no step's time (see boundary)."""
+
+  def __init__(self, workdir: str, steps: tuple[int, int] | None):
+    super().__init__(workdir, steps, jax.process_index(), jax.process_count())
+    self.active = False
 
   def boundary(self, step: int) -> bool:
     """True for the step before the first traced one and for the last traced one: the loop must
@@ -53,11 +59,9 @@ class StepTrace:
   def before_dispatch(self, step: int) -> None:
     """Call right before step `step` is dispatched."""
     if self.steps is not None and step == self.steps[0] and not self.active:
-      t0 = time.perf_counter()
       os.makedirs(self.directory, exist_ok=True)
       jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
       self.active = True
-      self.overhead_s += time.perf_counter() - t0
 
   def after_step(self, step: int) -> None:
     """Call once step `step`'s outputs are on the host."""
@@ -66,10 +70,8 @@ class StepTrace:
 
   def stop(self) -> None:
     if self.active:
-      t0 = time.perf_counter()
       jax.profiler.stop_trace()
       self.active = False
-      self.overhead_s += time.perf_counter() - t0
 
   def describe(self, workdir: str) -> dict | None:
     """For run.json: the traced steps and the files written, relative to the run directory."""

@@ -9,7 +9,6 @@ jaxbench.profiling RUN_DIR` prints that table.
 from __future__ import annotations
 
 import os
-import time
 
 from jaxbench import profiling
 
@@ -18,34 +17,25 @@ TABLE_FILE = "top_ops.txt"
 TABLE_ROWS = 40
 
 
-class TorchStepTrace:
+class TorchStepTrace(profiling.TraceWindow):
   """Starts torch.profiler right before step `first` runs and stops it once step `last` is done
   (steps numbered as in metrics.jsonl). Starting and writing the trace happen inside traced
   steps' times only, and traced steps are left out of the summary."""
 
   def __init__(self, torch, workdir: str, steps: tuple[int, int] | None, rank: int = 0,
                world: int = 1, cuda: bool = False):
-    self.torch, self.steps, self.cuda = torch, steps, cuda
+    super().__init__(workdir, steps, rank, world)
+    self.torch, self.cuda = torch, cuda
     self.profiler = None
-    directory = os.path.join(workdir, profiling.PROFILE_DIR)
-    if world > 1:
-      directory = os.path.join(directory, f"process_{rank}")
-    self.directory = directory
-    self.overhead_s = 0.0
-
-  def traced(self, step: int) -> bool:
-    return self.steps is not None and self.steps[0] <= step <= self.steps[1]
 
   def before_step(self, step: int) -> None:
     if self.steps is None or step != self.steps[0] or self.profiler is not None:
       return
-    t0 = time.perf_counter()
     activities = [self.torch.profiler.ProfilerActivity.CPU]
     if self.cuda:
       activities.append(self.torch.profiler.ProfilerActivity.CUDA)
     self.profiler = self.torch.profiler.profile(activities=activities)
     self.profiler.start()
-    self.overhead_s += time.perf_counter() - t0
 
   def after_step(self, step: int) -> None:
     """Call once step `step` is done (its loss read, the device synchronized)."""
@@ -55,7 +45,6 @@ class TorchStepTrace:
   def stop(self) -> None:
     if self.profiler is None:
       return
-    t0 = time.perf_counter()
     profiler, self.profiler = self.profiler, None
     profiler.stop()
     os.makedirs(self.directory, exist_ok=True)
@@ -66,7 +55,6 @@ class TorchStepTrace:
     with open(os.path.join(self.directory, TABLE_FILE), "w") as f:
       f.write(f"torch ops of steps {first}-{last} by self {'CUDA' if self.cuda else 'CPU'} time "
               f"(torch.profiler key_averages, {last - first + 1} step(s))\n{table}\n")
-    self.overhead_s += time.perf_counter() - t0
 
   def describe(self, workdir: str) -> dict | None:
     """For run.json: the traced steps and the files written, relative to the run directory."""
