@@ -1,13 +1,17 @@
-"""What the compiled step communicates, read from its optimized HLO text.
+"""What the compiled step communicates, and the matmuls it runs, read from its optimized HLO text.
 
 The counts and bytes of each collective are what a portability study compares between NCCL and
 RCCL (or gloo on CPU). Bytes are the size of each collective's result (for all-gather the gathered
 array, for reduce-scatter the scattered shard), summed over the module; a collective inside a loop
 body (scan over layers, microbatches) is counted once, as XLA writes it.
+
+`dots` lists the step's matmuls as XLA runs them (benchmarks/matmul_shapes.py times each under
+XLA and under PyTorch); there a loop body's dots count once per trip.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 
@@ -20,6 +24,8 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u1
 _OP = re.compile(r"=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<op>" + "|".join(COLLECTIVES)
                  + r")(?P<start>-start)?\(")
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+_DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64",
+                "s8": "int8", "s32": "int32"}
 
 
 def _arrays_bytes(shape: str) -> list[int]:
@@ -47,3 +53,57 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     summary[match["op"]]["count"] += 1
     summary[match["op"]]["bytes"] += sum(sizes)
   return summary
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ", re.M)
+_VALUE = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
+_DOT = re.compile(r"%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)")
+_CALL = re.compile(r"(calls|body|to_apply|condition)=%([\w.\-]+)")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def _dims(attrs: str, name: str) -> tuple[int, ...]:
+  m = re.search(name + r"=\{([\d,]*)\}", attrs)
+  return tuple(int(x) for x in m.group(1).split(",") if x) if m else ()
+
+
+def dots(hlo_text: str) -> collections.Counter:
+  """(lhs shape, rhs shape, dimension_numbers, lhs dtype, rhs dtype, out dtype) -> executions a
+  step, from the compiled step's optimized HLO: each dot as XLA runs it (after its rewrites),
+  those in a loop body (a scan over layers) counted by the loop's trip count."""
+  blocks, entry = {}, None
+  for chunk in re.split(r"\n(?=(?:ENTRY )?%[\w.\-]+ \()", hlo_text):
+    m = _COMPUTATION.match(chunk)
+    if m:
+      blocks[m.group(1)] = chunk
+      entry = m.group(1) if chunk.startswith("ENTRY") else entry
+  shapes = {name: (dtype, tuple(int(d) for d in dims.split(",") if d))
+            for name, dtype, dims in _VALUE.findall(hlo_text)}
+  runs = collections.Counter()
+
+  def visit(name: str, times: int) -> None:
+    runs[name] += times
+    for line in blocks.get(name, "").splitlines():
+      trip = _TRIP.search(line)
+      for kind, callee in _CALL.findall(line):
+        visit(callee, times * (int(trip.group(1)) if trip and kind == "body" else 1))
+
+  visit(entry, 1)
+  counts = collections.Counter()
+  for name, block in blocks.items():
+    for out_dtype, lhs, rhs, attrs in _DOT.findall(block):
+      (ld, ls), (rd, rs) = shapes[lhs], shapes[rhs]
+      dims = ((_dims(attrs, "lhs_contracting_dims"), _dims(attrs, "rhs_contracting_dims")),
+              (_dims(attrs, "lhs_batch_dims"), _dims(attrs, "rhs_batch_dims")))
+      key = (ls, rs, dims, _DTYPE_NAMES[ld], _DTYPE_NAMES[rd], _DTYPE_NAMES[out_dtype])
+      counts[key] += runs[name]
+  return counts
+
+
+def dot_flops(lhs_shape, rhs_shape, dims) -> int:
+  """2 x the multiply-adds of a dot_general of these operand shapes and dimension numbers."""
+  (contracting, _), (_, rhs_batch) = dims
+  k = math.prod(lhs_shape[i] for i in contracting)
+  batch = math.prod(rhs_shape[i] for i in rhs_batch)
+  m, n = (math.prod(shape) // (k * batch) for shape in (lhs_shape, rhs_shape))
+  return 2 * batch * m * n * k

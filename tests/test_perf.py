@@ -176,3 +176,22 @@ def test_op_lines_of_cpu_tpu_and_gpu_traces():
   assert profiling.is_op_line("/device:TPU:0", "XLA Ops")
   assert profiling.is_op_line("/device:GPU:0", "Stream #14(Memset,Compute)")
   assert not profiling.is_op_line("/device:GPU:0", "Launch Stats")
+
+
+def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops():
+  """hlo.dots (benchmarks/matmul_shapes.py) lists the compiled step's matmuls, a scanned layer's
+  once per trip, and their FLOPs are the MFU count (jaxbench/flops.py) plus the scores the
+  attention's backward recomputes (2 S d per token and layer), to within the norms' parameters
+  that flops.py counts in N."""
+  from jaxbench import flops, hlo, model
+
+  c = nano(seq_len=48)
+  grad, args = _loss_grad(c, 0)
+  census = hlo.dots(grad.lower(*args).compile().as_text())
+  assert sum(census.values()) == 25 * c.model.n_layers + 3  # a layer: 8 forward, 17 back; head 3
+  computed = sum(n * hlo.dot_flops(*key[:3]) for key, n in census.items())
+  tokens = args[1].shape[0] * c.seq_len
+  m = model.ModelConfig.from_config(c, "xla")
+  counted = flops.flops_per_token(m, c.seq_len)["flops_per_token"] * tokens
+  recomputed = 2 * m.n_layers * m.d_model * c.seq_len * tokens
+  assert abs(computed - (counted + recomputed)) <= 0.01 * computed, (computed, counted, recomputed)
