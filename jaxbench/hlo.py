@@ -5,8 +5,8 @@ RCCL (or gloo on CPU). Bytes are the size of each collective's result (for all-g
 array, for reduce-scatter the scattered shard), summed over the module; a collective inside a loop
 body (scan over layers, microbatches) is counted once, as XLA writes it.
 
-`dots` lists the step's matmuls as XLA runs them (benchmarks/matmul_shapes.py times each under
-XLA and under PyTorch); there a loop body's dots count once per trip.
+`dots` lists the step's matmuls as XLA runs them, a loop body's once per trip; `einsum_spec`
+writes one as an einsum, which benchmarks/matmul_shapes.py times under PyTorch beside XLA.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import math
 import re
+import string
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 
@@ -107,3 +108,21 @@ def dot_flops(lhs_shape, rhs_shape, dims) -> int:
   batch = math.prod(rhs_shape[i] for i in rhs_batch)
   m, n = (math.prod(shape) // (k * batch) for shape in (lhs_shape, rhs_shape))
   return 2 * batch * m * n * k
+
+
+def einsum_spec(lhs_rank: int, rhs_rank: int, dims) -> str:
+  """The einsum string of a dot_general: batch dims, then lhs free, then rhs free (its order)."""
+  (lc, rc), (lb, rb) = dims
+  letters = iter(string.ascii_letters)
+  lhs, rhs = [None] * lhs_rank, [None] * rhs_rank
+  for i, j in zip(lb, rb):
+    lhs[i] = rhs[j] = next(letters)
+  for i, j in zip(lc, rc):
+    lhs[i] = rhs[j] = next(letters)
+  for arr in (lhs, rhs):
+    for i, x in enumerate(arr):
+      if x is None:
+        arr[i] = next(letters)
+  out = ([lhs[i] for i in lb] + [x for i, x in enumerate(lhs) if i not in lb and i not in lc]
+         + [x for i, x in enumerate(rhs) if i not in rb and i not in rc])
+  return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"

@@ -178,11 +178,12 @@ def test_op_lines_of_cpu_tpu_and_gpu_traces():
   assert not profiling.is_op_line("/device:GPU:0", "Launch Stats")
 
 
-def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops():
-  """hlo.dots (benchmarks/matmul_shapes.py) lists the compiled step's matmuls, a scanned layer's
-  once per trip, and their FLOPs are the MFU count (jaxbench/flops.py) plus the scores the
-  attention's backward recomputes (2 S d per token and layer), to within the norms' parameters
-  that flops.py counts in N."""
+def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch():
+  """hlo.dots lists the compiled step's matmuls, a scanned layer's once per trip, and their FLOPs
+  are the MFU count (jaxbench/flops.py) plus the scores the attention's backward recomputes
+  (2 S d per token and layer), to within the norms' parameters that flops.py counts in N. Each,
+  as hlo.einsum_spec writes it for PyTorch (benchmarks/matmul_shapes.py), is the same contraction
+  under torch.einsum."""
   from jaxbench import flops, hlo, model
 
   c = nano(seq_len=48)
@@ -195,3 +196,11 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops():
   counted = flops.flops_per_token(m, c.seq_len)["flops_per_token"] * tokens
   recomputed = 2 * m.n_layers * m.d_model * c.seq_len * tokens
   assert abs(computed - (counted + recomputed)) <= 0.01 * computed, (computed, counted, recomputed)
+
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  for lhs, rhs, dims, *_ in census:
+    a, b = rng.standard_normal(lhs, np.float32), rng.standard_normal(rhs, np.float32)
+    spec = hlo.einsum_spec(len(lhs), len(rhs), dims)
+    np.testing.assert_allclose(torch.einsum(spec, torch.from_numpy(a), torch.from_numpy(b)),
+                               jax.lax.dot_general(a, b, dims), rtol=1e-4, atol=1e-4)
