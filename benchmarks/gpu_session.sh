@@ -9,7 +9,9 @@
 #    against the device's own compile, measured peak memory and step time
 #    (benchmarks/aot_vs_device.py);
 # 4. a TIGHT step (fits once, not beside a second step's temporaries) trained for a few steps
-#    (benchmarks/tight_check.py).
+#    (benchmarks/tight_check.py);
+# 5. if time is left (540 s in all), mpt-1b's matmuls timed under XLA and under PyTorch on the
+#    card (benchmarks/matmul_shapes.py; its table is in session.log).
 # Defaults sized for a 15-minute device lease (about 9 minutes of work): sizes 1b,125m,350m (the
 # one with the MFU target first), batches up to 32, two JAX steps traced, and JAX with unrolled
 # layers beside the scanned default (no per-layer residual copies); later flags win.
@@ -55,5 +57,14 @@ trap pack EXIT
   "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120
   echo "== a TIGHT step, trained"
   "$PYTHON" benchmarks/tight_check.py --suite="$WORK" --timeout_s=120
+  LEFT=$(( 540 - SECONDS ))
+  if [ "$LEFT" -gt 100 ]; then
+    echo "== the step's matmuls under XLA and PyTorch (mpt-1b bf16 batch 8; ${LEFT}s left)"
+    XLA_PYTHON_CLIENT_MEM_FRACTION=.5 timeout "$(( LEFT - 15 ))" "$PYTHON" \
+      benchmarks/matmul_shapes.py --config=configs/mpt.py:1b --dtype=bfloat16 --batch_size=8 \
+      --repeats=5 --markdown
+  else
+    echo "== the step's matmuls: skipped (${LEFT}s left of the 540)"
+  fi
   echo "== done in ${SECONDS}s"
 } 2>&1 | tee "$OUT/session.log"

@@ -92,11 +92,15 @@ def main() -> None:
   state = train.init_state(s)
   batch = jax.device_put(data_lib.make(c, "train").batch(0), s.batch_sharding)
   with sharding.activation_mesh(s.mesh):
-    census = hlo.dots(train.jit_step(s).lower(state, batch).compile().as_text())
+    text = train.jit_step(s).lower(state, batch).compile().as_text()
+  census = hlo.dots(text)
+  fused = text.count('custom_call_target="__cudnn$fmha')
   print(common.header("benchmarks/matmul_shapes.py")
         + f"\ntorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)  config "
         f"{args.config} batch {c.batch_size} {args.dtype}, {len(census)} distinct dots, "
-        f"{sum(census.values())} a step, {args.repeats} alternated timings of {inner} call(s)")
+        f"{sum(census.values())} a step, {args.repeats} alternated timings of {inner} call(s)"
+        + (f"\n(and {fused} cuDNN fused-attention call sites: their matmuls are not dots, not "
+           "timed here)" if fused else ""))
   sep = "|" if args.markdown else " "
   print(f"\n{sep} contraction (einsum, shapes) {sep} dtypes {sep} calls/step {sep} XLA GFLOP/s "
         f"{sep} torch GFLOP/s {sep} XLA speed / torch {sep} XLA ms/step {sep} torch ms/step {sep}")

@@ -61,17 +61,41 @@ _VALUE = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
 _DOT = re.compile(r"%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)")
 _CALL = re.compile(r"(calls|body|to_apply|condition)=%([\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+# A GEMM XLA's GPU backend hands to cuBLAS: a custom call whose backend config holds the dot's
+# dimension numbers; its result may be a (result, workspace) tuple, its operands typed or not.
+_CUBLAS = re.compile(r'= \(?(\w+)\[[\d,]*\][^ ]* .*?custom-call\((.*?)\), '
+                     r'custom_call_target="__cublas\$(?:gemm|lt\$matmul)"(.*)')
+_DIMENSIONS = {"lhs_contracting_dims": "lhs_contracting_dimensions",
+               "rhs_contracting_dims": "rhs_contracting_dimensions",
+               "lhs_batch_dims": "lhs_batch_dimensions", "rhs_batch_dims": "rhs_batch_dimensions"}
 
 
 def _dims(attrs: str, name: str) -> tuple[int, ...]:
+  """A dot's `lhs_contracting_dims={1}`, or a cuBLAS call's `"lhs_contracting_dimensions":["1"]`."""
   m = re.search(name + r"=\{([\d,]*)\}", attrs)
-  return tuple(int(x) for x in m.group(1).split(",") if x) if m else ()
+  if m is None:  # (older XLA prints the backend config as an escaped string)
+    m = re.search('"' + _DIMENSIONS[name] + r'":\[([\d",]*)\]', attrs)
+  return tuple(int(x) for x in m.group(1).replace('"', "").split(",") if x) if m else ()
+
+
+def _gemms(block: str):
+  """(out dtype, lhs name, rhs name, attributes) of each dot and cuBLAS GEMM in a computation."""
+  for line in block.splitlines():
+    m = _DOT.search(line)
+    if m:
+      yield m.groups()
+      continue
+    m = _CUBLAS.search(line)
+    if m:
+      names = re.findall(r"%([\w.\-]+)", m.group(2))
+      yield m.group(1), names[0], names[1], m.group(3).replace('\\"', '"')
 
 
 def dots(hlo_text: str) -> collections.Counter:
   """(lhs shape, rhs shape, dimension_numbers, lhs dtype, rhs dtype, out dtype) -> executions a
-  step, from the compiled step's optimized HLO: each dot as XLA runs it (after its rewrites),
-  those in a loop body (a scan over layers) counted by the loop's trip count."""
+  step, from the compiled step's optimized HLO: each dot as XLA runs it (after its rewrites; on a
+  GPU inside Triton GEMM fusions, or as cuBLAS calls), those in a loop body (a scan over layers)
+  counted by the loop's trip count. Fused attention kernels (cuDNN's) are not dots."""
   blocks, entry = {}, None
   for chunk in re.split(r"\n(?=(?:ENTRY )?%[\w.\-]+ \()", hlo_text):
     m = _COMPUTATION.match(chunk)
@@ -92,7 +116,7 @@ def dots(hlo_text: str) -> collections.Counter:
   visit(entry, 1)
   counts = collections.Counter()
   for name, block in blocks.items():
-    for out_dtype, lhs, rhs, attrs in _DOT.findall(block):
+    for out_dtype, lhs, rhs, attrs in _gemms(block):
       (ld, ls), (rd, rs) = shapes[lhs], shapes[rhs]
       dims = ((_dims(attrs, "lhs_contracting_dims"), _dims(attrs, "rhs_contracting_dims")),
               (_dims(attrs, "lhs_batch_dims"), _dims(attrs, "rhs_batch_dims")))

@@ -204,3 +204,49 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch
     spec = hlo.einsum_spec(len(lhs), len(rhs), dims)
     np.testing.assert_allclose(torch.einsum(spec, torch.from_numpy(a), torch.from_numpy(b)),
                                jax.lax.dot_general(a, b, dims), rtol=1e-4, atol=1e-4)
+
+
+GPU_HLO = r'''HloModule m
+
+%gemm1 (x: f32[2048,512], y: f32[512,256]) -> f32[2048,256] {
+  %y = f32[512,256]{1,0} parameter(1)
+  %x = f32[2048,512]{1,0} parameter(0)
+  %custom-call.1 = (f32[2048,256]{1,0}, s8[33554432]{0}) custom-call(f32[2048,512]{1,0} %x, f32[512,256]{1,0} %y), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"alpha_real":1,"beta":0,"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}
+  ROOT %get-tuple-element = f32[2048,256]{1,0} get-tuple-element((f32[2048,256]{1,0}, s8[33554432]{0}) %custom-call.1), index=0
+}
+
+%gemm_fusion_dot.3_computation (parameter_0: bf16[4,64,32], parameter_1: bf16[4,64,16]) -> bf16[4,32,16] {
+  %parameter_0 = bf16[4,64,32]{2,1,0} parameter(0)
+  %parameter_1 = bf16[4,64,16]{2,1,0} parameter(1)
+  ROOT %dot.7 = bf16[4,32,16]{2,1,0} dot(%parameter_0, %parameter_1), lhs_batch_dims={0}, lhs_contracting_dims={1}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+}
+
+%body (t: (s32[], bf16[4,64,32], bf16[4,64,16])) -> (s32[], bf16[4,64,32], bf16[4,64,16]) {
+  %t = (s32[], bf16[4,64,32]{2,1,0}, bf16[4,64,16]{2,1,0}) parameter(0)
+  %a = bf16[4,64,32]{2,1,0} get-tuple-element(%t), index=1
+  %b = bf16[4,64,16]{2,1,0} get-tuple-element(%t), index=2
+  %g = bf16[4,32,16]{2,1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_fusion_dot.3_computation
+  %e = bf16[4,32,16]{2,1,0} custom-call(%a, %b), custom_call_target="__cublas$gemm", backend_config="{\"alpha_real\":1,\"dot_dimension_numbers\":{\"lhs_contracting_dimensions\":[\"1\"],\"rhs_contracting_dimensions\":[\"1\"],\"lhs_batch_dimensions\":[\"0\"],\"rhs_batch_dimensions\":[\"0\"]}}"
+  ROOT %r = (s32[], bf16[4,64,32]{2,1,0}, bf16[4,64,16]{2,1,0}) tuple(%i, %a, %b)
+}
+
+ENTRY %main (p: f32[2048,512], q: f32[512,256]) -> f32[2048,256] {
+  %p = f32[2048,512]{1,0} parameter(0)
+  %q = f32[512,256]{1,0} parameter(1)
+  %w = (s32[], bf16[4,64,32]{2,1,0}, bf16[4,64,16]{2,1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"6"}}
+  ROOT %call = f32[2048,256]{1,0} call(%p, %q), to_apply=%gemm1
+}
+'''
+
+
+def test_gpu_gemms_are_read_from_triton_fusions_and_cublas_calls():
+  """On a GPU XLA runs a matmul as a Triton GEMM fusion (a dot inside) or a cuBLAS custom call
+  (the dot's dimension numbers in its backend config, JSON or an escaped string); one in a loop
+  body runs once per trip."""
+  from jaxbench import hlo
+  batched = ((4, 64, 32), (4, 64, 16), (((1,), (1,)), ((0,), (0,))), "bfloat16", "bfloat16",
+             "bfloat16")
+  plain = ((2048, 512), (512, 256), (((1,), (0,)), ((), ())), "float32", "float32", "float32")
+  assert hlo.dots(GPU_HLO) == {batched: 12, plain: 1}
+  assert hlo.dot_flops(*batched[:3]) == 2 * 4 * 32 * 16 * 64
+  assert hlo.einsum_spec(3, 3, batched[2]) == "abc,abd->acd"  # batch a, contracting b
