@@ -58,7 +58,9 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ", re.M)
 _VALUE = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
-_DOT = re.compile(r"%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)")
+_OPERAND = r"(?:\S+ )?%([\w.\-]+)"  # `%name`, or `f32[8,4]{1,0} %name` where types are printed
+_DOT = re.compile(r"%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(" + _OPERAND + ", " + _OPERAND
+                  + r"\)(.*)")
 _CALL = re.compile(r"(calls|body|to_apply|condition)=%([\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 # A GEMM XLA's GPU backend hands to cuBLAS: a custom call whose backend config holds the dot's

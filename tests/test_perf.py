@@ -218,7 +218,7 @@ GPU_HLO = r'''HloModule m
 %gemm_fusion_dot.3_computation (parameter_0: bf16[4,64,32], parameter_1: bf16[4,64,16]) -> bf16[4,32,16] {
   %parameter_0 = bf16[4,64,32]{2,1,0} parameter(0)
   %parameter_1 = bf16[4,64,16]{2,1,0} parameter(1)
-  ROOT %dot.7 = bf16[4,32,16]{2,1,0} dot(%parameter_0, %parameter_1), lhs_batch_dims={0}, lhs_contracting_dims={1}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+  ROOT %dot.7 = bf16[4,32,16]{2,1,0} dot(bf16[4,64,32]{2,1,0} %parameter_0, bf16[4,64,16]{2,1,0} %parameter_1), lhs_batch_dims={0}, lhs_contracting_dims={1}, rhs_batch_dims={0}, rhs_contracting_dims={1}
 }
 
 %body (t: (s32[], bf16[4,64,32], bf16[4,64,16])) -> (s32[], bf16[4,64,32], bf16[4,64,16]) {
@@ -240,9 +240,9 @@ ENTRY %main (p: f32[2048,512], q: f32[512,256]) -> f32[2048,256] {
 
 
 def test_gpu_gemms_are_read_from_triton_fusions_and_cublas_calls():
-  """On a GPU XLA runs a matmul as a Triton GEMM fusion (a dot inside) or a cuBLAS custom call
-  (the dot's dimension numbers in its backend config, JSON or an escaped string); one in a loop
-  body runs once per trip."""
+  """On a GPU XLA runs a matmul as a Triton GEMM fusion (a dot inside, its operands' types printed
+  or not) or a cuBLAS custom call (the dot's dimension numbers in its backend config, JSON or an
+  escaped string); one in a loop body runs once per trip."""
   from jaxbench import hlo
   batched = ((4, 64, 32), (4, 64, 16), (((1,), (1,)), ((0,), (0,))), "bfloat16", "bfloat16",
              "bfloat16")
