@@ -561,6 +561,25 @@ class Transformer(nn.Module):
     return logits(x, head)
 
 
+def init_params(model: Transformer, rng, seq_len: int, unbox: bool = True):
+  """The model's initial params for `rng`, the same values whether its layers are scanned or
+  unrolled: unrolled, they are drawn as the scanned model draws them (its per-layer keys) and
+  split per layer, so runs that differ only in scan_layers start from the same weights (flax
+  would otherwise derive each unrolled layer's keys from its name). With unbox=False they keep
+  their logical-axis boxes (for jax.eval_shape, to derive shardings)."""
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  if model.cfg.scan_layers:
+    params = model.init(rng, tokens)["params"]
+    return nn.unbox(params) if unbox else params
+  scanned = Transformer(dataclasses.replace(model.cfg, scan_layers=True))
+  values = unstack_layers(nn.unbox(scanned.init(rng, tokens)["params"]), model.cfg.n_layers)
+  if unbox:
+    return values
+  boxed = model.init(rng, tokens)["params"]
+  return jax.tree.map(lambda box, value: box.replace_boxed(value), boxed, values,
+                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def stack_layers(params, n_layers: int):
   """Unrolled params (layers_0 .. layers_{n-1}) -> the scanned layout (layers, stacked on axis 0)."""
   params = dict(params)

@@ -29,9 +29,7 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng, s
                unbox: bool = True) -> TrainState:
   """Params and optimizer state; with unbox=False the params keep their logical-axis boxes (for
   jax.eval_shape, to derive shardings without allocating anything)."""
-  params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-  if unbox:
-    params = nn.unbox(params)
+  params = model_lib.init_params(model, rng, seq_len, unbox=unbox)
   opt_state = optimizer.init(nn.unbox(params))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 

@@ -222,3 +222,16 @@ def test_bfloat16_compute_float32_params():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   logits = jax.jit(model.Transformer(cfg).apply)({"params": params}, jnp.zeros((1, 8), jnp.int32))
   assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_a_seed_gives_the_same_weights_scanned_or_unrolled(family):
+  """Runs that differ only in scan_layers start from the same weights (flax alone would derive an
+  unrolled layer's keys from its name, so their loss curves differed from the first step)."""
+  scanned, unrolled = make(family, scan_layers=True), make(family, scan_layers=False)
+  key = jax.random.key(3)
+  stacked = model.init_params(model.Transformer(scanned), key, 16)
+  flat = model.init_params(model.Transformer(unrolled), key, 16)
+  jax.tree.map(np.testing.assert_array_equal, flat, model.unstack_layers(stacked, unrolled.n_layers))
+  boxed = jax.eval_shape(lambda: model.init_params(model.Transformer(unrolled), key, 16, unbox=False))
+  assert jax.tree.structure(nn.unbox(boxed)) == jax.tree.structure(flat)

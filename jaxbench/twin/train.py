@@ -120,12 +120,10 @@ def _init_process_group(torch):
 def jax_initial_params(c):
   """The very params the JAX run of this config and seed starts from, as numpy (made on the CPU)."""
   jax = cpu_only_jax()
-  import flax.linen as nn
   from jaxbench import model as model_lib
   cfg = model_lib.ModelConfig.from_config(c, "xla")
   model = model_lib.Transformer(cfg)
-  tokens = jax.numpy.zeros((1, c.seq_len), jax.numpy.int32)
-  init = jax.jit(lambda key: nn.unbox(model.init(key, tokens)["params"]))
+  init = jax.jit(lambda key: model_lib.init_params(model, key, c.seq_len))
   return jax.device_get(init(jax.random.key(c.seed)))
 
 
