@@ -93,17 +93,39 @@ def _gemms(block: str):
       yield m.group(1), names[0], names[1], m.group(3).replace('\\"', '"')
 
 
-def dots(hlo_text: str) -> collections.Counter:
-  """(lhs shape, rhs shape, dimension_numbers, lhs dtype, rhs dtype, out dtype) -> executions a
-  step, from the compiled step's optimized HLO: each dot as XLA runs it (after its rewrites; on a
-  GPU inside Triton GEMM fusions, or as cuBLAS calls), those in a loop body (a scan over layers)
-  counted by the loop's trip count. Fused attention kernels (cuDNN's) are not dots."""
+def _computations(hlo_text: str) -> tuple[dict[str, str], str | None]:
+  """{computation name: its text}, and the entry computation's name."""
   blocks, entry = {}, None
   for chunk in re.split(r"\n(?=(?:ENTRY )?%[\w.\-]+ \()", hlo_text):
     m = _COMPUTATION.match(chunk)
     if m:
       blocks[m.group(1)] = chunk
       entry = m.group(1) if chunk.startswith("ENTRY") else entry
+  return blocks, entry
+
+
+def matmul_ops(hlo_text: str) -> set[str]:
+  """Names of the instructions that run a matmul: dots, cuBLAS calls, and fusions around a dot
+  (the names a CPU or TPU trace gives its ops; jaxbench.profiling sums their time)."""
+  blocks, _ = _computations(hlo_text)
+  with_dot = {name for name, block in blocks.items() if any(True for _ in _gemms(block))}
+  found = set()
+  for block in blocks.values():
+    for line in block.splitlines():
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+      if m and (_DOT.search(line) or _CUBLAS.search(line)
+                or any(callee in with_dot for kind, callee in _CALL.findall(line)
+                       if kind == "calls")):
+        found.add(m.group(1))
+  return found
+
+
+def dots(hlo_text: str) -> collections.Counter:
+  """(lhs shape, rhs shape, dimension_numbers, lhs dtype, rhs dtype, out dtype) -> executions a
+  step, from the compiled step's optimized HLO: each dot as XLA runs it (after its rewrites; on a
+  GPU inside Triton GEMM fusions, or as cuBLAS calls), those in a loop body (a scan over layers)
+  counted by the loop's trip count. Fused attention kernels (cuDNN's) are not dots."""
+  blocks, entry = _computations(hlo_text)
   shapes = {name: (dtype, tuple(int(d) for d in dims.split(",") if d))
             for name, dtype, dims in _VALUE.findall(hlo_text)}
   runs = collections.Counter()

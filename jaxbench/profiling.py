@@ -21,6 +21,8 @@ import sys
 
 import jax
 
+from jaxbench import hlo
+
 PROFILE_DIR = "profile"
 HLO_DIR = "hlo"
 
@@ -162,15 +164,21 @@ def top_ops(workdir: str, top: int = 25) -> str:
   if not traces:
     raise FileNotFoundError(f"no .xplane.pb among {profile['files']}")
   totals = op_times(traces[0])
-  sources = {}
+  sources, matmuls = {}, set()
   if info.get("hlo"):
     with open(os.path.join(workdir, info["hlo"]["optimized_hlo"])) as f:
-      sources = hlo_sources(f.read())
+      text = f.read()
+    sources, matmuls = hlo_sources(text), hlo.matmul_ops(text)
   steps = profile["steps"][1] - profile["steps"][0] + 1
   all_ns = sum(totals.values()) or 1
   lines = [f"XLA ops of steps {profile['steps'][0]}-{profile['steps'][1]} by total time "
-           f"(summed over threads: {all_ns / 1e9:.2f}s, {all_ns / 1e9 / steps:.2f}s per step)",
-           f"{'ms/step':>9} {'share':>6}  op  <- model code"]
+           f"(summed over threads: {all_ns / 1e9:.2f}s, {all_ns / 1e9 / steps:.2f}s per step)"]
+  matmul_ns = sum(ns for name, ns in totals.items() if name in matmuls)
+  if matmul_ns:  # (a GPU trace names kernels, not HLO instructions: no such line there)
+    lines.append(f"matmuls (dots and the fusions around them): {matmul_ns / 1e6 / steps:.1f} "
+                 f"ms/step, {matmul_ns / all_ns:.1%}; everything else "
+                 f"{(all_ns - matmul_ns) / 1e6 / steps:.1f} ms/step")
+  lines.append(f"{'ms/step':>9} {'share':>6}  op  <- model code")
   for name, ns in totals.most_common(top):
     source = sources.get(name, "")
     lines.append(f"{ns / 1e6 / steps:9.1f} {ns / all_ns:6.1%}  {name}"

@@ -38,9 +38,13 @@ def test_profile_steps_writes_a_trace_named_in_run_json(profiled_run):
   assert summary["timed_steps"] == 2 and summary["status"] == "finished"
 
 
-def test_top_ops_names_the_model_code(profiled_run):
+def test_top_ops_names_the_model_code_and_the_matmuls_share(profiled_run):
+  import re
   text = profiling.top_ops(profiled_run[0], top=5)
   assert "ms/step" in text and "<- jit(train_step)" in text, text
+  # With the HLO kept, the matmuls' share of the op time: the dot fusions the trace timed.
+  share = re.search(r"matmuls \(dots and the fusions around them\): [\d.]+ ms/step, ([\d.]+)%", text)
+  assert share and 0 < float(share.group(1)) < 100, text
 
 
 def test_dump_hlo_keeps_the_compiled_step(profiled_run):
@@ -250,3 +254,6 @@ def test_gpu_gemms_are_read_from_triton_fusions_and_cublas_calls():
   assert hlo.dots(GPU_HLO) == {batched: 12, plain: 1}
   assert hlo.dot_flops(*batched[:3]) == 2 * 4 * 32 * 16 * 64
   assert hlo.einsum_spec(3, 3, batched[2]) == "abc,abd->acd"  # batch a, contracting b
+  # The instructions a trace would time as matmuls: the GEMM fusion and both cuBLAS calls.
+  assert {"g", "e", "custom-call.1"} <= hlo.matmul_ops(GPU_HLO)
+  assert not {"a", "b", "w", "call", "r"} & hlo.matmul_ops(GPU_HLO)
