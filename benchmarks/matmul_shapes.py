@@ -12,7 +12,9 @@ one ran at that rate (count x median time). A dot in a loop body (the scan over 
 once per trip. The copies XLA adds around a dot in the step (operands written transposed) are
 not in its time here; each side runs its own library's best form of the contraction. On a GPU
 (JAX's CUDA or ROCm backend, PyTorch on the same card) each timing is of 20 calls back to back,
-then the device waited for.
+then the device waited for, and float32 matmuls run as the twin runs them
+(torch.float32_matmul_precision, TF32 by default as XLA's). torch.einsum writes its inputs'
+dtype: where XLA's dot takes bfloat16 and writes float32, PyTorch's writes bfloat16.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import jax
 import numpy as np
 
 from jaxbench import hlo
-
 
 
 def time_pair(key, repeats: int, inner: int, device: str):
@@ -84,23 +85,26 @@ def main() -> None:
     parser.error(f"JAX runs on {jax.default_backend()}; PyTorch can only be timed on a CPU or GPU")
   inner = args.inner or (20 if device == "cuda" else 1)
 
-  from jaxbench import data as data_lib, sharding, train
+  from jaxbench import data as data_lib, train
 
   overrides = {"batch_size": args.batch_size} if args.batch_size else {}
   c = common.load(args.config, dtype=args.dtype, **overrides)
+  if device == "cuda":  # float32 as the twin multiplies it (TF32 by default, as XLA's dots)
+    torch.set_float32_matmul_precision(c.torch.float32_matmul_precision)
   s = train.build(c)
-  state = train.init_state(s)
   batch = jax.device_put(data_lib.make(c, "train").batch(0), s.batch_sharding)
-  with sharding.activation_mesh(s.mesh):
-    text = train.jit_step(s).lower(state, batch).compile().as_text()
+  text = train.lower_step(s, train.abstract_state(s), batch).compile().as_text()
   census = hlo.dots(text)
   fused = text.count('custom_call_target="__cudnn$fmha')
+  untripped = hlo.loops_without_trip_count(text)
   print(common.header("benchmarks/matmul_shapes.py")
         + f"\ntorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)  config "
         f"{args.config} batch {c.batch_size} {args.dtype}, {len(census)} distinct dots, "
         f"{sum(census.values())} a step, {args.repeats} alternated timings of {inner} call(s)"
         + (f"\n(and {fused} cuDNN fused-attention call sites: their matmuls are not dots, not "
-           "timed here)" if fused else ""))
+           "timed here)" if fused else "")
+        + (f"\n(and {untripped} loop(s) of no known trip count: their dots counted once)"
+           if untripped else ""))
   sep = "|" if args.markdown else " "
   print(f"\n{sep} contraction (einsum, shapes) {sep} dtypes {sep} calls/step {sep} XLA GFLOP/s "
         f"{sep} torch GFLOP/s {sep} XLA speed / torch {sep} XLA ms/step {sep} torch ms/step {sep}")

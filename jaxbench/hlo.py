@@ -61,12 +61,14 @@ _VALUE = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
 _OPERAND = r"(?:\S+ )?%([\w.\-]+)"  # `%name`, or `f32[8,4]{1,0} %name` where types are printed
 _DOT = re.compile(r"%[\w.\-]+ = (\w+)\[[\d,]*\]\S* dot\(" + _OPERAND + ", " + _OPERAND
                   + r"\)(.*)")
-_CALL = re.compile(r"(calls|body|to_apply|condition)=%([\w.\-]+)")
+_CALL = re.compile(r"(calls|body|to_apply|condition|true_computation|false_computation)"
+                   r"=%([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 # A GEMM XLA's GPU backend hands to cuBLAS: a custom call whose backend config holds the dot's
 # dimension numbers; its result may be a (result, workspace) tuple, its operands typed or not.
 _CUBLAS = re.compile(r'= \(?(\w+)\[[\d,]*\][^ ]* .*?custom-call\((.*?)\), '
-                     r'custom_call_target="__cublas\$(?:gemm|lt\$matmul)"(.*)')
+                     r'custom_call_target="__cublas\$(?:gemm|lt\$matmul(?:\$f8)?)"(.*)')
 _DIMENSIONS = {"lhs_contracting_dims": "lhs_contracting_dimensions",
                "rhs_contracting_dims": "rhs_contracting_dimensions",
                "lhs_batch_dims": "lhs_batch_dimensions", "rhs_batch_dims": "rhs_batch_dimensions"}
@@ -75,7 +77,7 @@ _DIMENSIONS = {"lhs_contracting_dims": "lhs_contracting_dimensions",
 def _dims(attrs: str, name: str) -> tuple[int, ...]:
   """A dot's `lhs_contracting_dims={1}`, or a cuBLAS call's `"lhs_contracting_dimensions":["1"]`."""
   m = re.search(name + r"=\{([\d,]*)\}", attrs)
-  if m is None:  # (older XLA prints the backend config as an escaped string)
+  if m is None:
     m = re.search('"' + _DIMENSIONS[name] + r'":\[([\d",]*)\]', attrs)
   return tuple(int(x) for x in m.group(1).replace('"', "").split(",") if x) if m else ()
 
@@ -90,6 +92,7 @@ def _gemms(block: str):
     m = _CUBLAS.search(line)
     if m:
       names = re.findall(r"%([\w.\-]+)", m.group(2))
+      # (older XLA prints the backend config as an escaped string)
       yield m.group(1), names[0], names[1], m.group(3).replace('\\"', '"')
 
 
@@ -104,28 +107,61 @@ def _computations(hlo_text: str) -> tuple[dict[str, str], str | None]:
   return blocks, entry
 
 
+def _callees(line: str):
+  """(kind, computation) of each computation an instruction calls: fusions (calls), loops
+  (condition, body), reductions (to_apply), conditionals (their branches)."""
+  yield from _CALL.findall(line)
+  for group in _BRANCHES.findall(line):
+    yield from (("branch", name) for name in re.findall(r"%([\w.\-]+)", group))
+
+
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = ")
+
+
 def matmul_ops(hlo_text: str) -> set[str]:
-  """Names of the instructions that run a matmul: dots, cuBLAS calls, and fusions around a dot
-  (the names a CPU or TPU trace gives its ops; jaxbench.profiling sums their time)."""
+  """Names of the instructions that run a matmul: dots, cuBLAS calls, and fusions with a dot
+  inside (at any depth). These are the op names of a CPU trace; jaxbench.profiling sums their
+  time. (A GPU trace names kernels instead; a TPU's HLO writes many matmuls as convolutions.)"""
   blocks, _ = _computations(hlo_text)
   with_dot = {name for name, block in blocks.items() if any(True for _ in _gemms(block))}
+  while True:  # a fusion whose computation holds a fusion with a dot holds a dot too
+    more = {name for name, block in blocks.items() if name not in with_dot
+            and any(kind == "calls" and callee in with_dot
+                    for line in block.splitlines() for kind, callee in _callees(line))}
+    if not more:
+      break
+    with_dot |= more
   found = set()
   for block in blocks.values():
     for line in block.splitlines():
-      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+      m = _INSTRUCTION.match(line)
       if m and (_DOT.search(line) or _CUBLAS.search(line)
-                or any(callee in with_dot for kind, callee in _CALL.findall(line)
-                       if kind == "calls")):
+                or any(kind == "calls" and callee in with_dot for kind, callee in _callees(line))):
         found.add(m.group(1))
   return found
+
+
+def control_flow_ops(hlo_text: str) -> set[str]:
+  """Names of the loops, calls and conditionals: a CPU trace's event for one spans ops that are
+  events of their own, so a sum over events leaves them out."""
+  return {m.group(1) for line in hlo_text.splitlines()
+          if (m := _INSTRUCTION.match(line)) and re.search(r" (while|call|conditional)\(", line)}
+
+
+def loops_without_trip_count(hlo_text: str) -> int:
+  """How many while loops XLA gives no known trip count (dots() counts their bodies once)."""
+  return sum(1 for line in hlo_text.splitlines()
+             if re.search(r" while\(", line) and not _TRIP.search(line))
 
 
 def dots(hlo_text: str) -> collections.Counter:
   """(lhs shape, rhs shape, dimension_numbers, lhs dtype, rhs dtype, out dtype) -> executions a
   step, from the compiled step's optimized HLO: each dot as XLA runs it (after its rewrites; on a
   GPU inside Triton GEMM fusions, or as cuBLAS calls), those in a loop body (a scan over layers)
-  counted by the loop's trip count. Fused attention kernels (cuDNN's) are not dots."""
+  counted by the loop's trip count (once where XLA knows none: loops_without_trip_count), both
+  branches of a conditional counted. Fused attention kernels (cuDNN's) are not dots."""
   blocks, entry = _computations(hlo_text)
+  # (instruction names are unique within an HLO module)
   shapes = {name: (dtype, tuple(int(d) for d in dims.split(",") if d))
             for name, dtype, dims in _VALUE.findall(hlo_text)}
   runs = collections.Counter()
@@ -134,7 +170,7 @@ def dots(hlo_text: str) -> collections.Counter:
     runs[name] += times
     for line in blocks.get(name, "").splitlines():
       trip = _TRIP.search(line)
-      for kind, callee in _CALL.findall(line):
+      for kind, callee in _callees(line):
         visit(callee, times * (int(trip.group(1)) if trip and kind == "body" else 1))
 
   visit(entry, 1)
@@ -144,8 +180,9 @@ def dots(hlo_text: str) -> collections.Counter:
       (ld, ls), (rd, rs) = shapes[lhs], shapes[rhs]
       dims = ((_dims(attrs, "lhs_contracting_dims"), _dims(attrs, "rhs_contracting_dims")),
               (_dims(attrs, "lhs_batch_dims"), _dims(attrs, "rhs_batch_dims")))
-      key = (ls, rs, dims, _DTYPE_NAMES[ld], _DTYPE_NAMES[rd], _DTYPE_NAMES[out_dtype])
-      counts[key] += runs[name]
+      key = (ls, rs, dims, *(_DTYPE_NAMES.get(d, d) for d in (ld, rd, out_dtype)))
+      if runs[name]:
+        counts[key] += runs[name]
   return counts
 
 

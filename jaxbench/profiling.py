@@ -169,10 +169,18 @@ def top_ops(workdir: str, top: int = 25) -> str:
     with open(os.path.join(workdir, info["hlo"]["optimized_hlo"])) as f:
       text = f.read()
     sources, matmuls = hlo_sources(text), hlo.matmul_ops(text)
+    control_flow = hlo.control_flow_ops(text)
+  else:
+    control_flow = {name for name in totals
+                    if re.fullmatch(r"(while|call|conditional)(\.\d+)?", name)}
+  # A loop's (call's) own event spans ops that have events of their own: left out of the sums.
+  for name in control_flow:
+    totals.pop(name, None)
   steps = profile["steps"][1] - profile["steps"][0] + 1
   all_ns = sum(totals.values()) or 1
   lines = [f"XLA ops of steps {profile['steps'][0]}-{profile['steps'][1]} by total time "
-           f"(summed over threads: {all_ns / 1e9:.2f}s, {all_ns / 1e9 / steps:.2f}s per step)"]
+           f"(summed over threads: {all_ns / 1e9:.2f}s, {all_ns / 1e9 / steps:.2f}s per step; "
+           f"loops' own events left out)"]
   matmul_ns = sum(ns for name, ns in totals.items() if name in matmuls)
   if matmul_ns:  # (a GPU trace names kernels, not HLO instructions: no such line there)
     lines.append(f"matmuls (dots and the fusions around them): {matmul_ns / 1e6 / steps:.1f} "

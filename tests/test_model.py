@@ -232,6 +232,8 @@ def test_a_seed_gives_the_same_weights_scanned_or_unrolled(family):
   key = jax.random.key(3)
   stacked = model.init_params(model.Transformer(scanned), key, 16)
   flat = model.init_params(model.Transformer(unrolled), key, 16)
-  jax.tree.map(np.testing.assert_array_equal, flat, model.unstack_layers(stacked, unrolled.n_layers))
-  boxed = jax.eval_shape(lambda: model.init_params(model.Transformer(unrolled), key, 16, unbox=False))
+  jax.tree.map(np.testing.assert_array_equal, flat,
+               model.unstack_layers(stacked, unrolled.n_layers))
+  boxed = jax.eval_shape(
+      lambda: model.init_params(model.Transformer(unrolled), key, 16, unbox=False))
   assert jax.tree.structure(nn.unbox(boxed)) == jax.tree.structure(flat)

@@ -43,7 +43,8 @@ def test_top_ops_names_the_model_code_and_the_matmuls_share(profiled_run):
   text = profiling.top_ops(profiled_run[0], top=5)
   assert "ms/step" in text and "<- jit(train_step)" in text, text
   # With the HLO kept, the matmuls' share of the op time: the dot fusions the trace timed.
-  share = re.search(r"matmuls \(dots and the fusions around them\): [\d.]+ ms/step, ([\d.]+)%", text)
+  share = re.search(r"matmuls \(dots and the fusions around them\): [\d.]+ ms/step, ([\d.]+)%",
+                    text)
   assert share and 0 < float(share.group(1)) < 100, text
 
 
@@ -265,3 +266,23 @@ def test_gpu_gemms_are_read_from_triton_fusions_and_cublas_calls():
   # The instructions a trace would time as matmuls: the GEMM fusion and both cuBLAS calls.
   assert {"g", "e", "custom-call.1"} <= hlo.matmul_ops(GPU_HLO)
   assert not {"a", "b", "w", "call", "r"} & hlo.matmul_ops(GPU_HLO)
+  assert hlo.control_flow_ops(GPU_HLO) == {"w", "call"}
+  assert hlo.loops_without_trip_count(GPU_HLO) == 0
+
+
+def test_dots_in_conditional_branches_and_loops_of_unknown_trip_count_are_counted():
+  """Each branch of a conditional counts (an upper bound on what runs); a loop of no known trip
+  count counts once and is reported."""
+  from jaxbench import hlo
+
+  def dots_of(f, *args):
+    return hlo.dots(jax.jit(f).lower(*args).compile().as_text())
+
+  x = jnp.ones((16, 32))
+  w = jnp.ones((32, 32))
+  branches = dots_of(lambda p, x, w: jax.lax.cond(p, lambda: x @ w, lambda: (x @ w) @ w),
+                     True, x, w)
+  assert sum(branches.values()) == 3, branches
+  text = jax.jit(lambda n, x, w: jax.lax.fori_loop(0, n, lambda i, y: y @ w, x)).lower(
+      4, x, w).compile().as_text()
+  assert sum(hlo.dots(text).values()) == 1 and hlo.loops_without_trip_count(text) == 1
