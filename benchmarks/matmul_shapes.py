@@ -85,7 +85,7 @@ def main() -> None:
     parser.error(f"JAX runs on {jax.default_backend()}; PyTorch can only be timed on a CPU or GPU")
   inner = args.inner or (20 if device == "cuda" else 1)
 
-  from jaxbench import data as data_lib, train
+  from jaxbench import compile as compile_lib, data as data_lib, train
 
   overrides = {"batch_size": args.batch_size} if args.batch_size else {}
   c = common.load(args.config, dtype=args.dtype, **overrides)
@@ -95,7 +95,8 @@ def main() -> None:
   batch = jax.device_put(data_lib.make(c, "train").batch(0), s.batch_sharding)
   text = train.lower_step(s, train.abstract_state(s), batch).compile().as_text()
   census = hlo.dots(text)
-  fused = text.count('custom_call_target="__cudnn$fmha')
+  fused = sum(n for kind, n in compile_lib.kernel_report(text).items()
+              if kind.startswith("cuDNN attention"))
   untripped = hlo.loops_without_trip_count(text)
   print(common.header("benchmarks/matmul_shapes.py")
         + f"\ntorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)  config "
