@@ -128,10 +128,10 @@ def queue_ahead(memory_analysis: dict, limit: int | None, runs_inline: bool = Fa
   would finish it inside this step's time, so each step is timed from its own dispatch. A queued
   step needs its temporaries while those of the step in flight may still be held (the runtime
   releases them once that step is done), so with a step whose total plus a second set of
-  temporaries exceeds the allocator's limit the loop runs one step at a time. On an H200, such steps (mpt-1b batch 8:
-  74 of 105 GiB, 59.6 GiB of temporaries) ran one step and ran out of memory in the second with
-  queueing on (benchmarks/RESULTS.md); that queueing is the cause is the likely reading, not a
-  verified one."""
+  temporaries exceeds the allocator's limit the loop runs one step at a time. On an H200, such
+  steps (mpt-1b batch 8: 74 of 105 GiB, 59.6 GiB of temporaries) ran one step and ran out of
+  memory in the second with queueing on (benchmarks/RESULTS.md). One at a time, the loop also
+  transfers each batch only once the step before is done (see _train)."""
   if runs_inline:
     return False, ("off: JAX runs CPU steps on the calling thread (host_allocator), each step "
                    "timed from its dispatch")
@@ -473,11 +473,17 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   p.status = "training"
   saving = checkpointer is not None and checkpointer.enabled
   evaluate = _evaluator(setup, eval_data, put) if eval_data is not None else None
-  prefetch = data_lib.Prefetcher(lambda s: put(train_data.batch(s)), start_step + 1, c.steps)
+  # With steps queued ahead the prefetcher also transfers batches, overlapping the device's work.
+  # One step at a time, it makes them on the host and the loop transfers each once the step
+  # before is done: a batch put on the device while a step runs lands past that step's
+  # temporaries and, once they are freed, splits the free memory, so a step that fits alone
+  # finds no block for its temporaries (seen on an H200: benchmarks/RESULTS.md).
+  make = (lambda s: put(train_data.batch(s))) if ahead else train_data.batch
+  prefetch = data_lib.Prefetcher(make, start_step + 1, c.steps)
   trace = profiling.StepTrace(out.path, config_lib.profile_steps(c))
   try:
     _loop(setup, peak, out, p, stop, say, compiled, state, batch, prefetch, evaluate,
-          checkpointer if saving else None, start_step, trace, ahead)
+          checkpointer if saving else None, start_step, trace, ahead, put)
   finally:
     prefetch.close()
     trace.stop()
@@ -505,7 +511,10 @@ def _evaluator(setup: Setup, eval_data, put):
 
 def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, state, batch, prefetch,
           evaluate, checkpointer, start_step: int, trace: profiling.StepTrace,
-          queue_next: bool = True) -> None:
+          queue_next: bool = True, put=None) -> None:
+  """Runs steps start_step+1 .. c.steps. With `queue_next` the prefetcher hands over batches
+  already on the device; without it, host batches that `put` transfers just before their step,
+  when nothing of the step before is left on the device but the state."""
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
   n_devices = len(setup.devices)
@@ -516,6 +525,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
   for i in range(start_step, c.steps):
     step = i + 1
     state, metrics = pending
+    pending = None  # the device_get below then frees this step's outputs before the next dispatch
     # A stop request is honoured between steps: the step in flight is finished, recorded and
     # (with checkpoints on) saved. Every process must agree on it.
     stopping = _any_process(stop.signal_name is not None)
@@ -553,7 +563,10 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
     if not ahead and next_batch is not None and finite:
       trace.before_dispatch(step + 1)
       t_prev = time.perf_counter()
+      if not queue_next:
+        next_batch = put(next_batch)  # in the step's time: nothing overlaps the transfer here
       pending = compiled(state, next_batch)  # the device works while we write this step down
+      next_batch = None  # the runtime holds the batch until its step is done, then frees it
     record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                                 tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
     record["data_wait_s"] = data_wait_s

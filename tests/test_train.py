@@ -232,3 +232,33 @@ def test_the_next_step_is_queued_only_with_room_for_a_second_steps_temporaries()
   # No allocator limit (the CPU) or no analysis: queued, as before.
   assert train.queue_ahead(batch8, None)[0] and train.queue_ahead({}, limit)[0]
   assert not train.queue_ahead({}, None, runs_inline=True)[0]  # inline steps: never queued
+
+
+def test_one_step_at_a_time_leaves_only_the_state_on_the_device_at_each_dispatch(
+    tmp_path, monkeypatch):
+  """Without queueing, a step's temporaries must find the device as the step before left it: a
+  batch staged while a step runs, or that step's outputs still held, sit past its temporaries and
+  split the memory they free (an H200 step needing 60 of 105 GiB ran out in its second step)."""
+  import gc
+  monkeypatch.setattr(train, "queue_ahead", lambda *a, **k: (False, "off: test"))
+  real_loop, extras = train._loop, []
+
+  def spy_loop(*args):
+    args, compiled, first = list(args), args[6], args[8]
+
+    def dispatch(state, batch):
+      gc.collect()
+      ours = {id(a) for a in jax.tree.leaves((state, batch, first))}
+      extras.append(sorted((a.shape, str(a.dtype)) for a in jax.live_arrays()
+                           if id(a) not in ours and id(a) not in before))
+      return compiled(state, batch)
+
+    args[6] = dispatch
+    return real_loop(*args)
+
+  monkeypatch.setattr(train, "_loop", spy_loop)
+  gc.collect()
+  before = {id(a) for a in jax.live_arrays()}
+  summary = train.run(nano(steps=6, log_every=0), str(tmp_path / "run"))
+  assert summary["status"] == "finished"
+  assert extras == [[]] * 6, extras
