@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Compute dtype of activations and matmuls; parameters and optimizer state stay float32.
   c.dtype = "float32"
   # The loss forms the logits this many sequence positions at a time, with their gradients in the
-  # same pass (no recomputation), so only [batch, loss_chunk_size, vocab] float32 logits exist at
+  # same pass (no recomputation), so only [batch, loss_chunk_size, vocab] logits exist at
   # once instead of the whole batch's; 0, or a sequence no longer than this: all positions at once.
   # Same function either way, to float32 rounding.
   c.loss_chunk_size = 512

@@ -101,10 +101,11 @@ def predict(c, mesh_shape: dict[str, int], attention: str | None = None) -> dict
   attention = attention or m.attention
   kept, full_set = _activation_bytes_per_token(c, m.remat, tensor, attention == "cudnn")
   a = DTYPE_BYTES[c.dtype]
-  # Logits are float32 whatever the dtype; the backward pass holds them and their gradient, rounded
-  # to the compute dtype for the output layer's matmuls (model.einsum_f32).
+  # The output layer's matmul writes the logits in the compute dtype (model.logits; the loss widens
+  # them to float32 as it reads them), and the backward pass holds them and their gradient, also
+  # in the compute dtype.
   logit_positions = (c.loss_chunk_size if 0 < c.loss_chunk_size < c.seq_len else c.seq_len)
-  logits = batch_per_device * logit_positions * (m.vocab_size // tensor) * (4 + a)
+  logits = batch_per_device * logit_positions * (m.vocab_size // tensor) * 2 * a
   parts = {
       "params": params,
       "gradients": params * (2 if c.microbatches > 1 else 1),  # + the accumulator

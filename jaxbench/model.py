@@ -480,40 +480,20 @@ def block_class(c: ModelConfig):
   return nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def einsum_f32(equation, a, b):
-  """jnp.einsum accumulated in and returned as float32 (logits, attention scores: what softmax
-  and the loss read). Its backward runs like every other layer's, in the operands' dtype: the
-  float32 gradient is rounded to it before the two matmuls. Left to autodiff, the float32
-  cotangent would make both float32 matmuls (TF32 at half the bf16 rate on an H100, f32 on a
-  CPU); PyTorch's autocast rounds the same way."""
-  return jnp.einsum(equation, a, b, preferred_element_type=jnp.float32)
-
-
-def _einsum_f32_fwd(equation, a, b):
-  return einsum_f32(equation, a, b), (a, b)
-
-
-def _einsum_f32_bwd(equation, residuals, g):
-  a, b = residuals
-  # jax.vjp traces the product itself too; nothing reads it, so XLA drops it (three dots per
-  # product in the compiled step, as with plain autodiff).
-  out, pullback = jax.vjp(lambda a, b: jnp.einsum(equation, a, b), a, b)
-  return pullback(g.astype(out.dtype))
-
-
-einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
-
-
 def logits(x, head):
-  """Final hidden states [B, S, d] x output matrix [d, vocab] -> float32 logits [B, S, vocab]."""
-  out = einsum_f32("bsd,dv->bsv", x, head)
+  """Final hidden states [B, S, d] x output matrix [d, vocab] -> float32 logits [B, S, vocab].
+  The matmul writes them in the compute dtype, as PyTorch's autocast does (the twin's
+  `F.linear(x, head).float()`): in bfloat16 the output layer's matmul writes half the bytes, and
+  each pass of the loss over them reads half, while the loss still computes in float32 (XLA fuses
+  the widening into its reductions). The backward rounds the float32 gradient to the compute dtype
+  before both of the layer's matmuls, as every other layer's does."""
+  out = jnp.einsum("bsd,dv->bsv", x, head).astype(jnp.float32)
   return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
 
 
 def head_matmul_grads(x, head, dlogits):
-  """(dx, dhead) of logits(x, head) for the logits' gradient `dlogits`, as einsum_f32's backward
-  computes them but accumulated in float32 (the chunked loss sums dhead over chunks)."""
+  """(dx, dhead) of logits(x, head) for the logits' gradient `dlogits`, as its backward computes
+  them but accumulated in float32 (the chunked loss sums dhead over chunks)."""
   g = dlogits.astype(jnp.result_type(x, head))
   dx = jnp.einsum("bsv,dv->bsd", g, head, preferred_element_type=jnp.float32)
   dhead = jnp.einsum("bsd,bsv->dv", x, g, preferred_element_type=jnp.float32)

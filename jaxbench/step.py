@@ -46,8 +46,8 @@ def cross_entropy(logits, targets):
 
 def chunked_cross_entropy(x, head, targets, chunk: int):
   """cross_entropy(model_lib.logits(x, head), targets), forming the logits `chunk` sequence
-  positions at a time, so no more than [B, chunk, vocab] float32 logits ever exist (the whole
-  batch's would be B * S * vocab * 4 bytes: 1.6 GiB for MPT's vocab at 8 x 2048).
+  positions at a time, so no more than [B, chunk, vocab] logits ever exist (the whole batch's
+  would be B * S * vocab * 4 bytes in float32: 3.1 GiB for MPT's vocab at 8 x 2048).
 
   Under differentiation the gradients with respect to x and the output matrix are formed chunk by
   chunk in the same pass, from each chunk's softmax (d loss / d logits = (softmax - one_hot) / N),
@@ -71,11 +71,17 @@ def _chunked_ce_pass(x, head, targets, chunk: int, with_grads: bool):
   def one_chunk(carry, inputs):
     total, dhead = carry
     x_chunk, t_chunk, valid_chunk = inputs
+    # One max and one sum of exponentials serve the loss and the softmax of its gradient: each
+    # is a pass over the chunk's [B, chunk, vocab] logits (the widening to float32 fused in), and
+    # the gradient is one more; optax's loss and jax.nn.softmax would each take their own.
     logits = model_lib.logits(x_chunk, head)
-    total = total + jnp.sum(jnp.where(valid_chunk, token_losses(logits, t_chunk), 0.0))
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    log_z = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+    losses = (log_z - jnp.take_along_axis(shifted, t_chunk[..., None], axis=-1))[..., 0]
+    total = total + jnp.sum(jnp.where(valid_chunk, losses, 0.0))
     if not with_grads:
       return (total, dhead), None
-    dlogits = ((jax.nn.softmax(logits, axis=-1)
+    dlogits = ((jnp.exp(shifted - log_z)
                 - jax.nn.one_hot(t_chunk, logits.shape[-1], dtype=jnp.float32))
                * (valid_chunk[..., None] / tokens))
     dx, dhead_chunk = model_lib.head_matmul_grads(x_chunk, head, dlogits)

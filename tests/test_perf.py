@@ -111,9 +111,18 @@ def test_bf16_step_has_no_float32_matmul(chunk):
 
   grad, args = _loss_grad(nano(seq_len=64, dtype="bfloat16"), chunk)
   text = grad.lower(*args).as_text()
-  dots = re.findall(r"stablehlo.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)", text)
+  dots = re.findall(r"stablehlo.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> "
+                    r"(tensor<[^>]*>)", text)
   assert len(dots) >= 20, len(dots)
   assert not [d for d in dots if "f32" in d[0] or "f32" in d[1]], dots
+  # The output layer writes bf16 logits (the loss widens them as it reads them): float32 ones
+  # would double the bytes of the loss's passes over [tokens, vocab]. (Its weight gradient,
+  # [d_model, vocab], accumulates over the loss's chunks in float32.)
+  m = nano().model
+  logits = [d for d in dots if d[2].endswith(f"x{m.vocab_size}xbf16>")
+            or d[2].endswith(f"x{m.vocab_size}xf32>")]
+  logits = [d for d in logits if not d[2].startswith(f"tensor<{m.d_model}x")]
+  assert logits and all("bf16" in d[2] for d in logits), logits
 
 
 def test_cpu_step_does_not_transpose_the_mlp_gradient():
