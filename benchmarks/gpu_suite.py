@@ -82,6 +82,7 @@ def config_for(args, size: str, batch: int, framework: str) -> list[str]:
   if traced:
     first, _, last = args.profile_jax.partition(":")
     flags.append(f"--config.profile_steps={int(first) + args.warmup}:{int(last) + args.warmup}")
+    flags.append("--config.dump_hlo=True")  # profiling's table then names each kernel's model code
   if args.seq_len:
     flags.append(f"--config.seq_len={args.seq_len}")
   if args.dtype:

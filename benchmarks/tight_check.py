@@ -44,6 +44,7 @@ def train_flags(flags: list[str], batch: int, steps: int) -> list[str]:
   """The suite run's flags at another batch, for `steps` steps, nothing traced."""
   keep = [f for f in flags if not f.startswith(("--config.batch_size=", "--config.steps=",
                                                 "--config.profile_steps=",
+                                                "--config.dump_hlo=",
                                                 "--config.warmup_steps_excluded="))]
   return keep + [f"--config.batch_size={batch}", f"--config.steps={steps}",
                  f"--config.warmup_steps_excluded={min(2, steps - 1)}"]

@@ -148,6 +148,21 @@ def hlo_sources(hlo_text: str) -> dict[str, str]:
   return found
 
 
+# GEMM kernels of the GPU libraries (cuBLAS's nvjet and xmma/cutlass kernels): a custom call's
+# kernel is named by its library, not after its HLO instruction.
+_LIBRARY_GEMM = re.compile(r"nvjet|cublas|cutlass|xmma_gemm|^sm\d+_.*gemm", re.I)
+
+
+def kernel_names(instructions) -> dict[str, str]:
+  """{trace event name: HLO instruction}: each instruction under its own name (the events of CPU
+  and TPU traces) and under its GPU kernel's (XLA names a fusion's kernel after it, '.' and '-'
+  written '_': loop_convert_fusion_9 is loop_convert_fusion.9). Library kernels (cuBLAS, cuDNN)
+  are named by their library and found under neither."""
+  found = {re.sub(r"[.\-]", "_", name): name for name in instructions}
+  found.update({name: name for name in instructions})
+  return found
+
+
 def top_ops(workdir: str, top: int = 25) -> str:
   with open(os.path.join(workdir, "run.json")) as f:
     info = json.load(f)
@@ -176,13 +191,19 @@ def top_ops(workdir: str, top: int = 25) -> str:
   # A loop's (call's) own event spans ops that have events of their own: left out of the sums.
   for name in control_flow:
     totals.pop(name, None)
+  if sources:  # GPU kernels are named after their fusions: find each one's instruction
+    by_event = kernel_names(set(sources) | matmuls)
+    instruction = {event: by_event.get(event) for event in totals}
+    sources = {event: sources.get(i, "") for event, i in instruction.items() if i}
+    matmuls = {event for event, i in instruction.items()
+               if i in matmuls or (i is None and _LIBRARY_GEMM.search(event))}
   steps = profile["steps"][1] - profile["steps"][0] + 1
   all_ns = sum(totals.values()) or 1
   lines = [f"XLA ops of steps {profile['steps'][0]}-{profile['steps'][1]} by total time "
            f"(summed over threads: {all_ns / 1e9:.2f}s, {all_ns / 1e9 / steps:.2f}s per step; "
            f"loops' own events left out)"]
   matmul_ns = sum(ns for name, ns in totals.items() if name in matmuls)
-  if matmul_ns:  # (a GPU trace names kernels, not HLO instructions: no such line there)
+  if matmul_ns:  # (on a GPU: the GEMM fusions' kernels and the libraries' GEMM kernels)
     lines.append(f"matmuls (dots and the fusions around them): {matmul_ns / 1e6 / steps:.1f} "
                  f"ms/step, {matmul_ns / all_ns:.1%}; everything else "
                  f"{(all_ns - matmul_ns) / 1e6 / steps:.1f} ms/step")
@@ -191,7 +212,7 @@ def top_ops(workdir: str, top: int = 25) -> str:
     source = sources.get(name, "")
     lines.append(f"{ns / 1e6 / steps:9.1f} {ns / all_ns:6.1%}  {name}"
                  + (f"  <- {source}" if source else ""))
-  if not sources:
+  if not info.get("hlo"):
     lines.append("(run with --config.dump_hlo=True too to see the model code of each op)")
   return "\n".join(lines)
 

@@ -65,7 +65,8 @@ def test_tight_check_picks_the_batch_that_fits_once_but_not_twice():
   tight = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tight)
   flags = ["--config=configs/mpt.py:1b", "--config.batch_size=4", "--config.steps=25",
-           "--config.profile_steps=13:14", "--config.warmup_steps_excluded=3"]
+           "--config.profile_steps=13:14", "--config.dump_hlo=True",
+           "--config.warmup_steps_excluded=3"]
   suite = {"pool_bytes": 100, "results": [{"size": "1b", "runs": [
       {"framework": "jax", "flags": flags, "status": "oom", "batch_size": 8}], "batch_search": [
       {"batch_size": 4, "compiled_bytes": 50, "with_next_step_bytes": 80, "fits": True},

@@ -295,3 +295,35 @@ def test_dots_in_conditional_branches_and_loops_of_unknown_trip_count_are_counte
   text = jax.jit(lambda n, x, w: jax.lax.fori_loop(0, n, lambda i, y: y @ w, x)).lower(
       4, x, w).compile().as_text()
   assert sum(hlo.dots(text).values()) == 1 and hlo.loops_without_trip_count(text) == 1
+
+
+def test_top_ops_finds_each_gpu_kernels_model_code_and_counts_library_gemms(tmp_path, monkeypatch):
+  """A GPU trace names kernels: a fusion's after its instruction ('.' written '_'), a cuBLAS call's
+  after the library. The table names the model code of the first and counts both as matmuls."""
+  import collections
+  import json
+  hlo_text = "\n".join([
+      "HloModule m", "",
+      "%gemm_fusion_dot.12_computation (a: bf16[8,8], b: bf16[8,8]) -> bf16[8,8] {",
+      "  %a = bf16[8,8]{1,0} parameter(0)", "  %b = bf16[8,8]{1,0} parameter(1)",
+      "  ROOT %dot.1 = bf16[8,8]{1,0} dot(%a, %b), lhs_contracting_dims={1}, "
+      "rhs_contracting_dims={0}", "}", "",
+      "ENTRY %main (p: bf16[8,8]) -> bf16[8,8] {",
+      "  %p = bf16[8,8]{1,0} parameter(0)",
+      '  %gemm_fusion_dot.12 = bf16[8,8]{1,0} fusion(%p, %p), kind=kCustom, '
+      'calls=%gemm_fusion_dot.12_computation, metadata={op_name="jit(train_step)/mlp/up/dot"}',
+      '  ROOT %loop_convert_fusion.9 = bf16[8,8]{1,0} fusion(%gemm_fusion_dot.12), kind=kLoop, '
+      'calls=%c, metadata={op_name="jit(train_step)/mlp/gelu"}', "}", ""])
+  (tmp_path / "step.hlo.txt").write_text(hlo_text)
+  (tmp_path / "run.json").write_text(json.dumps({
+      "profile": {"tool": "jax.profiler", "steps": [3, 4], "files": ["t.xplane.pb"]},
+      "hlo": {"optimized_hlo": "step.hlo.txt"}}))
+  kernels = {"nvjet_sm90_tst_176x128_64x5_1x2_h_bz_TNN": 40e6, "loop_convert_fusion_9": 30e6,
+             "gemm_fusion_dot_12": 20e6,
+             "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26": 10e6}
+  monkeypatch.setattr(profiling, "op_times", lambda path: collections.Counter(kernels))
+  text = profiling.top_ops(str(tmp_path))
+  assert "loop_convert_fusion_9  <- jit(train_step)/mlp/gelu" in text, text
+  assert "gemm_fusion_dot_12  <- jit(train_step)/mlp/up/dot" in text, text
+  # matmuls: cuBLAS's kernel and the GEMM fusion's, 60 of 100 ms over two steps; not attention
+  assert "matmuls (dots and the fusions around them): 30.0 ms/step, 60.0%" in text, text
