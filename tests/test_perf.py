@@ -228,6 +228,23 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch
                                jax.lax.dot_general(a, b, dims), rtol=1e-4, atol=1e-4)
 
 
+def test_unrolled_layers_recompute_the_activation_as_scanned_ones_do():
+  """The MLP's backward recomputes GELU from its input (model.activated_matmul). With unrolled
+  layers XLA merged that with the forward's GELU and kept every layer's output: deviceless for the
+  H200, mpt-350m batch 32 unrolled needed 50.9 GiB of temporaries against 40.5 scanned (38.9
+  with the barrier). Each layer computes erf twice, forward and backward, either way."""
+  import re
+
+  def erfs(c):
+    grad, args = _loss_grad(c, 0)
+    return len(re.findall(r" erf\(", grad.lower(*args).compile().as_text()))
+
+  c = nano(seq_len=32)
+  scanned = erfs(c)  # a loop body's ops appear once in the HLO
+  c.model.scan_layers = False
+  assert scanned == 2 and erfs(c) == scanned * c.model.n_layers
+
+
 GPU_HLO = r'''HloModule m
 
 %gemm1 (x: f32[2048,512], y: f32[512,256]) -> f32[2048,256] {
