@@ -120,8 +120,9 @@ _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = ")
 
 def matmul_ops(hlo_text: str) -> set[str]:
   """Names of the instructions that run a matmul: dots, cuBLAS calls, and fusions with a dot
-  inside (at any depth). These are the op names of a CPU trace; jaxbench.profiling sums their
-  time. (A GPU trace names kernels instead; a TPU's HLO writes many matmuls as convolutions.)"""
+  inside (at any depth). These are the op names of a CPU trace, and a GPU trace names a fusion's
+  kernel after them (profiling.kernel_names); jaxbench.profiling sums their time. (A TPU's HLO
+  writes many matmuls as convolutions.)"""
   blocks, _ = _computations(hlo_text)
   with_dot = {name for name, block in blocks.items() if any(True for _ in _gemms(block))}
   while True:  # a fusion whose computation holds a fusion with a dot holds a dot too

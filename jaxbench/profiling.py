@@ -157,7 +157,8 @@ def kernel_names(instructions) -> dict[str, str]:
   """{trace event name: HLO instruction}: each instruction under its own name (the events of CPU
   and TPU traces) and under its GPU kernel's (XLA names a fusion's kernel after it, '.' and '-'
   written '_': loop_convert_fusion_9 is loop_convert_fusion.9). Library kernels (cuBLAS, cuDNN)
-  are named by their library and found under neither."""
+  are named by their library and found under neither. Where XLA reuses one kernel for identical
+  fusions, every launch bears the first one's name, so its time and model code cover them all."""
   found = {re.sub(r"[.\-]", "_", name): name for name in instructions}
   found.update({name: name for name in instructions})
   return found

@@ -515,6 +515,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
   """Runs steps start_step+1 .. c.steps. With `queue_next` the prefetcher hands over batches
   already on the device; without it, host batches that `put` transfers just before their step,
   when nothing of the step before is left on the device but the state."""
+  assert queue_next or put is not None, "one step at a time, the loop transfers the batches"
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
   n_devices = len(setup.devices)
