@@ -13,8 +13,9 @@
 # 5. if time is left (540 s in all), mpt-1b's matmuls timed under XLA and under PyTorch on the
 #    card (benchmarks/matmul_shapes.py; its table is in session.log).
 # Defaults sized for a 15-minute device lease (about 9 minutes of work): sizes 1b,125m,350m (the
-# one with the MFU target first), batches up to 32, two JAX steps traced (their HLO kept, so
-# `python -m jaxbench.profiling RUN` names each kernel's model code), and JAX with unrolled
+# one with the MFU target first), batches up to 32, two steps traced in each JAX run (their HLO
+# kept, so `python -m jaxbench.profiling RUN` names each kernel's model code) and in each twin
+# run (its kernels in the run's top_ops.txt), and JAX with unrolled
 # layers beside the scanned default (no per-layer residual copies); a suite budget of 420 s (330
 # in the seventh session left out the 350m twin, which needs about 80 s, and 350m unrolled; the
 # matmul table, measured then, then has no time left); later flags win.
@@ -40,6 +41,11 @@ pack() {
     [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"
   done
   tar czf "$OUT/session.tgz" -C "$WORK" . 2>/dev/null
+  # The device tool returns files of up to 16 MiB: past 15, leave the traces and HLO dumps out.
+  if [ "$(stat -c %s "$OUT/session.tgz" 2>/dev/null || echo 0)" -gt 15728640 ]; then
+    tar czf "$OUT/session.tgz" -C "$WORK" --exclude='*trace.json*' --exclude='*.xplane.pb' \
+      --exclude='*/hlo/*' . 2>/dev/null
+  fi
 }
 trap pack EXIT
 {
@@ -54,7 +60,7 @@ trap pack EXIT
   TARGET=h100
   [ -f "$WORK/local.txtpb" ] && TARGET="$WORK/local.txtpb"
   benchmarks/gpu_suite.sh "$WORK" --budget_s="$BUDGET" --fail_fast --batch_search=compile \
-    --target="$TARGET" --sizes=1b,125m,350m --max_batch=32 --profile_jax=10:11 \
+    --target="$TARGET" --sizes=1b,125m,350m --max_batch=32 --profile_jax=10:11 --profile_torch=10:11 \
     --variant=jax-unrolled:--config.model.scan_layers=False "$@"
   echo "== deviceless compile against the device"
   "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120

@@ -63,26 +63,35 @@ def base_framework(label: str) -> str:
   return label.split("-", 1)[0]
 
 
+def profile_spec(args, label: str) -> str:
+  """START:END of the steps traced in the run `label`, or "": only the plain JAX run
+  (--profile_jax) and the plain twin (--profile_torch) are traced, not their variants."""
+  return {"jax": args.profile_jax, "torch": args.profile_torch}.get(label, "")
+
+
 def profiled_steps(args, label: str) -> int:
-  """Steps traced in the run `label` (only the plain JAX run is traced, not its variants)."""
-  if label != "jax" or not args.profile_jax:
+  """How many steps are traced in the run `label`."""
+  spec = profile_spec(args, label)
+  if not spec:
     return 0
-  first, _, last = args.profile_jax.partition(":")
+  first, _, last = spec.partition(":")
   return int(last) - int(first) + 1
 
 
 def config_for(args, size: str, batch: int, framework: str) -> list[str]:
   """`jaxbench train` flags of one run (framework: a --frameworks label)."""
   traced = profiled_steps(args, framework)  # traced steps are kept out of the summary: add them
+  spec = profile_spec(args, framework)
   variant_flags = args.variant_flags.get(framework, [])
   framework = base_framework(framework)
   flags = [f"--config=configs/{args.family}.py:{size}", f"--config.framework={framework}",
            f"--config.batch_size={batch}", f"--config.steps={args.steps + args.warmup + traced}",
            f"--config.warmup_steps_excluded={args.warmup}", "--config.log_every=5"]
   if traced:
-    first, _, last = args.profile_jax.partition(":")
+    first, _, last = spec.partition(":")
     flags.append(f"--config.profile_steps={int(first) + args.warmup}:{int(last) + args.warmup}")
-    flags.append("--config.dump_hlo=True")  # profiling's table then names each kernel's model code
+    if framework == "jax":  # profiling's table then names each kernel's model code
+      flags.append("--config.dump_hlo=True")
   if args.seq_len:
     flags.append(f"--config.seq_len={args.seq_len}")
   if args.dtype:
@@ -341,6 +350,9 @@ def parse_args(argv):
   p.add_argument("--profile_jax", default="",
                  help="START:END: trace these measured steps of each JAX run (jax.profiler; the "
                       "traced steps are added to --steps, not taken from it)")
+  p.add_argument("--profile_torch", default="",
+                 help="START:END: the same for each twin run (torch.profiler; its table of "
+                      "kernels is the run's top_ops.txt)")
   p.add_argument("--fail_fast", action="store_true",
                  help="stop at the first run that crashes or does not compile (saves device time)")
   p.add_argument("--platforms", default=None, help="JAX_PLATFORMS for the runs (default: as found)")
@@ -362,8 +374,10 @@ def parse_args(argv):
     args.variant_env[label] = [a for a in settings if not a.startswith("--")]
     if label not in args.frameworks.split(","):
       args.frameworks += "," + label
-  if args.profile_jax and not re.fullmatch(r"\d+:\d+", args.profile_jax):
-    p.error(f"--profile_jax {args.profile_jax!r}: expected START:END, e.g. 10:11")
+  for name in ("profile_jax", "profile_torch"):
+    value = getattr(args, name)
+    if value and not re.fullmatch(r"\d+:\d+", value):
+      p.error(f"--{name} {value!r}: expected START:END, e.g. 10:11")
   args.out = os.path.abspath(args.out)  # the runs start in the repository root
   return args
 

@@ -95,3 +95,23 @@ def test_variants_take_environment_and_config_settings():
   assert "--config.model.scan_layers=False" not in suite.config_for(args, "125m", 8, "jax")
   with pytest.raises(SystemExit):
     suite.parse_args(["--out=/tmp/x", "--variant=jax-x:--bogus=1"])
+
+
+def test_traced_runs_jax_with_its_hlo_and_the_twin_but_not_variants():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+  suite = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(suite)
+  args = suite.parse_args(["--out=/tmp/x", "--profile_jax=10:11", "--profile_torch=10:12",
+                           "--variant=jax-unrolled:--config.model.scan_layers=False"])
+  jax_flags, torch_flags, variant_flags = (suite.config_for(args, "125m", 8, label)
+                                           for label in ("jax", "torch", "jax-unrolled"))
+  # 20 measured + 3 warm-up steps, and the traced ones on top, after the warm-up
+  assert {"--config.steps=25", "--config.profile_steps=13:14",
+          "--config.dump_hlo=True"} <= set(jax_flags)
+  assert {"--config.steps=26", "--config.profile_steps=13:15"} <= set(torch_flags)
+  assert not [f for f in torch_flags if f.startswith("--config.dump_hlo")]  # JAX only
+  assert "--config.steps=23" in variant_flags
+  assert not [f for f in variant_flags if f.startswith(("--config.profile", "--config.dump"))]
+  with pytest.raises(SystemExit):
+    suite.parse_args(["--out=/tmp/x", "--profile_torch=10"])
