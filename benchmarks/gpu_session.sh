@@ -60,7 +60,8 @@ trap pack EXIT
   TARGET=h100
   [ -f "$WORK/local.txtpb" ] && TARGET="$WORK/local.txtpb"
   benchmarks/gpu_suite.sh "$WORK" --budget_s="$BUDGET" --fail_fast --batch_search=compile \
-    --target="$TARGET" --sizes=1b,125m,350m --max_batch=32 --profile_jax=10:11 --profile_torch=10:11 \
+    --target="$TARGET" --sizes=1b,125m,350m --max_batch=32 \
+    --profile_jax=10:11 --profile_torch=10:11 \
     --variant=jax-unrolled:--config.model.scan_layers=False "$@"
   echo "== deviceless compile against the device"
   "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120
