@@ -192,7 +192,7 @@ def top_ops(workdir: str, top: int = 25) -> str:
   # A loop's (call's) own event spans ops that have events of their own: left out of the sums.
   for name in control_flow:
     totals.pop(name, None)
-  if sources:  # GPU kernels are named after their fusions: find each one's instruction
+  if info.get("hlo"):  # GPU kernels are named after their fusions: find each one's instruction
     by_event = kernel_names(set(sources) | matmuls)
     instruction = {event: by_event.get(event) for event in totals}
     sources = {event: sources.get(i, "") for event, i in instruction.items() if i}
