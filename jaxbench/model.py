@@ -524,7 +524,13 @@ class Transformer(nn.Module):
     if c.position == "learned":
       table = self.param("position_embedding", _init(c.init_std, ("position", "embed")),
                          (c.max_seq_len, c.d_model), jnp.float32)
-      x = x + table[: tokens.shape[1]].astype(c.dtype)[None]
+      # Looked up by position, as the tokens are, so its gradient is a scatter-add. The broadcast
+      # add's gradient, a reduction over the batch, made XLA's GPU layout assignment put the
+      # batch minor in the whole residual stream of unrolled layers at large batches ([S, d, B]:
+      # every residual add and norm a transpose; mpt-125m at batch 32, deviceless for an H200:
+      # 182 GB of memory traffic a step instead of 148; benchmarks/RESULTS.md).
+      position_table = sharding.constrain(table, ("position", None))
+      x = x + jnp.take(position_table, positions, axis=0, mode="clip").astype(c.dtype)
     block = block_class(c)
     if c.scan_layers:
       layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},

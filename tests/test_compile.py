@@ -135,6 +135,23 @@ def test_an_impossible_size_reports_short_by(reports):
   assert "DOES NOT FIT: short by" in text and "roofline: step >=" in text
 
 
+@needs_aot
+def test_unrolled_layers_keep_the_residual_stream_batch_major_for_the_gpu(tmp_path):
+  """With the learned position table added by broadcast, its gradient (a reduction over the batch)
+  made XLA's GPU layout assignment store the whole residual stream of unrolled layers as [S, d, B]
+  at batch 32 (every residual add and norm a transpose: mpt-125m, H200, 182 GB of memory traffic
+  a step instead of 148). The position lookup (model.Transformer) keeps it [B, S, d]."""
+  b, s, d = 32, 64, 192
+  c = _config("configs/mpt.py:tiny", "--config.model.scan_layers=False", f"--config.batch_size={b}",
+              f"--config.seq_len={s}", f"--config.model.d_model={d}", "--config.model.n_layers=1")
+  r = compile_lib.compile_report(c, compile_lib.read_target("h100"), "1x1x1", str(tmp_path),
+                                 lambda w: None)
+  assert r["compiled"], r.get("error")
+  text = (tmp_path / "train_step.optimized.hlo.txt").read_text()
+  assert f"[{b},{s},{d}]" in text
+  assert f"[{s},{d},{b}]" not in text  # 207 such arrays with the broadcast add
+
+
 def test_unknown_fields_are_dropped_whole():
   text = "a: 1\nnew_block {\n  x: 2\n  inner {\n    y: 3\n  }\n}\nnew_field: 4\nb: 5\n"
   assert compile_lib.drop_field(compile_lib.drop_field(text, "new_block"), "new_field") == "a: 1\nb: 5\n"
