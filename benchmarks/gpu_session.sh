@@ -10,15 +10,18 @@
 #    (benchmarks/aot_vs_device.py);
 # 4. a TIGHT step (fits once, not beside a second step's temporaries) trained for a few steps
 #    (benchmarks/tight_check.py);
-# 5. if time is left (540 s in all), mpt-1b's matmuls timed under XLA and under PyTorch on the
-#    card (benchmarks/matmul_shapes.py; its table is in session.log).
+# 5. if time is left (560 s in all), mpt-125m scanned at batch 32 with and without XLA's
+#    dynamic-slice fusion (GEMMs reading and writing the scan's stacked residuals in place instead
+#    of copying: 5-8% of the scanned steps' kernel time in run 3; deviceless on jax 0.10.2 the
+#    flag failed with cuBLAS GEMMs), two JAX runs alternated in one suite under dsfusion/.
+#    (mpt-1b's matmuls under XLA and PyTorch, benchmarks/matmul_shapes.py, were timed in run 3.)
 # Defaults sized for a 15-minute device lease (about 9 minutes of work): sizes 1b,125m,350m (the
 # one with the MFU target first), batches up to 32, two steps traced in each JAX run (their HLO
 # kept, so `python -m jaxbench.profiling RUN` names each kernel's model code) and in each twin
 # run (its kernels in the run's top_ops.txt), and JAX with unrolled
 # layers beside the scanned default (no per-layer residual copies); a suite budget of 420 s (330
-# in the seventh session left out the 350m twin, which needs about 80 s, and 350m unrolled; the
-# matmul table, measured then, then has no time left); later flags win.
+# in the seventh session left out the 350m twin, which needs about 80 s, and 350m unrolled);
+# later flags win.
 # The work happens in a scratch folder; OUT_DIR receives at most eight files (the device tool's
 # limit): session.log, stack.txt, local.txtpb, suite.md, suite.json, aot.md, tight.md and
 # session.tgz with every run folder, log and trace.
@@ -67,14 +70,14 @@ trap pack EXIT
   "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120
   echo "== a TIGHT step, trained"
   "$PYTHON" benchmarks/tight_check.py --suite="$WORK" --timeout_s=120
-  LEFT=$(( 540 - SECONDS ))
-  if [ "$LEFT" -gt 100 ]; then
-    echo "== the step's matmuls under XLA and PyTorch (mpt-1b bf16 batch 8; ${LEFT}s left)"
-    XLA_PYTHON_CLIENT_MEM_FRACTION=.5 timeout "$(( LEFT - 15 ))" "$PYTHON" \
-      benchmarks/matmul_shapes.py --config=configs/mpt.py:1b --dtype=bfloat16 --batch_size=8 \
-      --repeats=5 --markdown
+  LEFT=$(( 560 - SECONDS ))
+  if [ "$LEFT" -gt 80 ]; then
+    echo "== mpt-125m scanned with and without XLA's dynamic-slice fusion (${LEFT}s left)"
+    timeout "$(( LEFT - 10 ))" benchmarks/gpu_suite.sh "$WORK/dsfusion" --budget_s=$(( LEFT - 40 )) \
+      --sizes=125m --frameworks=jax --min_batch=32 --max_batch=32 --timeout_s=$(( LEFT / 2 )) \
+      --variant=jax-dsfusion:XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true
   else
-    echo "== the step's matmuls: skipped (${LEFT}s left of the 540)"
+    echo "== dynamic-slice fusion: skipped (${LEFT}s left of the 560)"
   fi
   echo "== done in ${SECONDS}s"
 } 2>&1 | tee "$OUT/session.log"
