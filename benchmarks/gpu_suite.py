@@ -303,16 +303,21 @@ def table(results: list[dict], twin: str = "torch.compile") -> str:
           f"{_fmt(r.get('compiled_bytes') and r['compiled_bytes'] / GIB, '.2f')} |")
   ratios = []
   for r in results:
-    by = {run["framework"]: run.get("summary") for run in r["runs"]
-          if run["status"] == "ok" and run["batch_size"] == r.get("batch_size")}
-    if by.get("torch"):
-      t = by["torch"]["tokens_per_s_per_device_median"]
+    by = {run["framework"]: (run.get("summary") or {}).get("tokens_per_s_per_device_median")
+          for run in r["runs"] if run["status"] == "ok" and run["batch_size"] == r.get("batch_size")}
+    by = {label: v for label, v in by.items() if v}
+    at = f"- {r['size']} at batch {r['batch_size']}:"
+    if "torch" in by:
       for label in [f for f in by if base_framework(f) == "jax"]:
-        j = by[label]["tokens_per_s_per_device_median"]
         name = "JAX" if label == "jax" else f"JAX ({label})"
-        ratios.append(f"- {r['size']} at batch {r['batch_size']}: {name} delivers {j / t:.0%} of "
-                      f"the twin's ({twin}) tokens/s per device")
-  return "\n".join(lines + [""] + (ratios or ["- no size has both frameworks ok"]))
+        ratios.append(f"{at} {name} delivers {by[label] / by['torch']:.0%} of the twin's ({twin}) "
+                      "tokens/s per device")
+    # A variant against its own framework's plain run, measured side by side in this suite.
+    for label in [f for f in by if f not in ("jax", "torch") and base_framework(f) in by]:
+      plain = base_framework(label)
+      ratios.append(f"{at} {label} runs at {by[label] / by[plain]:.0%} of plain {plain}'s "
+                    "tokens/s per device")
+  return "\n".join(lines + [""] + (ratios or ["- no size has two runs ok"]))
 
 
 def parse_args(argv):

@@ -115,3 +115,26 @@ def test_traced_runs_jax_with_its_hlo_and_the_twin_but_not_variants():
   assert not [f for f in variant_flags if f.startswith(("--config.profile", "--config.dump"))]
   with pytest.raises(SystemExit):
     suite.parse_args(["--out=/tmp/x", "--profile_torch=10"])
+
+
+def test_table_gives_each_variant_against_the_twin_and_against_its_plain_run():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+  suite = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(suite)
+
+  def run(framework, tokens, status="ok"):
+    return {"framework": framework, "batch_size": 32, "status": status,
+            "summary": {"tokens_per_s_per_device_median": tokens} if status == "ok" else None}
+
+  results = [{"size": "125m", "n_params": 125e6, "batch_size": 32,
+              "runs": [run("jax", 400.0), run("torch", 500.0), run("jax-dsfusion", 440.0),
+                       run("jax-unrolled", 0, "oom")]}]
+  notes = suite.table(results).split("\n\n")[1].splitlines()
+  assert notes == [
+      "- 125m at batch 32: JAX delivers 80% of the twin's (torch.compile) tokens/s per device",
+      "- 125m at batch 32: JAX (jax-dsfusion) delivers 88% of the twin's (torch.compile) tokens/s "
+      "per device",
+      "- 125m at batch 32: jax-dsfusion runs at 110% of plain jax's tokens/s per device"]
+  results[0]["runs"] = [run("jax", 0, "oom"), run("jax-dsfusion", 440.0)]
+  assert suite.table(results).endswith("- no size has two runs ok")
