@@ -14,6 +14,15 @@ pytest.importorskip("torch")
 SUITE = os.path.join(REPO, "benchmarks", "gpu_suite.py")
 
 
+def _script(path: str, name: str):
+  """A benchmarks/ script (not a package module) loaded as a module."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_suite_dry_run_on_cpu(tmp_path):
   out = tmp_path / "suite"
   proc = subprocess.run(
@@ -40,10 +49,7 @@ def test_suite_dry_run_on_cpu(tmp_path):
 
 
 def test_compiled_batch_search_keeps_room_for_the_next_steps_temporaries(monkeypatch):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
-  suite = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(suite)
+  suite = _script(SUITE, "gpu_suite")
   gib = 2**30
   # XLA's figures for mpt-1b on an H200 (benchmarks/RESULTS.md): state 14.7 GiB, temporaries
   # growing with the batch; batch 8 fits once (74 GiB) but not beside a second step's.
@@ -59,11 +65,7 @@ def test_compiled_batch_search_keeps_room_for_the_next_steps_temporaries(monkeyp
 
 
 def test_tight_check_picks_the_batch_that_fits_once_but_not_twice():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "tight_check", os.path.join(REPO, "benchmarks", "tight_check.py"))
-  tight = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tight)
+  tight = _script(os.path.join(REPO, "benchmarks", "tight_check.py"), "tight_check")
   flags = ["--config=configs/mpt.py:1b", "--config.batch_size=4", "--config.steps=25",
            "--config.profile_steps=13:14", "--config.dump_hlo=True",
            "--config.warmup_steps_excluded=3"]
@@ -82,10 +84,7 @@ def test_tight_check_picks_the_batch_that_fits_once_but_not_twice():
 
 
 def test_variants_take_environment_and_config_settings():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
-  suite = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(suite)
+  suite = _script(SUITE, "gpu_suite")
   args = suite.parse_args(["--out=/tmp/x", "--variant=jax-cublas:XLA_FLAGS=--xla_gpu_enable_triton_gemm=false",
                            "--variant=jax-unrolled:--config.model.scan_layers=False"])
   assert args.frameworks == "jax,torch,jax-cublas,jax-unrolled"
@@ -98,10 +97,7 @@ def test_variants_take_environment_and_config_settings():
 
 
 def test_traced_runs_jax_with_its_hlo_and_the_twin_but_not_variants():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
-  suite = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(suite)
+  suite = _script(SUITE, "gpu_suite")
   args = suite.parse_args(["--out=/tmp/x", "--profile_jax=10:11", "--profile_torch=10:12",
                            "--variant=jax-unrolled:--config.model.scan_layers=False"])
   jax_flags, torch_flags, variant_flags = (suite.config_for(args, "125m", 8, label)
@@ -118,10 +114,7 @@ def test_traced_runs_jax_with_its_hlo_and_the_twin_but_not_variants():
 
 
 def test_table_gives_each_variant_against_the_twin_and_against_its_plain_run():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
-  suite = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(suite)
+  suite = _script(SUITE, "gpu_suite")
 
   def run(framework, tokens, status="ok"):
     return {"framework": framework, "batch_size": 32, "status": status,
