@@ -9,8 +9,9 @@ Activations kept per token per layer, by policy (a = bytes of the compute dtype,
 kv = key/value width, f = d_ff, h = heads, S = seq_len, t = mesh.tensor), as XLA's buffer
 assignment of the scanned step keeps them (read off the stacked residuals of the compiled step for
 an H100, mpt and llama, bf16 and f32):
-  none           each layer norm's input and output (2ad; model.normalize recomputes the rest from
-                 the input and two float32 statistics); q/k/v (a(d + 2kv)/t); the attention's own
+  none           each layer norm's input (ad) and two float32 statistics: model.normalize
+                 recomputes the rest from them, and model.normalized_matmuls the normalized
+                 tensor the q/k/v and MLP matmuls take; q/k/v (a(d + 2kv)/t); the attention's own
                  state, the softmax statistics (4h/t): the fused kernel (cuDNN) and the einsum
                  attention (model.causal_attention) both recompute the probabilities; the
                  attention output (ad/t); the MLP's pre-activations (GELU: af/t; SwiGLU: gate and
@@ -73,7 +74,7 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   d, f, h, s = m.d_model, m.d_ff, m.n_heads, c.seq_len
   kv = m.n_kv_heads * (d // m.n_heads)
   qkv = a * (d + 2 * kv) / tensor
-  norms = 2 * (2 * a * d + 8)
+  norms = 2 * (a * d + 8)
   attention_state = 4 * h / tensor  # the softmax statistics (cuDNN; model.causal_attention's)
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor  # the MLP's pre-activations
   full_set = norms + qkv + attention_state + a * d / tensor + up_outputs

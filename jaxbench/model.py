@@ -234,39 +234,79 @@ def over_tokens(layer, *xs):
   temporaries). The attention projections gained nothing from it on the CPU and cost 5% more
   temporaries on an H100, so they are left as they are."""
   b, s = xs[0].shape[:2]
-  y = layer(*(x.reshape(b * s, *x.shape[2:]) for x in xs))
-  return y.reshape(b, s, *y.shape[1:])
+  ys = layer(*(x.reshape(b * s, *x.shape[2:]) for x in xs))
+  return jax.tree.map(lambda y: y.reshape(b, s, *y.shape[1:]), ys)
+
+
+class Projection(nn.Module):
+  """The kernel and bias of nn.DenseGeneral(features) over an input's last axis: the same names,
+  shapes, initial values and logical axes, returned in the compute dtype for an op that applies
+  them itself (normalized_matmuls)."""
+  in_features: int
+  features: tuple[int, ...]
+  use_bias: bool
+  dtype: Any
+  kernel_init: Any
+  bias_init: Any
+
+  @nn.compact
+  def __call__(self):
+    def flat_init(init, flat_shape):
+      # DenseGeneral draws a [in, prod(features)] matrix and reshapes it: the same values.
+      def draw(rng, shape, dtype):
+        value = init(rng, flat_shape, dtype)
+        if isinstance(value, nn.meta.AxisMetadata):
+          return nn.meta.replace_boxed(value, jnp.reshape(value.unbox(), shape))
+        return jnp.reshape(value, shape)
+      return draw
+
+    width = math.prod(self.features)
+    kernel = self.param("kernel", flat_init(self.kernel_init, (self.in_features, width)),
+                        (self.in_features, *self.features), jnp.float32)
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", flat_init(self.bias_init, (width,)), self.features,
+                        jnp.float32).astype(self.dtype)
+    return kernel.astype(self.dtype), bias
+
+
+def _add_bias(y, bias):
+  return y if bias is None else y + bias
 
 
 class Attention(nn.Module):
+  """Self-attention on norm(x): the block's Norm is applied here, fused with the q/k/v matmuls
+  (normalized_matmuls), so the backward pass recomputes the normalized input."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions):
+  def __call__(self, x, positions, norm: Norm):
     c = self.cfg
-    dense = functools.partial(nn.DenseGeneral, use_bias=c.bias, dtype=c.dtype,
-                              param_dtype=jnp.float32)
-    q = dense((c.n_heads, c.head_dim), kernel_init=_init(c.init_std, ("embed", "heads", "head_dim")),
-              bias_init=_zeros(("heads", "head_dim")), name="query")(x)
-    k = dense((c.n_kv_heads, c.head_dim),
-              kernel_init=_init(c.init_std, ("embed", "kv_heads", "head_dim")),
-              bias_init=_zeros(("kv_heads", "head_dim")), name="key")(x)
-    v = dense((c.n_kv_heads, c.head_dim),
-              kernel_init=_init(c.init_std, ("embed", "kv_heads", "head_dim")),
-              bias_init=_zeros(("kv_heads", "head_dim")), name="value")(x)
+    projection = functools.partial(Projection, c.d_model, use_bias=c.bias, dtype=c.dtype)
+    weights = [
+        projection((c.n_heads, c.head_dim),
+                   kernel_init=_init(c.init_std, ("embed", "heads", "head_dim")),
+                   bias_init=_zeros(("heads", "head_dim")), name="query")(),
+        *(projection((c.n_kv_heads, c.head_dim),
+                     kernel_init=_init(c.init_std, ("embed", "kv_heads", "head_dim")),
+                     bias_init=_zeros(("kv_heads", "head_dim")), name=name)()
+          for name in ("key", "value"))]
+    q, k, v = (_add_bias(y, bias) for y, (_, bias) in
+               zip(norm(x, tuple(kernel for kernel, _ in weights)), weights))
     q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
     k = sharding.constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = sharding.constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
     if c.position == "rope":
       q = rotary(q, positions, c.rope_theta)
       k = rotary(k, positions, c.rope_theta)
-    bias = alibi_bias(c.n_heads, x.shape[1]) if c.position == "alibi" else None
+    bias = alibi_bias(c.n_heads, q.shape[1]) if c.position == "alibi" else None
     out = ATTENTION_KERNELS[c.attention](q, k, v, bias)
     out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
-    return dense(c.d_model, axis=(-2, -1),
-                 kernel_init=_init(c.init_std / math.sqrt(2 * c.n_layers),
-                                   ("heads", "head_dim", "embed")),
-                 bias_init=_zeros(("embed",)), name="out")(out)
+    return nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=c.bias, dtype=c.dtype,
+                           param_dtype=jnp.float32,
+                           kernel_init=_init(c.init_std / math.sqrt(2 * c.n_layers),
+                                             ("heads", "head_dim", "embed")),
+                           bias_init=_zeros(("embed",)), name="out")(out)
 
 
 def _normal_cdf(x32):
@@ -372,18 +412,21 @@ class ActivatedDense(nn.Module):
 
 
 class Mlp(nn.Module):
+  """The MLP on norm(x), its first matmuls fused with the norm as Attention's are."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, norm: Norm):
     c = self.cfg
-    dense = functools.partial(nn.Dense, use_bias=c.bias, dtype=c.dtype, param_dtype=jnp.float32)
-    up = functools.partial(dense, c.d_ff, kernel_init=_init(c.init_std, ("embed", "mlp")),
-                           bias_init=_zeros(("mlp",)))
     names = ("gate", "up") if c.mlp == "swiglu" else ("up",)
-    hs = [sharding.constrain(over_tokens(up(name=name), x),
+    weights = [Projection(c.d_model, (c.d_ff,), c.bias, c.dtype,
+                          _init(c.init_std, ("embed", "mlp")), _zeros(("mlp",)), name=name)()
+               for name in names]
+    kernels = tuple(kernel for kernel, _ in weights)
+    hs = over_tokens(lambda rows: norm(rows, kernels), x)
+    hs = [sharding.constrain(_add_bias(h, bias),
                              ("activation_batch", "activation_length", "activation_mlp"))
-          for name in names]
+          for h, (_, bias) in zip(hs, weights)]
     down = ActivatedDense(c.d_model, c.mlp, c.bias, c.dtype,
                           _init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
                           _zeros(("embed",)), name="down")
@@ -414,13 +457,14 @@ def _norm_stats(x32, epsilon: float, rms: bool):
   return mean, jax.lax.rsqrt(var + epsilon)
 
 
+def _normalized(x, mean, rstd, scale, bias, dtype):
+  y = (x.astype(jnp.float32) - mean) * (rstd * scale)
+  return (y if bias is None else y + bias).astype(dtype)
+
+
 def _normalize_fwd(x, scale, bias, epsilon, rms, dtype):
-  x32 = x.astype(jnp.float32)
-  mean, rstd = _norm_stats(x32, epsilon, rms)
-  y = (x32 - mean) * (rstd * scale)
-  if bias is not None:
-    y = y + bias
-  return y.astype(dtype), (x, mean, rstd, scale, bias)
+  mean, rstd = _norm_stats(x.astype(jnp.float32), epsilon, rms)
+  return _normalized(x, mean, rstd, scale, bias, dtype), (x, mean, rstd, scale, bias)
 
 
 def _normalize_bwd(epsilon, rms, dtype, residuals, g):
@@ -442,6 +486,44 @@ def _normalize_bwd(epsilon, rms, dtype, residuals, g):
 normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def normalized_matmuls(x, scale, bias, kernels, epsilon: float, rms: bool, dtype):
+  """normalize(x, scale, bias, ...) contracted with each of `kernels` ([d, *out], in `dtype`)
+  over its last axis: a pre-norm block's norm and the matmuls it feeds (q/k/v; the MLP's up and
+  gate), with autodiff's values and gradients.
+
+  The backward pass recomputes the normalized tensor from what normalize keeps anyway (x and two
+  float32 statistics per position) instead of keeping it for the kernels' gradients: one
+  [tokens, d] tensor less per norm per layer, which a scan over layers also stacks and reads back
+  (benchmarks/RESULTS.md)."""
+  return _normalized_matmuls_fwd(x, scale, bias, kernels, epsilon, rms, dtype)[0]
+
+
+def _normalized_matmuls_fwd(x, scale, bias, kernels, epsilon, rms, dtype):
+  y, residuals = _normalize_fwd(x, scale, bias, epsilon, rms, dtype)
+  outs = tuple(jax.lax.dot_general(y, k, (((y.ndim - 1,), (0,)), ((), ()))) for k in kernels)
+  return outs, (residuals, kernels)
+
+
+def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
+  (x, mean, rstd, scale, bias), kernels = residuals
+  # As in activated_matmul: with unrolled layers XLA would otherwise merge the recomputation with
+  # the forward's normalized tensor and keep every layer's.
+  x, mean, rstd = jax.lax.optimization_barrier((x, mean, rstd))
+  y = _normalized(x, mean, rstd, scale, bias, dtype)
+  rows = tuple(range(x.ndim - 1))
+  dkernels = tuple(jax.lax.dot_general(y, g, ((rows, rows), ((), ()))) for g in gs)
+  # Each matmul's input gradient in the compute dtype, as autodiff forms it; summed in float32.
+  dy = sum(jax.lax.dot_general(g, k, ((tuple(range(x.ndim - 1, g.ndim)),
+                                       tuple(range(1, k.ndim))), ((), ()))).astype(jnp.float32)
+           for g, k in zip(gs, kernels))
+  dx, dscale, dbias = _normalize_bwd(epsilon, rms, dtype, (x, mean, rstd, scale, bias), dy)
+  return dx, dscale, dbias, dkernels
+
+
+normalized_matmuls.defvjp(_normalized_matmuls_fwd, _normalized_matmuls_bwd)
+
+
 class Norm(nn.Module):
   """LayerNorm or RMSNorm with flax's parameter names (scale, bias) and math (see normalize)."""
   rms: bool
@@ -450,14 +532,18 @@ class Norm(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, kernels: tuple | None = None):
+    """norm(x); with kernels ([d, ...] each, in the compute dtype), the tuple of norm(x)
+    contracted with each, by normalized_matmuls."""
     d = x.shape[-1]
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                        (d,), jnp.float32)
     bias = None
     if not self.rms and self.use_bias:
       bias = self.param("bias", _zeros(("norm",)), (d,), jnp.float32)
-    return normalize(x, scale, bias, self.epsilon, self.rms, self.dtype)
+    if kernels is None:
+      return normalize(x, scale, bias, self.epsilon, self.rms, self.dtype)
+    return normalized_matmuls(x, scale, bias, kernels, self.epsilon, self.rms, self.dtype)
 
 
 def norm(c: ModelConfig, name: str) -> nn.Module:
@@ -472,8 +558,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, positions):
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    x = x + Attention(self.cfg, name="attention")(norm(self.cfg, "attention_norm")(x), positions)
-    x = x + Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x))
+    x = x + Attention(self.cfg, name="attention")(x, positions, norm(self.cfg, "attention_norm"))
+    x = x + Mlp(self.cfg, name="mlp")(x, norm(self.cfg, "mlp_norm"))
     return x, None
 
 

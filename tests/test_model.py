@@ -177,6 +177,90 @@ def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alib
   assert not per_batch_square(pullback) and per_batch_square(ref_pullback)
 
 
+@pytest.mark.parametrize("rms", [False, True])
+def test_normalized_matmuls_match_autodiff_of_a_norm_then_its_matmuls(rms):
+  """The fused norm and matmuls (their backward recomputes the normalized tensor) give the values
+  and gradients of a plain layer norm / RMS norm followed by each matmul, as autodiff forms them."""
+  rng = np.random.default_rng(6)
+  b, s, d, h, hd, f = 2, 5, 16, 4, 8, 24
+  x, scale, bias = (jnp.asarray(rng.normal(size=shape), jnp.float32)
+                    for shape in [(b, s, d), (d,), (d,)])
+  bias = None if rms else bias
+  kernels = (jnp.asarray(rng.normal(size=(d, h, hd)), jnp.float32),
+             jnp.asarray(rng.normal(size=(d, f)), jnp.float32))
+
+  def reference(x, scale, bias, kernels):
+    mean = 0.0 if rms else jnp.mean(x, -1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), -1, keepdims=True) + 1e-5)
+    y = y * scale if bias is None else y * scale + bias
+    return jnp.einsum("bsd,dhk->bshk", y, kernels[0]), jnp.einsum("bsd,df->bsf", y, kernels[1])
+
+  def ours(x, scale, bias, kernels):
+    return model.normalized_matmuls(x, scale, bias, kernels, 1e-5, rms, jnp.float32)
+
+  def loss(fn):
+    return lambda *args: sum(jnp.sum(jnp.sin(y)) for y in fn(*args))
+
+  for got, want in zip(ours(x, scale, bias, kernels), reference(x, scale, bias, kernels)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  argnums = (0, 1, 3) if rms else (0, 1, 2, 3)
+  got = jax.grad(loss(ours), argnums)(x, scale, bias, kernels)
+  want = jax.grad(loss(reference), argnums)(x, scale, bias, kernels)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4), got, want)
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_layers_keep_no_normalized_tensor_for_the_backward(family):
+  """A block's norms are fused with the matmuls they feed (model.normalized_matmuls), so the
+  backward pass keeps each norm's input, not its output: no saved tensor is the normalization of
+  another by any of the model's norms (the output is one [tokens, d] tensor per norm per layer,
+  which the scan over layers would also stack)."""
+  cfg = make(family, scan_layers=False, n_layers=2)
+  params = init(cfg)
+  rng = np.random.default_rng(7)
+  params = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(p.dtype), params)
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 16)), jnp.int32)
+  _, pullback = jax.vjp(lambda p: model.Transformer(cfg).apply({"params": p}, tokens), params)
+  saved = [np.asarray(x).reshape(-1, cfg.d_model) for x in jax.tree.leaves(pullback)
+           if x.ndim >= 2 and x.shape[-1] == cfg.d_model and x.size >= 32 * cfg.d_model]
+  norms = [p for path, p in jax.tree_util.tree_leaves_with_path(
+      params, is_leaf=lambda n: isinstance(n, dict) and "scale" in n)
+           if isinstance(p, dict) and "scale" in p and not any(
+               getattr(k, "key", None) == "final_norm" for k in path)]
+  assert len(norms) == 2 * cfg.n_layers and len(saved) >= 2 * cfg.n_layers
+  for x in saved:
+    for n in norms:
+      y = np.asarray(model.normalize(jnp.asarray(x), n["scale"], n.get("bias"), cfg.norm_eps,
+                                     cfg.norm == "rmsnorm", jnp.float32))
+      assert not any(o.shape == y.shape and np.allclose(o, y, atol=1e-6) for o in saved)
+
+
+def test_projection_draws_the_parameters_dense_general_draws():
+  """Projection, which the fused norm-and-matmuls op reads its weights from, creates the same
+  names, shapes, values and logical axes as the nn.DenseGeneral it replaced."""
+  init_kernel = model._init(0.5, ("embed", "heads", "head_dim"))
+  init_bias = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "head_dim"))
+
+  class Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.DenseGeneral((4, 8), kernel_init=init_kernel, bias_init=init_bias,
+                             name="query")(x)
+
+  class Ours(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return model.Projection(16, (4, 8), True, jnp.float32, init_kernel, init_bias,
+                              name="query")()
+
+  key = jax.random.key(11)
+  want = Dense().init(key, jnp.zeros((1, 16)))["params"]
+  got = Ours().init(key, jnp.zeros((1, 16)))["params"]
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(got), nn.unbox(want))
+  assert nn.get_partition_spec(got) == nn.get_partition_spec(want)
+
+
 def test_gelu_and_swiglu_match_autodiff_of_their_library_forms():
   """The activations' own backward passes (they keep only their inputs) give autodiff's gradients
   of jax.nn.gelu (exact) and silu(gate) * up; GELU's value is jax.nn.gelu's."""
