@@ -513,9 +513,9 @@ def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
   y = _normalized(x, mean, rstd, scale, bias, dtype)
   rows = tuple(range(x.ndim - 1))
   dkernels = tuple(jax.lax.dot_general(y, g, ((rows, rows), ((), ()))) for g in gs)
-  # Each matmul's input gradient in the compute dtype, as autodiff forms it; summed in float32.
+  # Each matmul's input gradient in the compute dtype, summed in it, as autodiff forms them.
   dy = sum(jax.lax.dot_general(g, k, ((tuple(range(x.ndim - 1, g.ndim)),
-                                       tuple(range(1, k.ndim))), ((), ()))).astype(jnp.float32)
+                                       tuple(range(1, k.ndim))), ((), ())))
            for g, k in zip(gs, kernels))
   dx, dscale, dbias = _normalize_bwd(epsilon, rms, dtype, (x, mean, rstd, scale, bias), dy)
   return dx, dscale, dbias, dkernels
