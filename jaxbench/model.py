@@ -270,8 +270,11 @@ class Projection(nn.Module):
     return kernel.astype(self.dtype), bias
 
 
-def _add_bias(y, bias):
-  return y if bias is None else y + bias
+def _project(norm, x, weights):
+  """norm(x) times each of `weights` ((kernel, bias) pairs from Projection), by the norm's fused
+  normalized_matmuls, biases added."""
+  kernels, biases = zip(*weights)
+  return tuple(y if bias is None else y + bias for y, bias in zip(norm(x, kernels), biases))
 
 
 class Attention(nn.Module):
@@ -291,8 +294,7 @@ class Attention(nn.Module):
                      kernel_init=_init(c.init_std, ("embed", "kv_heads", "head_dim")),
                      bias_init=_zeros(("kv_heads", "head_dim")), name=name)()
           for name in ("key", "value"))]
-    q, k, v = (_add_bias(y, bias) for y, (_, bias) in
-               zip(norm(x, tuple(kernel for kernel, _ in weights)), weights))
+    q, k, v = _project(norm, x, weights)
     q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
     k = sharding.constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = sharding.constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
@@ -422,11 +424,8 @@ class Mlp(nn.Module):
     weights = [Projection(c.d_model, (c.d_ff,), c.bias, c.dtype,
                           _init(c.init_std, ("embed", "mlp")), _zeros(("mlp",)), name=name)()
                for name in names]
-    kernels = tuple(kernel for kernel, _ in weights)
-    hs = over_tokens(lambda rows: norm(rows, kernels), x)
-    hs = [sharding.constrain(_add_bias(h, bias),
-                             ("activation_batch", "activation_length", "activation_mlp"))
-          for h, (_, bias) in zip(hs, weights)]
+    hs = [sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+          for h in over_tokens(lambda rows: _project(norm, rows, weights), x)]
     down = ActivatedDense(c.d_model, c.mlp, c.bias, c.dtype,
                           _init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
                           _zeros(("embed",)), name="down")
