@@ -168,19 +168,28 @@ for ((i = 0; i < local_processes; i++)); do
   pids+=("$!")
 done
 
+# Polls rather than blocking in `wait -n`, whose interruption by a trapped signal bash does not
+# guarantee in every case: once in the test suite a Ctrl-C left both processes training for
+# minutes. Bash runs traps between commands, so here within a second of the signal. A terminal's
+# Ctrl-C also ends the `sleep` (hence `|| true`: its status is not ours).
 status=0
-remaining=${#pids[@]}
-while [[ "$remaining" -gt 0 ]]; do
-  code=0
-  wait -n || code=$?
-  if [[ "$code" -gt 128 && "$(jobs -rp | wc -l)" -eq "$remaining" ]]; then
-    continue  # wait was interrupted by a trapped signal; no process ended
-  fi
-  remaining=$((remaining - 1))
-  if [[ "$code" -ne 0 && "$status" -eq 0 ]]; then
-    status=$code
-    echo "launch.sh: a process exited with $code; stopping the others" >&2
-    stop_all KILL
-  fi
+running=("${pids[@]}")
+while [[ "${#running[@]}" -gt 0 ]]; do
+  still=()
+  for pid in "${running[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      still+=("$pid")
+      continue
+    fi
+    code=0
+    wait "$pid" || code=$?
+    if [[ "$code" -ne 0 && "$status" -eq 0 ]]; then
+      status=$code
+      echo "launch.sh: a process exited with $code; stopping the others" >&2
+      stop_all KILL
+    fi
+  done
+  running=("${still[@]+"${still[@]}"}")
+  if [[ "${#running[@]}" -gt 0 ]]; then sleep 1 || true; fi
 done
 exit "$status"

@@ -124,17 +124,41 @@ def start_long_launch(tmp_path, **popen_kwargs):
       **popen_kwargs)
 
 
+def launch_children(pid: int) -> list[tuple[int, str]]:
+  """(pid, command line) of launch.sh's processes (each in a session of its own)."""
+  rows = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
+                        text=True).stdout.splitlines()
+  return [(int(row.split(None, 1)[0]), row.split(None, 1)[1]) for row in rows]
+
+
+def wait_for_stop(proc, timeout=120):
+  """launch.sh's (stdout, stderr) once it exits; if it does not within `timeout`, kills it and its
+  processes (their own sessions: the spawn reaper would miss them) and fails with what they
+  printed."""
+  try:
+    return proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    children = launch_children(proc.pid)
+    for pid in [proc.pid, *(pid for pid, _ in children)]:
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+    out, err = proc.communicate()
+    pytest.fail(f"launch.sh had not stopped {timeout} s after the signal; its processes: "
+                f"{children}\nstdout (tail):\n{out[-2000:]}\nstderr (tail):\n{err[-3000:]}")
+
+
 def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
   proc = start_long_launch(tmp_path)
   for line in proc.stdout:
     if line.startswith("step") and line.split()[1].startswith("3/"):
       break
-  children = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(proc.pid)], capture_output=True,
-                            text=True).stdout.splitlines()
-  second = [int(c.split()[0]) for c in children if "--process_id=1" in c]
+  children = launch_children(proc.pid)
+  second = [pid for pid, args in children if "--process_id=1" in args]
   assert len(second) == 1, children
   os.kill(second[0], signal.SIGTERM)  # only process 1 is told; process 0 must stop with it
-  out, err = proc.communicate(timeout=300)
+  out, err = wait_for_stop(proc)
   assert proc.returncode == 0, err[-3000:]
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"] == "stopped (signal on another process)"
@@ -144,15 +168,21 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
   assert steps == list(range(1, summary["steps"] + 1))
 
 
-def test_ctrl_c_at_the_terminal_stops_all_processes_cleanly(tmp_path):
-  """A terminal's Ctrl-C signals launch.sh's whole process group; each process must still get
-  exactly one SIGINT (from launch.sh) and stop after saving."""
+@pytest.mark.parametrize("whom,sig", [("group", signal.SIGINT), ("launch.sh", signal.SIGTERM)])
+def test_a_signal_to_launch_sh_stops_all_processes_cleanly(tmp_path, whom, sig):
+  """A terminal's Ctrl-C signals launch.sh's whole process group, `timeout` or `kill` launch.sh
+  alone; each process must get the signal exactly once (from launch.sh: a second SIGINT would
+  abort it) and stop after saving."""
   proc = start_long_launch(tmp_path, start_new_session=True)  # a terminal's foreground job
   for line in proc.stdout:
     if line.startswith("step") and line.split()[1].startswith("3/"):
       break
-  os.killpg(proc.pid, signal.SIGINT)
-  out, err = proc.communicate(timeout=300)
+  if whom == "group":
+    os.killpg(proc.pid, sig)
+  else:
+    os.kill(proc.pid, sig)
+  out, err = wait_for_stop(proc)
   assert proc.returncode == 0, err[-3000:]
+  assert out.count(f"{sig.name} received") == 2, out[-2000:]  # once in each process
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"].startswith("stopped") and summary["last_checkpoint_step"] == summary["steps"]
