@@ -5,7 +5,8 @@ MPT: LayerNorm, learned positions or ALiBi, GELU MLP, tied embeddings.
 Llama: RMSNorm, rotary embeddings (Hugging Face half-split), SwiGLU, grouped-query attention.
 
 Parameters are float32 and carry logical axis names (sharding.py maps them to the mesh); compute
-runs in `dtype`; layer norms, softmax and the loss run in float32. The model knows nothing of
+runs in `dtype`, every matmul accumulating in float32 (matmul); layer norms, softmax and the loss
+run in float32. The model knows nothing of
 meshes: it only names axes.
 """
 
@@ -65,6 +66,43 @@ class ModelConfig:
                tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
                init_std=m.init_std, attention=attention, remat=m.remat,
                scan_layers=m.scan_layers, dtype=DTYPES[c.dtype])
+
+
+def _einsum(spec: str, a, b):
+  """jnp.einsum(spec, a, b) accumulated in float32 and rounded once to the operands' dtype, as a
+  GPU's GEMM and PyTorch's bfloat16 matmul compute it. Asked for a bfloat16 result instead, XLA's
+  CPU backend widens both operands to float32 and runs its float32 kernels: at half the rate of
+  its bfloat16 ones on a CPU with AVX512-BF16 (benchmarks/RESULTS.md, goal 1)."""
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
+
+
+def _dot_general(a, b, dimension_numbers):
+  """jax.lax.dot_general accumulated in float32 and rounded once, as _einsum."""
+  return jax.lax.dot_general(a, b, dimension_numbers,
+                             preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def matmul(spec: str, a, b):
+  """jnp.einsum(spec, a, b) for a two-operand contraction (no index repeated within an operand),
+  each of its three matmuls (forward, and the backward's two) accumulated in float32 and rounded
+  once to the operands' dtype (_einsum). Autodiff's backward matmuls would ask XLA for bfloat16
+  results."""
+  return _einsum(spec, a, b)
+
+
+def _matmul_fwd(spec, a, b):
+  return _einsum(spec, a, b), (a, b)
+
+
+def _matmul_bwd(spec, residuals, g):
+  a, b = residuals
+  operands, out = spec.split("->")
+  sa, sb = operands.split(",")
+  return _einsum(f"{out},{sb}->{sa}", g, b), _einsum(f"{sa},{out}->{sb}", a, g)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def param_count(cfg: ModelConfig) -> dict[str, int]:
@@ -161,7 +199,7 @@ def _causal_attention_fwd(q, k, v, bias):
   unnormalized = jnp.exp(scores - top)
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
   probs = (unnormalized / total).astype(v.dtype)
-  out = jnp.einsum("bkgst,bktd->bkgsd", probs, v)
+  out = _einsum("bkgst,bktd->bkgsd", probs, v)
   return jnp.transpose(out, (0, 3, 1, 2, 4)), (q, k, v, bias, out, top + jnp.log(total))
 
 
@@ -175,7 +213,7 @@ def _causal_attention_bwd(residuals, g):
   # 27.7 GB of temporaries against 9.8 with scan).
   q, k = jax.lax.optimization_barrier((q, k))
   probs = jnp.exp(_attention_scores(q, k, bias) - lse)  # float32; 0 where masked
-  dv = jnp.einsum("bkgst,bkgsd->bktd", probs.astype(v.dtype), g)
+  dv = _einsum("bkgst,bkgsd->bktd", probs.astype(v.dtype), g)
   dprobs = jnp.einsum("bkgsd,bktd->bkgst", g, v, preferred_element_type=jnp.float32)
   # Row sums of dprobs * probs, as the rows of dO . O (D wide instead of T); a product and a sum,
   # not a float32 matmul. Without unit dims: with one among its operands' dims (G = 1 without
@@ -188,8 +226,8 @@ def _causal_attention_bwd(residuals, g):
   dscores32 = probs * (dprobs - delta)
   dscores = dscores32.astype(q.dtype)
   scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  dq = jnp.einsum("bkgst,bktd->bkgsd", dscores, k) * scale
-  dk = jnp.einsum("bkgst,bkgsd->bktd", dscores, q * scale)
+  dq = _einsum("bkgst,bktd->bkgsd", dscores, k) * scale
+  dk = _einsum("bkgst,bkgsd->bktd", dscores, q * scale)
   dbias = None if bias is None else jnp.sum(dscores32, axis=0).reshape(bias.shape).astype(bias.dtype)
   return (jnp.transpose(dq, (0, 3, 1, 2, 4)), jnp.transpose(dk, (0, 2, 1, 3)),
           jnp.transpose(dv, (0, 2, 1, 3)), dbias)
@@ -239,10 +277,10 @@ def over_tokens(layer, *xs):
 
 
 class Projection(nn.Module):
-  """The kernel and bias of nn.DenseGeneral(features) over an input's last axis: the same names,
-  shapes, initial values and logical axes, returned in the compute dtype for an op that applies
-  them itself (normalized_matmuls)."""
-  in_features: int
+  """The kernel and bias of nn.DenseGeneral(features) over an input's trailing `in_features`
+  axes: the same names, shapes, initial values and logical axes, returned in the compute dtype for
+  an op that applies them itself (normalized_matmuls, matmul)."""
+  in_features: int | tuple[int, ...]
   features: tuple[int, ...]
   use_bias: bool
   dtype: Any
@@ -252,7 +290,7 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self):
     def flat_init(init, flat_shape):
-      # DenseGeneral draws a [in, prod(features)] matrix and reshapes it: the same values.
+      # DenseGeneral draws a [prod(in), prod(features)] matrix and reshapes it: the same values.
       def draw(rng, shape, dtype):
         value = init(rng, flat_shape, dtype)
         if isinstance(value, nn.meta.AxisMetadata):
@@ -260,9 +298,11 @@ class Projection(nn.Module):
         return jnp.reshape(value, shape)
       return draw
 
+    in_shape = ((self.in_features,) if isinstance(self.in_features, int)
+                else tuple(self.in_features))
     width = math.prod(self.features)
-    kernel = self.param("kernel", flat_init(self.kernel_init, (self.in_features, width)),
-                        (self.in_features, *self.features), jnp.float32)
+    kernel = self.param("kernel", flat_init(self.kernel_init, (math.prod(in_shape), width)),
+                        (*in_shape, *self.features), jnp.float32)
     bias = None
     if self.use_bias:
       bias = self.param("bias", flat_init(self.bias_init, (width,)), self.features,
@@ -304,11 +344,12 @@ class Attention(nn.Module):
     bias = alibi_bias(c.n_heads, q.shape[1]) if c.position == "alibi" else None
     out = ATTENTION_KERNELS[c.attention](q, k, v, bias)
     out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
-    return nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=c.bias, dtype=c.dtype,
-                           param_dtype=jnp.float32,
-                           kernel_init=_init(c.init_std / math.sqrt(2 * c.n_layers),
-                                             ("heads", "head_dim", "embed")),
-                           bias_init=_zeros(("embed",)), name="out")(out)
+    kernel, out_bias = Projection((c.n_heads, c.head_dim), (c.d_model,), c.bias, c.dtype,
+                                  _init(c.init_std / math.sqrt(2 * c.n_layers),
+                                        ("heads", "head_dim", "embed")),
+                                  _zeros(("embed",)), name="out")()
+    out = matmul("bshd,hde->bse", out, kernel)
+    return out if out_bias is None else out + out_bias
 
 
 def _normal_cdf(x32):
@@ -372,7 +413,7 @@ def activated_matmul(activation: str, hs, kernel):
   Its backward recomputes the activation from hs instead of keeping it: autodiff kept the
   activation's output for the kernel's gradient, one more [T, F] tensor per layer beside hs,
   which a scan over layers also stacks and reads back."""
-  return ACTIVATIONS[activation](*hs) @ kernel
+  return _einsum("tf,fd->td", ACTIVATIONS[activation](*hs), kernel)
 
 
 def _activated_matmul_fwd(activation, hs, kernel):
@@ -386,8 +427,8 @@ def _activated_matmul_bwd(activation, residuals, g):
   # H200, mpt-350m batch 32 with scan_layers=False needed 10.4 GiB more than scanned).
   hs = jax.lax.optimization_barrier(hs)
   a, activation_vjp = jax.vjp(ACTIVATIONS[activation], *hs)
-  dkernel = jnp.einsum("tf,td->fd", a, g)
-  da = jnp.einsum("td,fd->tf", g, kernel)
+  dkernel = _einsum("tf,td->fd", a, g)
+  da = _einsum("td,fd->tf", g, kernel)
   return activation_vjp(da), dkernel
 
 
@@ -500,7 +541,7 @@ def normalized_matmuls(x, scale, bias, kernels, epsilon: float, rms: bool, dtype
 
 def _normalized_matmuls_fwd(x, scale, bias, kernels, epsilon, rms, dtype):
   y, residuals = _normalize_fwd(x, scale, bias, epsilon, rms, dtype)
-  outs = tuple(jax.lax.dot_general(y, k, (((y.ndim - 1,), (0,)), ((), ()))) for k in kernels)
+  outs = tuple(_dot_general(y, k, (((y.ndim - 1,), (0,)), ((), ()))) for k in kernels)
   return outs, (residuals, kernels)
 
 
@@ -511,10 +552,10 @@ def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
   x, mean, rstd = jax.lax.optimization_barrier((x, mean, rstd))
   y = _normalized(x, mean, rstd, scale, bias, dtype)
   rows = tuple(range(x.ndim - 1))
-  dkernels = tuple(jax.lax.dot_general(y, g, ((rows, rows), ((), ()))) for g in gs)
+  dkernels = tuple(_dot_general(y, g, ((rows, rows), ((), ()))) for g in gs)
   # Each matmul's input gradient in the compute dtype, summed in it, as autodiff forms them.
-  dy = sum(jax.lax.dot_general(g, k, ((tuple(range(x.ndim - 1, g.ndim)),
-                                       tuple(range(1, k.ndim))), ((), ())))
+  dy = sum(_dot_general(g, k, ((tuple(range(x.ndim - 1, g.ndim)), tuple(range(1, k.ndim))),
+                                ((), ())))
            for g, k in zip(gs, kernels))
   dx, dscale, dbias = _normalize_bwd(epsilon, rms, dtype, (x, mean, rstd, scale, bias), dy)
   return dx, dscale, dbias, dkernels
@@ -576,7 +617,7 @@ def logits(x, head):
   each pass of the loss over them reads half, while the loss still computes in float32 (XLA fuses
   the widening into its reductions). The backward rounds the float32 gradient to the compute dtype
   before both of the layer's matmuls, as every other layer's does."""
-  out = jnp.einsum("bsd,dv->bsv", x, head).astype(jnp.float32)
+  out = matmul("bsd,dv->bsv", x, head).astype(jnp.float32)
   return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
 
 

@@ -1,5 +1,7 @@
 """The model: parameter counts, causality, layouts (scan / unrolled, remat), attention kernels."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -235,30 +237,65 @@ def test_layers_keep_no_normalized_tensor_for_the_backward():
       assert not any(np.allclose(o, y, atol=1e-6) for o in saved)
 
 
-def test_projection_draws_the_parameters_dense_general_draws():
-  """Projection, which the fused norm-and-matmuls op reads its weights from, creates the same
-  names, shapes, values and logical axes as the nn.DenseGeneral it replaced."""
-  init_kernel = model._init(0.5, ("embed", "heads", "head_dim"))
-  init_bias = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "head_dim"))
+@pytest.mark.parametrize("in_shape,axes,features", [
+    ((16,), ("embed", "heads", "head_dim"), (4, 8)),  # a query projection
+    ((4, 8), ("heads", "head_dim", "embed"), (16,)),  # the attention's output projection
+])
+def test_projection_draws_the_parameters_dense_general_draws(in_shape, axes, features):
+  """Projection, which the fused norm-and-matmuls op and `matmul` read their weights from,
+  creates the same names, shapes, values and logical axes as the nn.DenseGeneral it replaced."""
+  init_kernel = model._init(0.5, axes)
+  init_bias = nn.with_logical_partitioning(nn.initializers.normal(1.0), axes[len(in_shape):])
+  in_axes = tuple(range(-len(in_shape), 0))
 
   class Dense(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return nn.DenseGeneral((4, 8), kernel_init=init_kernel, bias_init=init_bias,
-                             name="query")(x)
+      return nn.DenseGeneral(features, axis=in_axes, kernel_init=init_kernel,
+                             bias_init=init_bias, name="query")(x)
 
   class Ours(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return model.Projection(16, (4, 8), True, jnp.float32, init_kernel, init_bias,
+      in_features = in_shape[0] if len(in_shape) == 1 else in_shape
+      return model.Projection(in_features, features, True, jnp.float32, init_kernel, init_bias,
                               name="query")()
 
   key = jax.random.key(11)
-  want = Dense().init(key, jnp.zeros((1, 16)))["params"]
-  got = Ours().init(key, jnp.zeros((1, 16)))["params"]
+  want = Dense().init(key, jnp.zeros((1, *in_shape)))["params"]
+  got = Ours().init(key, jnp.zeros((1, *in_shape)))["params"]
   assert jax.tree.structure(got) == jax.tree.structure(want)
   jax.tree.map(np.testing.assert_array_equal, nn.unbox(got), nn.unbox(want))
   assert nn.get_partition_spec(got) == nn.get_partition_spec(want)
+
+
+@pytest.mark.parametrize("spec,shapes", [
+    ("bshd,hde->bse", ((2, 8, 4, 16), (4, 16, 32))),  # the attention's output projection
+    ("bsd,dv->bsv", ((2, 8, 32), (32, 50))),  # the output layer
+])
+def test_matmul_matches_einsum_and_accumulates_bf16_in_float32(spec, shapes):
+  """`matmul` is jnp.einsum with autodiff's gradients in float32; in bfloat16 its result and
+  both gradients are float32 products of the bf16 operands, rounded once."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  a, b = (jax.random.normal(k, s) for k, s in zip(keys, shapes))
+  out_shape = jnp.einsum(spec, a, b).shape
+  g = jax.random.normal(keys[2], out_shape)
+  y, vjp = jax.vjp(functools.partial(model.matmul, spec), a, b)
+  want, want_vjp = jax.vjp(functools.partial(jnp.einsum, spec), a, b)
+  np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+  for got_grad, want_grad in zip(vjp(g), want_vjp(g)):
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+
+  bf = [x.astype(jnp.bfloat16) for x in (a, b, g)]
+  y, vjp = jax.vjp(functools.partial(model.matmul, spec), bf[0], bf[1])
+  exact = [x.astype(jnp.float32) for x in bf]
+  want, want_vjp = jax.vjp(functools.partial(jnp.einsum, spec, precision="highest"), *exact[:2])
+  one_rounding = dict(rtol=2 ** -8, atol=1e-6)  # bf16 keeps 8 significant bits
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), want, **one_rounding)
+  for got_grad, want_grad in zip(vjp(bf[2]), want_vjp(exact[2])):
+    assert got_grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got_grad.astype(jnp.float32), want_grad, **one_rounding)
 
 
 def test_gelu_and_swiglu_match_autodiff_of_their_library_forms():

@@ -106,7 +106,9 @@ def _loss_grad(c, chunk):
 @pytest.mark.parametrize("chunk", [0, 24])
 def test_bf16_step_has_no_float32_matmul(chunk):
   """In bfloat16 every matmul of the step, the logits' and attention scores' backward included,
-  takes bf16 operands (float32 ones would run as TF32 / f32 at half the rate or worse)."""
+  takes bf16 operands (float32 ones would run as TF32 / f32 at half the rate or worse) and asks for
+  a float32 result, the accumulation a GPU's GEMM does anyway (on a CPU it picks XLA's bf16
+  kernels: see the next test)."""
   import re
 
   grad, args = _loss_grad(nano(seq_len=64, dtype="bfloat16"), chunk)
@@ -115,14 +117,33 @@ def test_bf16_step_has_no_float32_matmul(chunk):
                     r"(tensor<[^>]*>)", text)
   assert len(dots) >= 20, len(dots)
   assert not [d for d in dots if "f32" in d[0] or "f32" in d[1]], dots
-  # The output layer writes bf16 logits (the loss widens them as it reads them): float32 ones
-  # would double the bytes of the loss's passes over [tokens, vocab]. (Its weight gradient,
-  # [d_model, vocab], accumulates over the loss's chunks in float32.)
+  assert all(d[2].endswith("xf32>") for d in dots), dots
+  # The output layer's logits are rounded to bf16 (the loss widens them as it reads them): on a
+  # GPU the GEMM writes them in bf16, half the bytes of float32 ones for each of the loss's passes
+  # over [tokens, vocab]. (Its weight gradient, [d_model, vocab], accumulates over the loss's
+  # chunks in float32.)
   m = nano().model
-  logits = [d for d in dots if d[2].endswith(f"x{m.vocab_size}xbf16>")
-            or d[2].endswith(f"x{m.vocab_size}xf32>")]
-  logits = [d for d in logits if not d[2].startswith(f"tensor<{m.d_model}x")]
-  assert logits and all("bf16" in d[2] for d in logits), logits
+  logits = {d[2] for d in dots if d[2].endswith(f"x{m.vocab_size}xf32>")
+            and not d[2].startswith(f"tensor<{m.d_model}x")}
+  assert logits
+  for shape in logits:
+    assert f": ({shape}) -> {shape.replace('xf32>', 'xbf16>')}" in text, shape
+
+
+def test_cpu_bf16_step_runs_bf16_matmul_kernels():
+  """XLA's CPU backend runs a dot of bf16 operands that asks for a bf16 result as a float32 dot
+  (both operands widened), at half the rate of its bf16 kernels on a CPU with AVX512-BF16; asked
+  for a float32 result it keeps the operands in bf16 (model.matmul). Most of the compiled step's
+  matmul FLOPs must take bf16 operands (84% for this config; 6% before model.matmul)."""
+  from jaxbench import hlo
+
+  grad, args = _loss_grad(nano(seq_len=64, dtype="bfloat16"), 0)
+  census = hlo.dots(grad.lower(*args).compile().as_text())
+  flops = {}
+  for (lhs, rhs, dims, lhs_dtype, rhs_dtype, _), n in census.items():
+    key = (lhs_dtype, rhs_dtype)
+    flops[key] = flops.get(key, 0) + n * hlo.dot_flops(lhs, rhs, dims)
+  assert flops.get(("bfloat16", "bfloat16"), 0) >= 0.75 * sum(flops.values()), flops
 
 
 def test_cpu_step_does_not_transpose_the_mlp_gradient():
