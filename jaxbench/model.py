@@ -82,24 +82,35 @@ def _dot_general(a, b, dimension_numbers):
                              preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
 
 
+def _recast(weights, dtype):
+  """Weights kept for a backward pass in their float32 storage, cast to the compute dtype again
+  there. Keeping the forward's casts instead costs 2 bytes a parameter until the backward: a scan
+  over layers stacks them, and under FSDP they are the gathered, whole weights. The barrier stops
+  XLA from merging the cast with the forward's when layers are unrolled."""
+  return tuple(w.astype(dtype) for w in jax.lax.optimization_barrier(tuple(weights)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def matmul(spec: str, a, b):
-  """jnp.einsum(spec, a, b) for a two-operand contraction (no index repeated within an operand),
-  each of its three matmuls (forward, and the backward's two) accumulated in float32 and rounded
-  once to the operands' dtype (_einsum). Autodiff's backward matmuls would ask XLA for bfloat16
-  results."""
-  return _einsum(spec, a, b)
+def matmul(spec: str, x, weight):
+  """jnp.einsum(spec, x, weight.astype(x.dtype)) for a two-operand contraction (no index repeated
+  within an operand), each of its three matmuls (forward, and the backward's two) accumulated in
+  float32 and rounded once to x's dtype (_einsum). Autodiff's backward matmuls would ask XLA for
+  bfloat16 results. The weight may come in its float32 storage dtype: the backward casts it again
+  (_recast) and returns its gradient in that dtype."""
+  return _einsum(spec, x, weight.astype(x.dtype))
 
 
-def _matmul_fwd(spec, a, b):
-  return _einsum(spec, a, b), (a, b)
+def _matmul_fwd(spec, x, weight):
+  return matmul(spec, x, weight), (x, weight)
 
 
 def _matmul_bwd(spec, residuals, g):
-  a, b = residuals
+  x, weight = residuals
+  (w,) = _recast((weight,), x.dtype)
   operands, out = spec.split("->")
-  sa, sb = operands.split(",")
-  return _einsum(f"{out},{sb}->{sa}", g, b), _einsum(f"{sa},{out}->{sb}", a, g)
+  sx, sw = operands.split(",")
+  return (_einsum(f"{out},{sw}->{sx}", g, w),
+          _einsum(f"{sx},{out}->{sw}", x, g).astype(weight.dtype))
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -278,8 +289,9 @@ def over_tokens(layer, *xs):
 
 class Projection(nn.Module):
   """The kernel and bias of nn.DenseGeneral(features) over an input's trailing `in_features`
-  axes: the same names, shapes, initial values and logical axes, returned in the compute dtype for
-  an op that applies them itself (normalized_matmuls, matmul)."""
+  axes: the same names, shapes, initial values and logical axes, for an op that applies them itself
+  (normalized_matmuls, matmul): the kernel in float32, which that op casts to the compute dtype
+  itself, the bias in the compute dtype."""
   in_features: int | tuple[int, ...]
   features: tuple[int, ...]
   use_bias: bool
@@ -307,7 +319,7 @@ class Projection(nn.Module):
     if self.use_bias:
       bias = self.param("bias", flat_init(self.bias_init, (width,)), self.features,
                         jnp.float32).astype(self.dtype)
-    return kernel.astype(self.dtype), bias
+    return kernel, bias
 
 
 def _project(norm, x, weights):
@@ -413,11 +425,12 @@ def activated_matmul(activation: str, hs, kernel):
   Its backward recomputes the activation from hs instead of keeping it: autodiff kept the
   activation's output for the kernel's gradient, one more [T, F] tensor per layer beside hs,
   which a scan over layers also stacks and reads back."""
-  return _einsum("tf,fd->td", ACTIVATIONS[activation](*hs), kernel)
+  a = ACTIVATIONS[activation](*hs)
+  return _einsum("tf,fd->td", a, kernel.astype(a.dtype))
 
 
 def _activated_matmul_fwd(activation, hs, kernel):
-  return activated_matmul(activation, hs, kernel), (hs, kernel)
+  return activated_matmul(activation, hs, kernel), (hs, kernel)  # the kernel in float32
 
 
 def _activated_matmul_bwd(activation, residuals, g):
@@ -427,8 +440,9 @@ def _activated_matmul_bwd(activation, residuals, g):
   # H200, mpt-350m batch 32 with scan_layers=False needed 10.4 GiB more than scanned).
   hs = jax.lax.optimization_barrier(hs)
   a, activation_vjp = jax.vjp(ACTIVATIONS[activation], *hs)
-  dkernel = _einsum("tf,td->fd", a, g)
-  da = _einsum("td,fd->tf", g, kernel)
+  (k,) = _recast((kernel,), a.dtype)
+  dkernel = _einsum("tf,td->fd", a, g).astype(kernel.dtype)
+  da = _einsum("td,fd->tf", g, k)
   return activation_vjp(da), dkernel
 
 
@@ -448,7 +462,7 @@ class ActivatedDense(nn.Module):
   def __call__(self, *hs):
     kernel = self.param("kernel", self.kernel_init, (hs[0].shape[-1], self.features), jnp.float32)
     hs = tuple(h.astype(self.dtype) for h in hs)
-    y = activated_matmul(self.activation, hs, kernel.astype(self.dtype))
+    y = activated_matmul(self.activation, hs, kernel)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
@@ -528,8 +542,8 @@ normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def normalized_matmuls(x, scale, bias, kernels, epsilon: float, rms: bool, dtype):
-  """normalize(x, scale, bias, ...) contracted with each of `kernels` ([d, *out], in `dtype`)
-  over its last axis: a pre-norm block's norm and the matmuls it feeds (q/k/v; the MLP's up and
+  """normalize(x, scale, bias, ...) contracted with each of `kernels` ([d, *out], float32, cast to
+  `dtype` inside and again in the backward: _recast) over its last axis: a pre-norm block's norm and the matmuls it feeds (q/k/v; the MLP's up and
   gate), with autodiff's values and gradients.
 
   The backward pass recomputes the normalized tensor from what normalize keeps anyway (x and two
@@ -541,7 +555,8 @@ def normalized_matmuls(x, scale, bias, kernels, epsilon: float, rms: bool, dtype
 
 def _normalized_matmuls_fwd(x, scale, bias, kernels, epsilon, rms, dtype):
   y, residuals = _normalize_fwd(x, scale, bias, epsilon, rms, dtype)
-  outs = tuple(_dot_general(y, k, (((y.ndim - 1,), (0,)), ((), ()))) for k in kernels)
+  outs = tuple(_dot_general(y, k.astype(dtype), (((y.ndim - 1,), (0,)), ((), ())))
+               for k in kernels)
   return outs, (residuals, kernels)
 
 
@@ -552,7 +567,9 @@ def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
   x, mean, rstd = jax.lax.optimization_barrier((x, mean, rstd))
   y = _normalized(x, mean, rstd, scale, bias, dtype)
   rows = tuple(range(x.ndim - 1))
-  dkernels = tuple(_dot_general(y, g, ((rows, rows), ((), ()))) for g in gs)
+  dkernels = tuple(_dot_general(y, g, ((rows, rows), ((), ()))).astype(k.dtype)
+                   for g, k in zip(gs, kernels))
+  kernels = _recast(kernels, dtype)
   # Each matmul's input gradient in the compute dtype, summed in it, as autodiff forms them.
   dy = sum(_dot_general(g, k, ((tuple(range(x.ndim - 1, g.ndim)), tuple(range(1, k.ndim))),
                                 ((), ())))
@@ -573,8 +590,8 @@ class Norm(nn.Module):
 
   @nn.compact
   def __call__(self, x, kernels: tuple | None = None):
-    """norm(x); with kernels ([d, ...] each, in the compute dtype), the tuple of norm(x)
-    contracted with each, by normalized_matmuls."""
+    """norm(x); with kernels ([d, ...] each, float32), the tuple of norm(x) contracted with each,
+    by normalized_matmuls."""
     d = x.shape[-1]
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                        (d,), jnp.float32)

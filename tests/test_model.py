@@ -237,6 +237,23 @@ def test_layers_keep_no_normalized_tensor_for_the_backward():
       assert not any(np.allclose(o, y, atol=1e-6) for o in saved)
 
 
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_scanned_layers_keep_no_bf16_copy_of_their_weights_for_the_backward(family):
+  """The matmuls cast the float32 weights to bfloat16 inside their custom VJPs and again in the
+  backward (model._recast), so the scan over layers stacks no bf16 copy of any layer's weights for
+  the backward pass (2 bytes a parameter; the float32 weights it reads anyway are not copied)."""
+  cfg = make(family, scan_layers=True, n_layers=3, dtype="bfloat16")
+  params = init(cfg)
+  tokens = jnp.zeros((2, 16), jnp.int32)
+  _, pullback = jax.jit(lambda p: jax.vjp(
+      lambda q: model.Transformer(cfg).apply({"params": q}, tokens), p))(params)
+  saved = {(x.shape, x.dtype) for x in jax.tree.leaves(pullback)}
+  kernels = [x.shape for path, x in jax.tree_util.tree_leaves_with_path(params["layers"])
+             if "kernel" in jax.tree_util.keystr(path)]
+  assert len(kernels) >= 5 and all(shape[0] == cfg.n_layers for shape in kernels)
+  assert not [shape for shape in kernels if (shape, jnp.dtype(jnp.bfloat16)) in saved], saved
+
+
 @pytest.mark.parametrize("in_shape,axes,features", [
     ((16,), ("embed", "heads", "head_dim"), (4, 8)),  # a query projection
     ((4, 8), ("heads", "head_dim", "embed"), (16,)),  # the attention's output projection
