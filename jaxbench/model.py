@@ -20,14 +20,35 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxbench import sharding
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _saving_rounded_matmuls(dots_policy, *names):
+  """A remat policy that saves what jax's `dots_policy` saves, except the results of matmuls that
+  widen their operands' dtype (this model's bf16 matmuls accumulate in float32: kept, their results
+  would take twice the bytes), and saves instead those matmuls' rounded results, named `names`
+  (_rounded)."""
+  named = jax.checkpoint_policies.save_only_these_names(*names)
+
+  def policy(prim, *avals, **params):
+    if prim.name == "dot_general":
+      widened = params.get("preferred_element_type")
+      if widened is not None and any(a.dtype != widened for a in avals):
+        return False
+    return dots_policy(prim, *avals, **params) or named(prim, *avals, **params)
+  return policy
+
+
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": _saving_rounded_matmuls(jax.checkpoint_policies.checkpoint_dots,
+                                    "matmul", "batched_matmul"),
+    "dots_no_batch": _saving_rounded_matmuls(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, "matmul"),
 }
 
 
@@ -68,18 +89,28 @@ class ModelConfig:
                scan_layers=m.scan_layers, dtype=DTYPES[c.dtype])
 
 
+def _rounded(y, dtype, batched: bool):
+  """A matmul's float32 result rounded to `dtype`, named for the remat policies that keep matmul
+  results ("dots": both names; "dots_no_batch": "matmul" only)."""
+  return checkpoint_name(y.astype(dtype), "batched_matmul" if batched else "matmul")
+
+
 def _einsum(spec: str, a, b):
   """jnp.einsum(spec, a, b) accumulated in float32 and rounded once to the operands' dtype, as a
   GPU's GEMM and PyTorch's bfloat16 matmul compute it. Asked for a bfloat16 result instead, XLA's
   CPU backend widens both operands to float32 and runs its float32 kernels: at half the rate of
   its bfloat16 ones on a CPU with AVX512-BF16 (benchmarks/RESULTS.md, goal 1)."""
-  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
+  operands, out = spec.split("->")
+  sa, sb = operands.split(",")
+  batched = any(i in sb and i in out for i in sa)
+  return _rounded(jnp.einsum(spec, a, b, preferred_element_type=jnp.float32),
+                  jnp.result_type(a, b), batched)
 
 
 def _dot_general(a, b, dimension_numbers):
   """jax.lax.dot_general accumulated in float32 and rounded once, as _einsum."""
-  return jax.lax.dot_general(a, b, dimension_numbers,
-                             preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
+  return _rounded(jax.lax.dot_general(a, b, dimension_numbers, preferred_element_type=jnp.float32),
+                  jnp.result_type(a, b), bool(dimension_numbers[1][0]))
 
 
 def _recast(weights, dtype):
@@ -101,7 +132,8 @@ def matmul(spec: str, x, weight):
 
 
 def _matmul_fwd(spec, x, weight):
-  return matmul(spec, x, weight), (x, weight)
+  # Not matmul(...): as in activated_matmul, that would hide the named result from remat policies.
+  return _einsum(spec, x, weight.astype(x.dtype)), (x, weight)
 
 
 def _matmul_bwd(spec, residuals, g):
@@ -172,7 +204,8 @@ def _attention_scores(q, k, bias):
   [B, KV, G, S, D] and k [B, KV, T, D]."""
   _, kv, g, s, d = q.shape
   q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  scores = jnp.einsum("bkgsd,bktd->bkgst", q, k, preferred_element_type=jnp.float32)
+  scores = checkpoint_name(  # kept in float32 by the "dots" remat policy, as jax's would
+      jnp.einsum("bkgsd,bktd->bkgst", q, k, preferred_element_type=jnp.float32), "batched_matmul")
   if bias is not None:
     scores = scores + bias.reshape(kv, g, s, s)
   causal = jnp.tril(jnp.ones((s, s), dtype=bool))
@@ -425,12 +458,14 @@ def activated_matmul(activation: str, hs, kernel):
   Its backward recomputes the activation from hs instead of keeping it: autodiff kept the
   activation's output for the kernel's gradient, one more [T, F] tensor per layer beside hs,
   which a scan over layers also stacks and reads back."""
-  a = ACTIVATIONS[activation](*hs)
-  return _einsum("tf,fd->td", a, kernel.astype(a.dtype))
+  return _activated_matmul_fwd(activation, hs, kernel)[0]
 
 
 def _activated_matmul_fwd(activation, hs, kernel):
-  return activated_matmul(activation, hs, kernel), (hs, kernel)  # the kernel in float32
+  # Computed here rather than by calling activated_matmul: a custom VJP nested in its own forward
+  # hides the matmul's named result from the remat policies (REMAT_POLICIES).
+  a = ACTIVATIONS[activation](*hs)
+  return _einsum("tf,fd->td", a, kernel.astype(a.dtype)), (hs, kernel)  # the kernel in float32
 
 
 def _activated_matmul_bwd(activation, residuals, g):

@@ -126,6 +126,41 @@ def test_remat_policies_same_gradients(scan, policies):
                  reference, grads(policy))
 
 
+@pytest.mark.parametrize("remat", ["dots", "dots_no_batch"])
+def test_dots_policies_keep_bf16_matmul_results_and_dots_recomputes_no_matmul(remat):
+  """The model's bf16 matmuls accumulate in float32 and round (model._rounded): the "dots"
+  policies keep the rounded results, as jax's policies kept bf16 dot results before (kept as
+  float32 they took twice the bytes), and "dots" recomputes no matmul in the backward pass."""
+  import contextlib
+  import io
+
+  from jax.ad_checkpoint import print_saved_residuals
+
+  def program(policy):
+    cfg = make("mpt", scan_layers=False, n_layers=2, dtype="bfloat16", remat=policy)
+    tokens = jnp.zeros((2, 16), jnp.int32)
+    return (lambda p: model.Transformer(cfg).apply({"params": p}, tokens)
+            .astype(jnp.float32).sum()), init(cfg)
+
+  loss, params = program(remat)
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    print_saved_residuals(loss, params)
+  saved = [line.split()[0] for line in printed.getvalue().splitlines()
+           if "from the argument" not in line]
+  assert sum(t.startswith("bf16[2,16,") for t in saved) >= 4 * 2  # q, k, v, out; 2 layers
+  # float32: only the norms' statistics, and with "dots" the attention scores [B, K, G, S, T].
+  wide = [t for t in saved if t.startswith("f32[") and not t.endswith(",1]")
+          and not (remat == "dots" and t.count(",") == 4)]
+  assert not wide, saved
+
+  def matmuls(policy):
+    loss, params = program(policy)
+    return jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.dot_general")
+  if remat == "dots":
+    assert matmuls("dots") == matmuls("none")
+
+
 @pytest.mark.parametrize("family,position", [("mpt", "learned"), ("mpt", "alibi"),
                                              ("llama", "rope")])
 def test_attention_kernels_agree(family, position):
