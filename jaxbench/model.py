@@ -6,8 +6,7 @@ Llama: RMSNorm, rotary embeddings (Hugging Face half-split), SwiGLU, grouped-que
 
 Parameters are float32 and carry logical axis names (sharding.py maps them to the mesh); compute
 runs in `dtype`, every matmul accumulating in float32 (matmul); layer norms, softmax and the loss
-run in float32. The model knows nothing of
-meshes: it only names axes.
+run in float32. The model knows nothing of meshes: it only names axes.
 """
 
 from __future__ import annotations
@@ -578,8 +577,8 @@ normalize.defvjp(_normalize_fwd, _normalize_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def normalized_matmuls(x, scale, bias, kernels, epsilon: float, rms: bool, dtype):
   """normalize(x, scale, bias, ...) contracted with each of `kernels` ([d, *out], float32, cast to
-  `dtype` inside and again in the backward: _recast) over its last axis: a pre-norm block's norm and the matmuls it feeds (q/k/v; the MLP's up and
-  gate), with autodiff's values and gradients.
+  `dtype` inside and again in the backward: _recast) over its last axis: a pre-norm block's norm
+  and the matmuls it feeds (q/k/v; the MLP's up and gate), with autodiff's values and gradients.
 
   The backward pass recomputes the normalized tensor from what normalize keeps anyway (x and two
   float32 statistics per position) instead of keeping it for the kernels' gradients: one
