@@ -127,11 +127,12 @@ def matmul(spec: str, x, weight):
   float32 and rounded once to x's dtype (_einsum). Autodiff's backward matmuls would ask XLA for
   bfloat16 results. The weight may come in its float32 storage dtype: the backward casts it again
   (_recast) and returns its gradient in that dtype."""
-  return _einsum(spec, x, weight.astype(x.dtype))
+  return _matmul_fwd(spec, x, weight)[0]
 
 
 def _matmul_fwd(spec, x, weight):
-  # Not matmul(...): as in activated_matmul, that would hide the named result from remat policies.
+  # Computed here, not by calling matmul: a custom VJP nested in its own forward hides the named
+  # result from the remat policies (REMAT_POLICIES).
   return _einsum(spec, x, weight.astype(x.dtype)), (x, weight)
 
 
@@ -461,8 +462,7 @@ def activated_matmul(activation: str, hs, kernel):
 
 
 def _activated_matmul_fwd(activation, hs, kernel):
-  # Computed here rather than by calling activated_matmul: a custom VJP nested in its own forward
-  # hides the matmul's named result from the remat policies (REMAT_POLICIES).
+  # Not activated_matmul(...), as in _matmul_fwd.
   a = ACTIVATIONS[activation](*hs)
   return _einsum("tf,fd->td", a, kernel.astype(a.dtype)), (hs, kernel)  # the kernel in float32
 
