@@ -120,6 +120,33 @@ def _recast(weights, dtype):
   return tuple(w.astype(dtype) for w in jax.lax.optimization_barrier(tuple(weights)))
 
 
+def _weight_grad(x, g, rows: int):
+  """A kernel's gradient: x [*tokens, *m] and the output gradient g [*tokens, *n], contracted
+  over their `rows` leading (token) dims -> [*m, *n], accumulated in float32 and rounded once
+  (_dot_general). Written so that XLA's CPU backend runs it on its bfloat16 kernels:
+  - A bf16 dot whose lhs contracts its single leading dim, XLA widens to float32 before it
+    decides layouts. Given two contracted dims it instead copies the lhs transposed, in bf16. So
+    one token dim is split in two (a bitcast: [T] -> [T / k, k], k its smallest factor, so that
+    the major part keeps its sharding); a prime number of tokens is left as it is.
+  - The lhs is the operand XLA copies, so it is the one with fewer features (for the MLP's
+    [d_ff, d_model] kernel the output gradient, with the result transposed back).
+  For the MLP of configs/mpt.py:small in bf16 on an AVX512-BF16 CPU, each of these matmuls took
+  8.6 ms contracting one token dim and 3.4 ms so (benchmarks/RESULTS.md, goal 1). For a GPU XLA
+  compiles the same GEMMs (the swapped one writes its result transposed, a bitcast): deviceless
+  for the H200, the step's bytes accessed and temporaries are unchanged."""
+  tokens = x.shape[0]
+  k = next((k for k in range(2, math.isqrt(tokens) + 1) if tokens % k == 0), None)
+  if rows == 1 and k:
+    x, g = (v.reshape(tokens // k, k, *v.shape[1:]) for v in (x, g))
+    rows = 2
+  r = tuple(range(rows))
+  m, n = x.ndim - rows, g.ndim - rows
+  if math.prod(x.shape[rows:]) <= math.prod(g.shape[rows:]):
+    return _dot_general(x, g, ((r, r), ((), ())))
+  swapped = _dot_general(g, x, ((r, r), ((), ())))
+  return swapped.transpose(*range(n, n + m), *range(n))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def matmul(spec: str, x, weight):
   """jnp.einsum(spec, x, weight.astype(x.dtype)) for a two-operand contraction (no index repeated
@@ -475,7 +502,7 @@ def _activated_matmul_bwd(activation, residuals, g):
   hs = jax.lax.optimization_barrier(hs)
   a, activation_vjp = jax.vjp(ACTIVATIONS[activation], *hs)
   (k,) = _recast((kernel,), a.dtype)
-  dkernel = _einsum("tf,td->fd", a, g).astype(kernel.dtype)
+  dkernel = _weight_grad(a, g, 1).astype(kernel.dtype)
   da = _einsum("td,fd->tf", g, k)
   return activation_vjp(da), dkernel
 
@@ -600,9 +627,7 @@ def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
   # the forward's normalized tensor and keep every layer's.
   x, mean, rstd = jax.lax.optimization_barrier((x, mean, rstd))
   y = _normalized(x, mean, rstd, scale, bias, dtype)
-  rows = tuple(range(x.ndim - 1))
-  dkernels = tuple(_dot_general(y, g, ((rows, rows), ((), ()))).astype(k.dtype)
-                   for g, k in zip(gs, kernels))
+  dkernels = tuple(_weight_grad(y, g, x.ndim - 1).astype(k.dtype) for g, k in zip(gs, kernels))
   kernels = _recast(kernels, dtype)
   # Each matmul's input gradient in the compute dtype, summed in it, as autodiff forms them.
   dy = sum(_dot_general(g, k, ((tuple(range(x.ndim - 1, g.ndim)), tuple(range(1, k.ndim))),

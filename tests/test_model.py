@@ -350,6 +350,41 @@ def test_matmul_matches_einsum_and_accumulates_bf16_in_float32(spec, shapes):
     np.testing.assert_allclose(got_grad.astype(jnp.float32), want_grad, **one_rounding)
 
 
+@pytest.mark.parametrize("x_shape, g_shape, rows", [
+    ((64, 12), (64, 40), 1),  # the MLP's up kernel: x has fewer features, x^T g
+    ((64, 40), (64, 12), 1),  # its down kernel: more, (g^T x)^T
+    ((63, 40), (63, 12), 1),  # split by 3
+    ((61, 40), (61, 12), 1),  # a prime number of tokens is not split (nor run on bf16 kernels)
+    ((4, 16, 12), (4, 16, 3, 4), 2)])  # q/k/v: [batch, length] tokens, a [d, heads, head_dim] kernel
+def test_weight_grad_contracts_the_tokens(x_shape, g_shape, rows):
+  """model._weight_grad, the kernels' gradients, is x^T g over the leading token dims, x's
+  features first; in bfloat16 a float32 product of the bf16 operands rounded once. Compiled for
+  the CPU, its matmul keeps the bf16 operands (XLA widened the form autodiff writes to float32)."""
+  from jaxbench import hlo
+
+  kx, kg = jax.random.split(jax.random.key(1))
+  x, g = jax.random.normal(kx, x_shape), jax.random.normal(kg, g_shape)
+  r = tuple(range(rows))
+  contract = functools.partial(jax.lax.dot_general, dimension_numbers=((r, r), ((), ())),
+                               precision="highest")
+  want = contract(x, g)
+  got = model._weight_grad(x, g, rows)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+  xb, gb = x.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
+  got = model._weight_grad(xb, gb, rows)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(jnp.float32),
+                             contract(xb.astype(jnp.float32), gb.astype(jnp.float32)),
+                             rtol=2 ** -8, atol=1e-6)
+  compiled = jax.jit(model._weight_grad, static_argnums=2).lower(xb, gb, rows).compile()
+  census = hlo.dots(compiled.as_text())
+  assert census
+  if x_shape[0] != 61:
+    assert all(key[3:5] == ("bfloat16", "bfloat16") for key in census), census
+
+
 def test_gelu_and_swiglu_match_autodiff_of_their_library_forms():
   """The activations' own backward passes (they keep only their inputs) give autodiff's gradients
   of jax.nn.gelu (exact) and silu(gate) * up; GELU's value is jax.nn.gelu's."""
