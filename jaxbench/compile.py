@@ -165,6 +165,12 @@ def topology(target: Target, topology_name: str, warn) -> tuple[object, Target]:
       text = drop_field(text, unknown.group(1))
       continue
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "topology not implemented" in message:
+      raise ConfigError("--target", f"{target.path}: the {target.platform.upper()} PJRT plugin is "
+                        "installed but did not start in this process. Its start-up checks fail on "
+                        "a machine without the GPU unless JAX_PLATFORMS=cpu is set before JAX "
+                        "starts (jaxbench sets it when it is imported first): import jaxbench "
+                        "before JAX runs anything, or set JAX_PLATFORMS=cpu")
     if "topology must be of shape" in message:
       raise ConfigError("--topology", f"{topology_name!r}: expected PARTITIONSxHOSTSxDEVICES, "
                                       "e.g. 1x1x8 or 1x2x4")

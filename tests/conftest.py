@@ -9,6 +9,13 @@ import tempfile
 
 import pytest
 
+# Tests run on the CPU, with JAX's platforms fixed before any test imports JAX (JAX reads
+# JAX_PLATFORMS once, on import). Left unset, the first test module to import JAX decided: when
+# it imported JAX before jaxbench (which sets it), the CUDA plugin (test extra) ran its CUDA
+# version checks on this GPU-less machine, failed them and stayed unregistered, and every later
+# deviceless compile in the process failed ("topology not implemented for cuda").
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One XLA compilation cache for every jaxbench process the tests start: most of them compile the
 # same tiny step, and a cache hit saves seconds each on a 2-core machine. (Only compile time is

@@ -178,6 +178,22 @@ def test_bad_target_and_topology_exit_2_before_compiling(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_plugin_that_did_not_start_is_explained(monkeypatch):
+  """When JAX started before jaxbench could set JAX_PLATFORMS=cpu, the CUDA plugin fails its
+  start-up checks on a machine without the GPU and JAX has no CUDA topology: the error says why
+  and what to do, not only XLA's "topology not implemented for cuda"."""
+  from jax.experimental import topologies
+
+  def not_registered(platform, **kwargs):
+    raise NotImplementedError(f"topology not implemented for {platform}")
+
+  monkeypatch.setattr(topologies, "get_topology_desc", not_registered)
+  with pytest.raises(compile_lib.ConfigError) as e:
+    compile_lib.topology(compile_lib.read_target("h100"), "1x1x1", print)
+  message = str(e.value)
+  assert "did not start in this process" in message and "JAX_PLATFORMS=cpu" in message
+
+
 def test_missing_plugin_names_the_extra(monkeypatch):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
   assert "cuda-aot" in compile_lib.plugin_problem("cuda")
