@@ -120,6 +120,23 @@ def _recast(weights, dtype):
   return tuple(w.astype(dtype) for w in jax.lax.optimization_barrier(tuple(weights)))
 
 
+def _kept(x):
+  """A residual kept for a backward pass, a bfloat16 one as its bits (uint16; free).
+
+  A scan over layers stacks each layer's residuals with a dynamic-update-slice. XLA's CPU backend
+  runs a bf16 dynamic-update-slice in float32: it widens the whole stack, updates one layer and
+  rounds the whole stack back, every layer, so stacking costs grow with the square of the depth.
+  On integers it updates the slice in place. (A [2048, 1536] residual in a scan of 48 layers
+  cost 11.5 ms a layer in bf16, 3.9 as bits: benchmarks/RESULTS.md, goal 1.) For a GPU the
+  bitcasts compile away: deviceless, the same temporaries and bytes."""
+  return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
+
+
+def _restored(x):
+  """The residual _kept(x) kept, as x (unchanged if it was not bfloat16)."""
+  return jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x
+
+
 def _weight_grad(x, g, rows: int):
   """A kernel's gradient: x [*tokens, *m] and the output gradient g [*tokens, *n], contracted
   over their `rows` leading (token) dims -> [*m, *n], accumulated in float32 and rounded once
@@ -147,24 +164,30 @@ def _weight_grad(x, g, rows: int):
   return swapped.transpose(*range(n, n + m), *range(n))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def matmul(spec: str, x, weight):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def matmul(spec: str, x, weight, keep_bits: bool = False):
   """jnp.einsum(spec, x, weight.astype(x.dtype)) for a two-operand contraction (no index repeated
   within an operand), each of its three matmuls (forward, and the backward's two) accumulated in
   float32 and rounded once to x's dtype (_einsum). Autodiff's backward matmuls would ask XLA for
   bfloat16 results. The weight may come in its float32 storage dtype: the backward casts it again
-  (_recast) and returns its gradient in that dtype."""
-  return _matmul_fwd(spec, x, weight)[0]
+  (_recast) and returns its gradient in that dtype.
+
+  keep_bits: x is kept for the backward as _kept keeps residuals. Not when another op keeps the
+  same x as it is: under cuDNN attention the output projection's x is the attention's output,
+  which the attention keeps too, and a scan stacks the two once only while they are one array
+  (deviceless for the H200, mpt-125m batch 32: 1.2 GB more temporaries with keep_bits)."""
+  return _matmul_fwd(spec, x, weight, keep_bits)[0]
 
 
-def _matmul_fwd(spec, x, weight):
+def _matmul_fwd(spec, x, weight, keep_bits):
   # Computed here, not by calling matmul: a custom VJP nested in its own forward hides the named
   # result from the remat policies (REMAT_POLICIES).
-  return _einsum(spec, x, weight.astype(x.dtype)), (x, weight)
+  return _einsum(spec, x, weight.astype(x.dtype)), (_kept(x) if keep_bits else x, weight)
 
 
-def _matmul_bwd(spec, residuals, g):
+def _matmul_bwd(spec, keep_bits, residuals, g):
   x, weight = residuals
+  x = _restored(x)
   (w,) = _recast((weight,), x.dtype)
   operands, out = spec.split("->")
   sx, sw = operands.split(",")
@@ -271,11 +294,13 @@ def _causal_attention_fwd(q, k, v, bias):
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
   probs = (unnormalized / total).astype(v.dtype)
   out = _einsum("bkgst,bktd->bkgsd", probs, v)
-  return jnp.transpose(out, (0, 3, 1, 2, 4)), (q, k, v, bias, out, top + jnp.log(total))
+  kept = tuple(map(_kept, (q, k, v, out)))
+  return jnp.transpose(out, (0, 3, 1, 2, 4)), (*kept[:3], bias, kept[3], top + jnp.log(total))
 
 
 def _causal_attention_bwd(residuals, g):
   q, k, v, bias, out, lse = residuals  # head-major
+  q, k, v, out = map(_restored, (q, k, v, out))
   d = q.shape[-1]
   g = jnp.transpose(g, (0, 2, 3, 1, 4))
   # The barrier keeps XLA from merging this recomputation with the forward's scores (CSE, as it
@@ -420,7 +445,8 @@ class Attention(nn.Module):
                                   _init(c.init_std / math.sqrt(2 * c.n_layers),
                                         ("heads", "head_dim", "embed")),
                                   _zeros(("embed",)), name="out")()
-    out = matmul("bshd,hde->bse", out, kernel)
+    # The "xla" attention keeps its output head-major, another array (causal_attention).
+    out = matmul("bshd,hde->bse", out, kernel, c.attention == "xla")
     return out if out_bias is None else out + out_bias
 
 
@@ -491,11 +517,13 @@ def activated_matmul(activation: str, hs, kernel):
 def _activated_matmul_fwd(activation, hs, kernel):
   # Not activated_matmul(...), as in _matmul_fwd.
   a = ACTIVATIONS[activation](*hs)
-  return _einsum("tf,fd->td", a, kernel.astype(a.dtype)), (hs, kernel)  # the kernel in float32
+  # The kernel in float32, as it came.
+  return _einsum("tf,fd->td", a, kernel.astype(a.dtype)), (tuple(map(_kept, hs)), kernel)
 
 
 def _activated_matmul_bwd(activation, residuals, g):
   hs, kernel = residuals
+  hs = tuple(map(_restored, hs))
   # As in the attention backward: without the barrier XLA merges this recomputation with the
   # forward's activation when layers are unrolled, and keeps every layer's (deviceless for the
   # H200, mpt-350m batch 32 with scan_layers=False needed 10.4 GiB more than scanned).
@@ -579,11 +607,12 @@ def _normalized(x, mean, rstd, scale, bias, dtype):
 
 def _normalize_fwd(x, scale, bias, epsilon, rms, dtype):
   mean, rstd = _norm_stats(x.astype(jnp.float32), epsilon, rms)
-  return _normalized(x, mean, rstd, scale, bias, dtype), (x, mean, rstd, scale, bias)
+  return _normalized(x, mean, rstd, scale, bias, dtype), (_kept(x), mean, rstd, scale, bias)
 
 
 def _normalize_bwd(epsilon, rms, dtype, residuals, g):
   x, mean, rstd, scale, bias = residuals
+  x = _restored(x)
   xhat = (x.astype(jnp.float32) - mean) * rstd
   g32 = g.astype(jnp.float32)
   batch_axes = tuple(range(g.ndim - 1))
@@ -623,6 +652,7 @@ def _normalized_matmuls_fwd(x, scale, bias, kernels, epsilon, rms, dtype):
 
 def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
   (x, mean, rstd, scale, bias), kernels = residuals
+  x = _restored(x)
   # As in activated_matmul: with unrolled layers XLA would otherwise merge the recomputation with
   # the forward's normalized tensor and keep every layer's.
   x, mean, rstd = jax.lax.optimization_barrier((x, mean, rstd))
@@ -693,7 +723,7 @@ def logits(x, head):
   each pass of the loss over them reads half, while the loss still computes in float32 (XLA fuses
   the widening into its reductions). The backward rounds the float32 gradient to the compute dtype
   before both of the layer's matmuls, as every other layer's does."""
-  out = matmul("bsd,dv->bsv", x, head).astype(jnp.float32)
+  out = matmul("bsd,dv->bsv", x, head, False).astype(jnp.float32)
   return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
 
 

@@ -147,6 +147,27 @@ def test_cpu_bf16_step_runs_bf16_matmul_kernels():
   assert set(flops) == {("bfloat16", "bfloat16")}, flops
 
 
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_cpu_scan_stacks_bf16_residuals_in_place(family):
+  """A scan over layers stacks each layer's residuals for the backward. XLA's CPU backend ran a
+  bf16 stack's dynamic-update-slice in float32, widening and rewriting the whole stack every layer
+  (the cost grows with the square of the depth); the model keeps bf16 residuals as their bits
+  (model._kept), which it updates in place. No dynamic-update-slice of the compiled bf16 step may
+  update a widened stack (8 did for mpt:nano before)."""
+  import re
+
+  c = config.load_with_overrides(f"configs/{family}.py:nano",
+                                 dict(seq_len=64, dtype="bfloat16"))
+  assert c.model.scan_layers
+  grad, args = _loss_grad(c, 0)
+  widened = []
+  for computation in re.split(r"\n(?=\S)", grad.lower(*args).compile().as_text()):
+    ops = dict(re.findall(r"%(\S+) = \S+ ([\w-]+)\(", computation))
+    widened += [shape for shape, operand in re.findall(
+        r"= (\S+) dynamic-update-slice\(%([^,]+),", computation) if ops.get(operand) == "convert"]
+  assert not widened, widened
+
+
 def test_cpu_step_does_not_transpose_the_mlp_gradient():
   """XLA's CPU backend reads the MLP's weight gradients straight from the [tokens, d_ff] hidden
   gradient: no fusion writes it transposed, [d_ff, tokens], first (model.over_tokens; that copy,
