@@ -483,7 +483,7 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   trace = profiling.StepTrace(out.path, config_lib.profile_steps(c))
   try:
     _loop(setup, peak, out, p, stop, say, compiled, state, batch, prefetch, evaluate,
-          checkpointer if saving else None, start_step, trace, ahead, put)
+          checkpointer if saving else None, start_step, trace, ahead, put, inline=runs_inline)
   finally:
     prefetch.close()
     trace.stop()
@@ -511,10 +511,13 @@ def _evaluator(setup: Setup, eval_data, put):
 
 def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, state, batch, prefetch,
           evaluate, checkpointer, start_step: int, trace: profiling.StepTrace,
-          queue_next: bool = True, put=None) -> None:
+          queue_next: bool = True, put=None, inline: bool = False) -> None:
   """Runs steps start_step+1 .. c.steps. With `queue_next` the prefetcher hands over batches
   already on the device; without it, host batches that `put` transfers just before their step,
-  when nothing of the step before is left on the device but the state."""
+  when nothing of the step before is left on the device but the state. `inline`: a dispatch runs
+  the step to its end (JAX's CPU steps under host_allocator), so one step at a time the loop
+  writes a step down before it dispatches the next, not while it runs, and a step's time is its
+  transfer, its run and the read of its outputs only."""
   assert queue_next or put is not None, "one step at a time, the loop transfers the batches"
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
@@ -527,6 +530,8 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
     step = i + 1
     state, metrics = pending
     pending = None  # the device_get below then frees this step's outputs before the next dispatch
+    if not queue_next:  # nothing to queue: the step ends when its outputs are read
+      metrics, step_time, t_prev = _read_step(metrics, t_prev)
     # A stop request is honoured between steps: the step in flight is finished, recorded and
     # (with checkpoints on) saved. Every process must agree on it.
     stopping = _any_process(stop.signal_name is not None)
@@ -543,9 +548,8 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
              and not trace.boundary(step))
     if ahead:
       pending = compiled(state, next_batch)
-    metrics = jax.device_get(metrics)  # waits for this step's outputs
-    t_now = time.perf_counter()
-    step_time, t_prev = t_now - t_prev, t_now
+    if queue_next:
+      metrics, step_time, t_prev = _read_step(metrics, t_prev)
     trace.after_step(step)
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -561,12 +565,11 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
       checkpointer.save(step, state, config_dict)
       save_s = time.perf_counter() - t_save
       p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
-    if not ahead and next_batch is not None and finite:
-      trace.before_dispatch(step + 1)
-      t_prev = time.perf_counter()
-      if not queue_next:
-        next_batch = put(next_batch)  # in the step's time: nothing overlaps the transfer here
-      pending = compiled(state, next_batch)  # the device works while we write this step down
+    dispatch_next = not ahead and next_batch is not None and finite
+    if dispatch_next and not inline:
+      # The device works while we write this step down.
+      pending, t_prev = _dispatch(compiled, state, next_batch, None if queue_next else put,
+                                  trace, step + 1)
       next_batch = None  # the runtime holds the batch until its step is done, then frees it
     record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                                 tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
@@ -587,6 +590,10 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
     if last or i == start_step or (c.log_every and step % c.log_every == 0) or stopping:
       eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
       say(runlog.progress_line(record, c.steps, eta), flush=True)
+    if dispatch_next and inline:
+      pending, t_prev = _dispatch(compiled, state, next_batch, None if queue_next else put,
+                                  trace, step + 1)
+      next_batch = None
     if stopping and not last:
       p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
       if checkpointer is not None:
@@ -595,6 +602,23 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
   else:
     p.status = "finished"
   jax.block_until_ready(state)
+
+
+def _read_step(metrics, t_prev: float):
+  """(the step's outputs on the host, its time since t_prev, now): waits for the step."""
+  metrics = jax.device_get(metrics)
+  t_now = time.perf_counter()
+  return metrics, t_now - t_prev, t_now
+
+
+def _dispatch(compiled, state, batch, put, trace: profiling.StepTrace, step: int):
+  """(the step's pending outputs, its start time): the step dispatched, its batch first
+  transferred by `put` when given (in the step's time: nothing overlaps the transfer then)."""
+  trace.before_dispatch(step)
+  t_start = time.perf_counter()
+  if put is not None:
+    batch = put(batch)
+  return compiled(state, batch), t_start
 
 
 # --- command line -------------------------------------------------------------------------------
