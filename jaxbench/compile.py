@@ -166,9 +166,11 @@ def topology(target: Target, topology_name: str, warn) -> tuple[object, Target]:
       continue
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "topology not implemented" in message:
+      import jax
       raise ConfigError("--target", f"{target.path}: the {target.platform.upper()} PJRT plugin is "
-                        "installed but did not start in this process. Its start-up checks fail on "
-                        "a machine without the GPU unless JAX_PLATFORMS=cpu is set before JAX "
+                        "installed but did not start in this process (JAX's platforms: "
+                        f"{jax.config.jax_platforms or 'not set'}). On a machine without the GPU "
+                        "its start-up checks fail unless JAX_PLATFORMS=cpu is set before JAX "
                         "starts (jaxbench sets it when it is imported first): import jaxbench "
                         "before JAX runs anything, or set JAX_PLATFORMS=cpu")
     if "topology must be of shape" in message:

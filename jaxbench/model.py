@@ -143,8 +143,9 @@ def _weight_grad(x, g, rows: int):
   (_dot_general). Written so that XLA's CPU backend runs it on its bfloat16 kernels:
   - A bf16 dot whose lhs contracts its single leading dim, XLA widens to float32 before it
     decides layouts. Given two contracted dims it instead copies the lhs transposed, in bf16. So
-    one token dim is split in two (a bitcast: [T] -> [T / k, k], k its smallest factor, so that
-    the major part keeps its sharding); a prime number of tokens is left as it is.
+    one token dim is split in two (a bitcast: [T] -> [T / k, k], k its smallest factor: the
+    major part keeps the batch sharding where each shard's token count is a multiple of k); a
+    prime number of tokens is left as it is.
   - The lhs is the operand XLA copies, so it is the one with fewer features (for the MLP's
     [d_ff, d_model] kernel the output gradient, with the result transposed back).
   For the MLP of configs/mpt.py:small in bf16 on an AVX512-BF16 CPU, each of these matmuls took
@@ -361,12 +362,13 @@ def rotary(x, positions, theta: float):
 
 def over_tokens(layer, *xs):
   """layer(*xs) with the inputs' leading [batch, length] dims read as one token dim: one matmul
-  over B*S rows, whose weight gradient contracts one dim. Left as [B, S, d], autodiff contracts
-  two, and XLA's CPU backend wrote the MLP's hidden gradient transposed first ([d_ff, B*S] per
-  layer, with the GELU's derivative fused in: 13% of a CPU step of configs/mpt.py:small). The
-  reshapes are bitcasts; for an H100 the compiled step is unchanged (deviceless: same
-  temporaries). The attention projections gained nothing from it on the CPU and cost 5% more
-  temporaries on an H100, so they are left as they are."""
+  over B*S rows. Left as [B, S, d], autodiff's weight gradients contracted [B, S] with the MLP's
+  hidden gradient as the lhs, and XLA's CPU backend wrote that gradient transposed first
+  ([d_ff, B*S] per layer, with the GELU's derivative fused in: 13% of a CPU step of
+  configs/mpt.py:small). The kernels' gradients (_weight_grad) now split the token dim again,
+  with the smaller operand as the lhs. The reshapes are bitcasts; for an H100 the compiled step
+  is unchanged (deviceless: same temporaries). The attention projections gained nothing from it
+  on the CPU and cost 5% more temporaries on an H100, so they are left as they are."""
   b, s = xs[0].shape[:2]
   ys = layer(*(x.reshape(b * s, *x.shape[2:]) for x in xs))
   return jax.tree.map(lambda y: y.reshape(b, s, *y.shape[1:]), ys)

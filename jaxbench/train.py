@@ -514,11 +514,12 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
           queue_next: bool = True, put=None, inline: bool = False) -> None:
   """Runs steps start_step+1 .. c.steps. With `queue_next` the prefetcher hands over batches
   already on the device; without it, host batches that `put` transfers just before their step,
-  when nothing of the step before is left on the device but the state. `inline`: a dispatch runs
-  the step to its end (JAX's CPU steps under host_allocator), so one step at a time the loop
-  writes a step down before it dispatches the next, not while it runs, and a step's time is its
-  transfer, its run and the read of its outputs only."""
+  when nothing of the step before is left on the device but the state. `inline` (one step at a
+  time only): a dispatch runs the step to its end (JAX's CPU steps under host_allocator), so the
+  loop writes a step down before it dispatches the next, not while it runs, and a step's time is
+  its transfer, its run and the read of its outputs only."""
   assert queue_next or put is not None, "one step at a time, the loop transfers the batches"
+  assert not (inline and queue_next), "inline, a queued step would run in this step's time"
   c, flops = setup.config, setup.flops
   tokens_per_step = c.batch_size * c.seq_len
   n_devices = len(setup.devices)
@@ -530,7 +531,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
     step = i + 1
     state, metrics = pending
     pending = None  # the device_get below then frees this step's outputs before the next dispatch
-    if not queue_next:  # nothing to queue: the step ends when its outputs are read
+    if inline:  # the step is done: it ends before the stop agreement and the next batch's wait
       metrics, step_time, t_prev = _read_step(metrics, t_prev)
     # A stop request is honoured between steps: the step in flight is finished, recorded and
     # (with checkpoints on) saved. Every process must agree on it.
@@ -548,7 +549,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
              and not trace.boundary(step))
     if ahead:
       pending = compiled(state, next_batch)
-    if queue_next:
+    if not inline:
       metrics, step_time, t_prev = _read_step(metrics, t_prev)
     trace.after_step(step)
     loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])

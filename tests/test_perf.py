@@ -160,11 +160,13 @@ def test_cpu_scan_stacks_bf16_residuals_in_place(family):
                                  dict(seq_len=64, dtype="bfloat16"))
   assert c.model.scan_layers
   grad, args = _loss_grad(c, 0)
-  widened = []
+  updates, widened = 0, []
   for computation in re.split(r"\n(?=\S)", grad.lower(*args).compile().as_text()):
     ops = dict(re.findall(r"%(\S+) = \S+ ([\w-]+)\(", computation))
+    updates += len(re.findall(r"dynamic-update-slice\(%", computation))
     widened += [shape for shape, operand in re.findall(
         r"= (\S+) dynamic-update-slice\(%([^,]+),", computation) if ops.get(operand) == "convert"]
+  assert updates >= 8, updates  # the stacks are read from the HLO at all
   assert not widened, widened
 
 
