@@ -152,11 +152,12 @@ def _weight_grad(x, g, rows: int):
   8.6 ms contracting one token dim and 3.4 ms so (benchmarks/RESULTS.md, goal 1). For a GPU XLA
   compiles the same GEMMs (the swapped one writes its result transposed, a bitcast): deviceless
   for the H200, the step's bytes accessed and temporaries are unchanged."""
-  tokens = x.shape[0]
-  k = next((k for k in range(2, math.isqrt(tokens) + 1) if tokens % k == 0), None)
-  if rows == 1 and k:
-    x, g = (v.reshape(tokens // k, k, *v.shape[1:]) for v in (x, g))
-    rows = 2
+  if rows == 1:
+    tokens = x.shape[0]
+    factor = next((f for f in range(2, math.isqrt(tokens) + 1) if tokens % f == 0), None)
+    if factor:
+      x, g = (v.reshape(tokens // factor, factor, *v.shape[1:]) for v in (x, g))
+      rows = 2
   r = tuple(range(rows))
   m, n = x.ndim - rows, g.ndim - rows
   if math.prod(x.shape[rows:]) <= math.prod(g.shape[rows:]):
@@ -295,8 +296,8 @@ def _causal_attention_fwd(q, k, v, bias):
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
   probs = (unnormalized / total).astype(v.dtype)
   out = _einsum("bkgst,bktd->bkgsd", probs, v)
-  kept = tuple(map(_kept, (q, k, v, out)))
-  return jnp.transpose(out, (0, 3, 1, 2, 4)), (*kept[:3], bias, kept[3], top + jnp.log(total))
+  return (jnp.transpose(out, (0, 3, 1, 2, 4)),
+          (*map(_kept, (q, k, v)), bias, _kept(out), top + jnp.log(total)))
 
 
 def _causal_attention_bwd(residuals, g):

@@ -524,6 +524,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
   tokens_per_step = c.batch_size * c.seq_len
   n_devices = len(setup.devices)
   config_dict = c.to_dict()
+  transfer = None if queue_next else put  # queued, the prefetcher has transferred the batches
   trace.before_dispatch(start_step + 1)
   start = t_prev = time.perf_counter()
   pending = compiled(state, batch)
@@ -569,8 +570,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
     dispatch_next = not ahead and next_batch is not None and finite
     if dispatch_next and not inline:
       # The device works while we write this step down.
-      pending, t_prev = _dispatch(compiled, state, next_batch, None if queue_next else put,
-                                  trace, step + 1)
+      pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
       next_batch = None  # the runtime holds the batch until its step is done, then frees it
     record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                                 tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
@@ -592,8 +592,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
       eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
       say(runlog.progress_line(record, c.steps, eta), flush=True)
     if dispatch_next and inline:
-      pending, t_prev = _dispatch(compiled, state, next_batch, None if queue_next else put,
-                                  trace, step + 1)
+      pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
       next_batch = None
     if stopping and not last:
       p.status = f"stopped ({stop.signal_name or 'signal on another process'})"

@@ -156,12 +156,14 @@ def test_cpu_scan_stacks_bf16_residuals_in_place(family):
   update a widened stack (8 did for mpt:nano before)."""
   import re
 
+  from jaxbench import hlo
+
   c = config.load_with_overrides(f"configs/{family}.py:nano",
                                  dict(seq_len=64, dtype="bfloat16"))
   assert c.model.scan_layers
   grad, args = _loss_grad(c, 0)
   updates, widened = 0, []
-  for computation in re.split(r"\n(?=\S)", grad.lower(*args).compile().as_text()):
+  for computation in hlo._computations(grad.lower(*args).compile().as_text())[0].values():
     ops = dict(re.findall(r"%(\S+) = \S+ ([\w-]+)\(", computation))
     updates += len(re.findall(r"dynamic-update-slice\(%", computation))
     widened += [shape for shape, operand in re.findall(
