@@ -114,6 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Attention implementation: auto (best available on the backend), xla (einsum + softmax),
   # jax (jax.nn.dot_product_attention, XLA path), cudnn (cuDNN fused attention, CUDA only).
   m.attention = "auto"
+  # Query rows per block of the xla attention, which skips the blocks above the causal diagonal:
+  # 0 picks (64 rows, or seq_len / 8 where more); >= seq_len computes the whole [S, S] scores.
+  m.attention_block = 0
   # Rematerialization: none, full (save nothing), dots (save matmul outputs),
   # dots_no_batch (save matmuls without batch dims: weights-side products).
   m.remat = "none"
@@ -321,6 +324,9 @@ def validate(c, n_devices: int) -> dict[str, int]:
 
   m = c.model
   check_choice(c, "model.attention", ATTENTIONS)
+  if not isinstance(m.attention_block, int) or m.attention_block < 0:
+    raise ConfigError("model.attention_block", f"{m.attention_block!r} must be an integer >= 0 "
+                                               "(0: chosen from seq_len)")
   check_choice(c, "model.remat", REMAT_POLICIES)
   check_choice(c, "model.position", POSITIONS)
   check_choice(c, "model.norm", NORMS)

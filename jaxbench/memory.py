@@ -18,8 +18,9 @@ an H100, mpt and llama, bf16 and f32):
                  up, 2af/t; model.activated_matmul recomputes the activation)
   full           only the block input (ad): each block is recomputed in the backward pass
   dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t, not
-                 with the fused kernel), the attention output, the output projection (ad), the
-                 MLP's up (and gate) and down
+                 with the fused kernel; the einsum attention's blocks skip the scores above the
+                 diagonal: model.scores_fraction of them), the attention output, the output
+                 projection (ad), the MLP's up (and gate) and down
   dots_no_batch  as dots without the two attention matmuls (they have batch dimensions)
 Policies other than none also hold part of one layer's full set (half, fitted) while that layer
 is recomputed in the backward pass.
@@ -79,7 +80,8 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor  # the MLP's pre-activations
   full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
   # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.
-  attention_dots = 0 if fused_attention else 4 * h * s / tensor + a * d / tensor
+  blocks = model_lib.scores_fraction(s, model_lib.query_block_rows(s, m.attention_block))
+  attention_dots = 0 if fused_attention else 4 * h * s * blocks / tensor + a * d / tensor
   kept = {
       "none": full_set,
       "full": a * d,

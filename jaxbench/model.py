@@ -72,6 +72,7 @@ class ModelConfig:
   remat: str
   scan_layers: bool
   dtype: Any = jnp.float32
+  attention_block: int = 0  # query rows per block of the xla attention (0: query_block_rows's)
 
   @property
   def head_dim(self) -> int:
@@ -85,7 +86,8 @@ class ModelConfig:
                position=m.position, norm=m.norm, mlp=m.mlp, bias=m.bias,
                tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
                init_std=m.init_std, attention=attention, remat=m.remat,
-               scan_layers=m.scan_layers, dtype=DTYPES[c.dtype])
+               scan_layers=m.scan_layers, dtype=DTYPES[c.dtype],
+               attention_block=m.attention_block)
 
 
 def _rounded(y, dtype, batched: bool):
@@ -241,26 +243,47 @@ def alibi_bias(n_heads: int, seq_len: int) -> jax.Array:
   return -slopes[:, None, None] * distance[None]
 
 
-def xla_attention(q, k, v, bias=None):
+def xla_attention(q, k, v, bias=None, block: int = 0):
   """Causal attention in einsums, grouped-query heads without copies; scores and softmax in
-  float32. Its backward (causal_attention) keeps the softmax's log-normalizer, not the [S, S]
-  probabilities."""
+  float32, by blocks of `block` query rows (0: query_block_rows's choice). Its backward
+  (causal_attention) keeps the softmax's log-normalizer, not the [S, S] probabilities."""
   b, s, h, d = q.shape
   kv = k.shape[2]
-  out = causal_attention(q.reshape(b, s, kv, h // kv, d), k, v, bias)
+  out = causal_attention(q.reshape(b, s, kv, h // kv, d), k, v, bias, query_block_rows(s, block))
   return out.reshape(b, s, h, d)
 
 
-def _attention_scores(q, k, bias):
-  """Scaled, biased, causally masked float32 scores [B, KV, G, S, T] of head-major q
-  [B, KV, G, S, D] and k [B, KV, T, D]."""
-  _, kv, g, s, d = q.shape
+def query_block_rows(seq_len: int, block: int = 0) -> int:
+  """Rows per query block of the causal attention: `block` if given (>= seq_len: one block),
+  else a block of 64 rows, or an eighth of the sequence where that is more (at most 8 blocks).
+  On a 2-core CPU, mpt small (seq 256, 6 heads of 64) ran its attention 1.8x as fast in blocks of
+  64 rows as unblocked, 1.6x in blocks of 128 at seq 1024; blocks of 32 were slower again
+  (benchmarks/RESULTS.md, goal 1)."""
+  return min(seq_len, block if block > 0 else max(64, -(-seq_len // 8)))
+
+
+def query_blocks(seq_len: int, rows: int) -> list[tuple[int, int]]:
+  """(first row, rows) of each query block; a block's rows see the keys [0, first row + rows)."""
+  return [(start, min(rows, seq_len - start)) for start in range(0, seq_len, rows)]
+
+
+def scores_fraction(seq_len: int, rows: int) -> float:
+  """The share of the full [S, S] scores the blocks compute (1 for one block)."""
+  return sum(n * (start + n) for start, n in query_blocks(seq_len, rows)) / seq_len ** 2
+
+
+def _attention_scores(q, k, bias, start: int = 0):
+  """Scaled, biased, causally masked float32 scores [B, KV, G, R, C] of the head-major query rows
+  [start, start + R) of q [B, KV, G, R, D] against the keys [0, C) of k [B, KV, C, D]."""
+  _, kv, g, rows, d = q.shape
+  cols = k.shape[2]
   q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
   scores = checkpoint_name(  # kept in float32 by the "dots" remat policy, as jax's would
       jnp.einsum("bkgsd,bktd->bkgst", q, k, preferred_element_type=jnp.float32), "batched_matmul")
   if bias is not None:
-    scores = scores + bias.reshape(kv, g, s, s)
-  causal = jnp.tril(jnp.ones((s, s), dtype=bool))
+    s = bias.shape[-1]
+    scores = scores + bias.reshape(kv, g, s, s)[:, :, start:start + rows, :cols]
+  causal = jnp.tri(rows, cols, start, dtype=bool)
   return jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
 
 
@@ -270,13 +293,22 @@ def _heads_major(q, k, v):
           jnp.transpose(v, (0, 2, 1, 3)))
 
 
-@jax.custom_vjp
-def causal_attention(q, k, v, bias):
+def _joined(blocks, axis: int):
+  return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q, k, v, bias, rows: int):
   """softmax(q k^T / sqrt(D) + bias, causal) v for q [B, S, KV, G, D], k and v [B, T, KV, D],
   bias [H, S, T] or None; the probabilities rounded to v's dtype before the second matmul.
 
+  By blocks of `rows` query rows (query_blocks), each against the keys it can see: the blocks
+  skip the scores above the diagonal that the mask would drop, as flash attention and PyTorch's
+  CPU attention do (62.5% of the scores' work at seq 256 in blocks of 64), and XLA's CPU backend,
+  which runs a batched matmul on one thread, runs the independent blocks side by side.
+
   Its backward recomputes the scores from q and k and forms the probabilities from the saved
-  log-normalizer (flash attention's backward, untiled): autodiff kept the [B, H, S, S] float32
+  log-normalizer (flash attention's backward): autodiff kept the [B, H, S, S] float32
   probabilities of every layer for the backward pass and reduced over their rows again there; this
   keeps [B, H, S] and reduces dO * O over D instead. Deviceless for an H100 with this attention,
   mpt-125m at batch 8 needs 10.2 GiB of temporaries instead of 50.2; on a CPU, 21% less and 6%
@@ -285,50 +317,71 @@ def causal_attention(q, k, v, bias):
   The matmuls run on head-major copies ([B, heads, S, D], each transposed once): batched over
   the leading dims and written contiguously, XLA's CPU backend ran them up to 2x faster than on
   the projections' [B, S, heads, D] layout, whose strided output it wrote through a transpose."""
-  return _causal_attention_fwd(q, k, v, bias)[0]
+  return _causal_attention_fwd(q, k, v, bias, rows)[0]
 
 
-def _causal_attention_fwd(q, k, v, bias):
+def _causal_attention_fwd(q, k, v, bias, rows):
   q, k, v = _heads_major(q, k, v)
-  scores = _attention_scores(q, k, bias)
-  top = jnp.max(scores, axis=-1, keepdims=True)
-  unnormalized = jnp.exp(scores - top)
-  total = jnp.sum(unnormalized, axis=-1, keepdims=True)
-  probs = (unnormalized / total).astype(v.dtype)
-  out = _einsum("bkgst,bktd->bkgsd", probs, v)
+  outs, lses = [], []
+  for start, n in query_blocks(q.shape[3], rows):
+    end = start + n
+    scores = _attention_scores(q[:, :, :, start:end], k[:, :, :end], bias, start)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    unnormalized = jnp.exp(scores - top)
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    probs = (unnormalized / total).astype(v.dtype)
+    outs.append(_einsum("bkgst,bktd->bkgsd", probs, v[:, :, :end]))
+    lses.append(top + jnp.log(total))
+  out = _joined(outs, 3)
   return (jnp.transpose(out, (0, 3, 1, 2, 4)),
-          (*map(_kept, (q, k, v)), bias, _kept(out), top + jnp.log(total)))
+          (*map(_kept, (q, k, v)), bias, _kept(out), _joined(lses, 3)))
 
 
-def _causal_attention_bwd(residuals, g):
+def _causal_attention_bwd(rows, residuals, g):
   q, k, v, bias, out, lse = residuals  # head-major
   q, k, v, out = map(_restored, (q, k, v, out))
-  d = q.shape[-1]
+  d, t = q.shape[-1], k.shape[2]
   g = jnp.transpose(g, (0, 2, 3, 1, 4))
   # The barrier keeps XLA from merging this recomputation with the forward's scores (CSE, as it
   # did with unrolled layers): the merged step kept every layer's [B, H, S, S] float32 scores
   # until the backward pass (deviceless for an H100, mpt-125m batch 8 with scan_layers=False:
-  # 27.7 GB of temporaries against 9.8 with scan).
+  # 27.7 GB of temporaries against 9.8 with scan). XLA's CPU backend expands barriers before its
+  # last CSE: with unrolled layers it still merges the blocks that take a slice of the keys.
   q, k = jax.lax.optimization_barrier((q, k))
-  probs = jnp.exp(_attention_scores(q, k, bias) - lse)  # float32; 0 where masked
-  dv = _einsum("bkgst,bkgsd->bktd", probs.astype(v.dtype), g)
-  dprobs = jnp.einsum("bkgsd,bktd->bkgst", g, v, preferred_element_type=jnp.float32)
-  # Row sums of dprobs * probs, as the rows of dO . O (D wide instead of T); a product and a sum,
-  # not a float32 matmul. Without unit dims: with one among its operands' dims (G = 1 without
-  # grouped-query heads, or a batch of 1) XLA's CPU backend (YNNPACK) ran this product-and-sum
+  scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+  # Without unit dims in the row sums below: with one among its operands' dims (G = 1 without
+  # grouped-query heads, or a batch of 1) XLA's CPU backend (YNNPACK) ran that product-and-sum
   # 6-40x slower. Only unit dims go: merging sharded dims would cost all-gathers under a mesh.
   units = tuple(i for i, n in enumerate(g.shape[:-1]) if n == 1)
-  g32, out32 = (jnp.squeeze(x, units).astype(jnp.float32) for x in (g, out))
-  rows = jnp.sum(g32 * out32, axis=-1)
-  delta = rows.reshape(*g.shape[:-1], 1)
-  dscores32 = probs * (dprobs - delta)
-  dscores = dscores32.astype(q.dtype)
-  scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  dq = _einsum("bkgst,bktd->bkgsd", dscores, k) * scale
-  dk = _einsum("bkgst,bkgsd->bktd", dscores, q * scale)
-  dbias = None if bias is None else jnp.sum(dscores32, axis=0).reshape(bias.shape).astype(bias.dtype)
-  return (jnp.transpose(dq, (0, 3, 1, 2, 4)), jnp.transpose(dk, (0, 2, 1, 3)),
-          jnp.transpose(dv, (0, 2, 1, 3)), dbias)
+  dqs, dks, dvs, dbiases = [], [], [], []
+  for start, n in query_blocks(q.shape[3], rows):
+    end = start + n
+    qb, gb, outb = (x[:, :, :, start:end] for x in (q, g, out))
+    kb, vb = k[:, :, :end], v[:, :, :end]
+    probs = jnp.exp(_attention_scores(qb, kb, bias, start) - lse[:, :, :, start:end])  # 0: masked
+    dprobs = jnp.einsum("bkgsd,bktd->bkgst", gb, vb, preferred_element_type=jnp.float32)
+    # Row sums of dprobs * probs, as the rows of dO . O (D wide instead of T); a product and a
+    # sum, not a float32 matmul.
+    g32, out32 = (jnp.squeeze(x, units).astype(jnp.float32) for x in (gb, outb))
+    delta = jnp.sum(g32 * out32, axis=-1).reshape(*gb.shape[:-1], 1)
+    dscores32 = probs * (dprobs - delta)
+    dscores = dscores32.astype(q.dtype)
+    dqs.append(_einsum("bkgst,bktd->bkgsd", dscores, kb) * scale)
+    # The keys' gradients are summed over the blocks that see them, in float32, and rounded once.
+    keys = [(0, 0)] * 2 + [(0, t - end), (0, 0)]
+    dks.append(jnp.pad(jnp.einsum("bkgst,bkgsd->bktd", dscores, qb * scale,
+                                  preferred_element_type=jnp.float32), keys))
+    dvs.append(jnp.pad(jnp.einsum("bkgst,bkgsd->bktd", probs.astype(v.dtype), gb,
+                                  preferred_element_type=jnp.float32), keys))
+    if bias is not None:
+      s = bias.shape[-1]
+      dbiases.append(jnp.pad(jnp.sum(dscores32, axis=0),
+                             [(0, 0)] * 2 + [(start, s - end), (0, s - end)]))
+  dq, dk, dv = _joined(dqs, 3), sum(dks[1:], dks[0]), sum(dvs[1:], dvs[0])
+  dbias = None if bias is None else sum(dbiases[1:], dbiases[0]).reshape(bias.shape)
+  return (jnp.transpose(dq, (0, 3, 1, 2, 4)), jnp.transpose(dk.astype(k.dtype), (0, 2, 1, 3)),
+          jnp.transpose(dv.astype(v.dtype), (0, 2, 1, 3)),
+          None if dbias is None else dbias.astype(bias.dtype))
 
 
 causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
@@ -442,7 +495,10 @@ class Attention(nn.Module):
       q = rotary(q, positions, c.rope_theta)
       k = rotary(k, positions, c.rope_theta)
     bias = alibi_bias(c.n_heads, q.shape[1]) if c.position == "alibi" else None
-    out = ATTENTION_KERNELS[c.attention](q, k, v, bias)
+    kernel = ATTENTION_KERNELS[c.attention]
+    if c.attention == "xla":
+      kernel = functools.partial(kernel, block=c.attention_block)
+    out = kernel(q, k, v, bias)
     out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
     kernel, out_bias = Projection((c.n_heads, c.head_dim), (c.d_model,), c.bias, c.dtype,
                                   _init(c.init_std / math.sqrt(2 * c.n_layers),

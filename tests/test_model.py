@@ -191,16 +191,19 @@ def test_xla_attention_matches_naive_reference():
 
 
 @pytest.mark.parametrize("alibi", [False, True])
-def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alibi):
+@pytest.mark.parametrize("block", [0, 5])
+def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alibi, block):
   """model.causal_attention's own backward (probabilities recomputed from the saved
   log-normalizer) gives autodiff's gradients of jax.nn.dot_product_attention, bias included, and
-  its pullback holds no [B, H, S, S] array."""
+  its pullback holds no [B, H, S, S] array; in one block of query rows (0: 16 rows here) and in
+  blocks of 5, 5, 5 and 1 rows, each against the keys it sees."""
   rng = np.random.default_rng(5)
   b, s, h, k, d = 2, 16, 4, 2, 8
+  assert len(model.query_blocks(s, model.query_block_rows(s, block))) == (1 if block == 0 else 4)
   q, kk, v, g = (rng.normal(size=shape).astype(np.float32)
                  for shape in [(b, s, h, d), (b, s, k, d), (b, s, k, d), (b, s, h, d)])
   bias = model.alibi_bias(h, s) if alibi else None
-  ours, pullback = jax.vjp(model.xla_attention, q, kk, v, bias)
+  ours, pullback = jax.vjp(functools.partial(model.xla_attention, block=block), q, kk, v, bias)
   ref, ref_pullback = jax.vjp(model.dot_product_attention, q, kk, v, bias)
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
   for got, want in zip(pullback(g), ref_pullback(g)):
@@ -212,6 +215,37 @@ def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alib
     return [x.shape for x in jax.tree.leaves(fn) if x.ndim >= 4 and x.shape[-2:] == (s, s)]
 
   assert not per_batch_square(pullback) and per_batch_square(ref_pullback)
+
+
+def test_query_blocks_tile_the_sequence():
+  """The causal attention's query blocks: `block` rows each (the last one shorter where they do not
+  divide the sequence), 64 by default, or an eighth of a longer sequence; one block where the rows
+  cover the sequence. The blocks' scores, each block against the keys it sees, are the share
+  scores_fraction gives of the [S, S] square."""
+  assert model.query_block_rows(48) == 48 and model.query_block_rows(256) == 64
+  assert model.query_block_rows(2048) == 256 and model.query_block_rows(2047) == 256
+  assert model.query_block_rows(256, 100) == 100 and model.query_block_rows(256, 999) == 256
+  assert model.query_blocks(256, 64) == [(0, 64), (64, 64), (128, 64), (192, 64)]
+  assert model.query_blocks(16, 5) == [(0, 5), (5, 5), (10, 5), (15, 1)]
+  assert model.query_blocks(48, 48) == [(0, 48)] and model.scores_fraction(48, 48) == 1.0
+  assert model.scores_fraction(256, 64) == (64 * (64 + 128 + 192 + 256)) / 256 ** 2 == 0.625
+  assert model.scores_fraction(16, 5) == (5 * 5 + 5 * 10 + 5 * 15 + 1 * 16) / 256
+
+
+def test_blocked_bf16_attention_is_the_unblocked_one_within_rounding():
+  """In bfloat16, the attention in blocks of 64 query rows (the default at seq 256) gives the
+  values and gradients of the same attention in one block to within bfloat16's rounding: the keys'
+  gradients are summed over the blocks in float32 and rounded once, as one block rounds them."""
+  rng = np.random.default_rng(8)
+  b, s, h, d = 1, 256, 2, 16
+  q, kk, v, g = (jnp.asarray(rng.normal(size=(b, s, h, d)), jnp.bfloat16) for _ in range(4))
+
+  def run(block):
+    out, pullback = jax.vjp(functools.partial(model.xla_attention, block=block), q, kk, v)
+    return [np.asarray(x, np.float32) for x in (out, *pullback(g))]
+
+  for blocked, whole in zip(run(0), run(s)):
+    np.testing.assert_allclose(blocked, whole, rtol=0, atol=2 ** -7 * np.abs(whole).max())
 
 
 @pytest.mark.parametrize("rms", [False, True])
