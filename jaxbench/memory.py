@@ -80,7 +80,8 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor  # the MLP's pre-activations
   full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
   # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.
-  blocks = model_lib.scores_fraction(s, model_lib.query_block_rows(s, m.attention_block))
+  rows = model_lib.query_block_rows(s, m.get("attention_block", 0))  # absent from older run.json
+  blocks = model_lib.scores_fraction(s, rows)
   attention_dots = 0 if fused_attention else 4 * h * s * blocks / tensor + a * d / tensor
   kept = {
       "none": full_set,

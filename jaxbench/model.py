@@ -87,7 +87,7 @@ class ModelConfig:
                tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
                init_std=m.init_std, attention=attention, remat=m.remat,
                scan_layers=m.scan_layers, dtype=DTYPES[c.dtype],
-               attention_block=m.attention_block)
+               attention_block=m.get("attention_block", 0))  # absent from older run.json
 
 
 def _rounded(y, dtype, batched: bool):
@@ -257,7 +257,7 @@ def query_block_rows(seq_len: int, block: int = 0) -> int:
   """Rows per query block of the causal attention: `block` if given (>= seq_len: one block),
   else a block of 64 rows, or an eighth of the sequence where that is more (at most 8 blocks).
   On a 2-core CPU, mpt small (seq 256, 6 heads of 64) ran its attention 1.8x as fast in blocks of
-  64 rows as unblocked, 1.6x in blocks of 128 at seq 1024; blocks of 32 were slower again
+  64 rows as unblocked, and 1.9x in blocks of 128 at seq 1024; blocks of 32 were slower again
   (benchmarks/RESULTS.md, goal 1)."""
   return min(seq_len, block if block > 0 else max(64, -(-seq_len // 8)))
 
@@ -304,8 +304,9 @@ def causal_attention(q, k, v, bias, rows: int):
 
   By blocks of `rows` query rows (query_blocks), each against the keys it can see: the blocks
   skip the scores above the diagonal that the mask would drop, as flash attention and PyTorch's
-  CPU attention do (62.5% of the scores' work at seq 256 in blocks of 64), and XLA's CPU backend,
-  which runs a batched matmul on one thread, runs the independent blocks side by side.
+  CPU attention do (62.5% of the scores' work at seq 256 in blocks of 64). XLA's CPU backend runs
+  a batch of small matmuls on one thread; the blocks' smaller ones ran faster there than their
+  share of the work (1.9x on one core, where the work alone gives 1.6x).
 
   Its backward recomputes the scores from q and k and forms the probabilities from the saved
   log-normalizer (flash attention's backward): autodiff kept the [B, H, S, S] float32
@@ -495,10 +496,10 @@ class Attention(nn.Module):
       q = rotary(q, positions, c.rope_theta)
       k = rotary(k, positions, c.rope_theta)
     bias = alibi_bias(c.n_heads, q.shape[1]) if c.position == "alibi" else None
-    kernel = ATTENTION_KERNELS[c.attention]
+    attend = ATTENTION_KERNELS[c.attention]
     if c.attention == "xla":
-      kernel = functools.partial(kernel, block=c.attention_block)
-    out = kernel(q, k, v, bias)
+      attend = functools.partial(attend, block=c.attention_block)
+    out = attend(q, k, v, bias)
     out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
     kernel, out_bias = Projection((c.n_heads, c.head_dim), (c.d_model,), c.bias, c.dtype,
                                   _init(c.init_std / math.sqrt(2 * c.n_layers),

@@ -232,6 +232,18 @@ def test_query_blocks_tile_the_sequence():
   assert model.scores_fraction(16, 5) == (5 * 5 + 5 * 10 + 5 * 15 + 1 * 16) / 256
 
 
+def test_a_config_from_before_attention_block_builds_the_model():
+  """run.json of a run made before model.attention_block existed (export-hf reads it back): the
+  model and the memory prediction take the default blocks."""
+  import ml_collections
+  from jaxbench import memory
+  saved = config.load_config_file("configs/mpt.py:nano").to_dict()
+  del saved["model"]["attention_block"]
+  c = ml_collections.ConfigDict(saved)
+  assert model.ModelConfig.from_config(c, "xla").attention_block == 0
+  assert memory.predict(c, {"data": 1, "fsdp": 1, "tensor": 1})["total"] > 0
+
+
 def test_blocked_bf16_attention_is_the_unblocked_one_within_rounding():
   """In bfloat16, the attention in blocks of 64 query rows (the default at seq 256) gives the
   values and gradients of the same attention in one block to within bfloat16's rounding: the keys'
