@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent("""
     def nano(mesh, steps=5):
       c = config.load_config_file("configs/mpt.py:nano")
       c.model.n_heads, c.model.n_kv_heads, c.model.d_ff = 8, 8, 256   # divisible by tensor=8
+      c.model.attention_block = 16  # the attention in 4 blocks of query rows, heads sharded
       c.steps, c.warmup_steps_excluded, c.peak_tflops, c.log_every = steps, 0, 1.0, 0
       c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
       return c
