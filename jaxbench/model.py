@@ -272,6 +272,14 @@ def scores_fraction(seq_len: int, rows: int) -> float:
   return sum(n * (start + n) for start, n in query_blocks(seq_len, rows)) / seq_len ** 2
 
 
+def attention_blocks(seq_len: int, block: int = 0) -> dict:
+  """What the xla attention computes at this length (run.json's `attention`): its query blocks'
+  rows, how many, and the share of the [S, S] scores they compute."""
+  rows = query_block_rows(seq_len, block)
+  return {"query_block_rows": rows, "query_blocks": len(query_blocks(seq_len, rows)),
+          "scores_computed": round(scores_fraction(seq_len, rows), 4)}
+
+
 def _attention_scores(q, k, bias, start: int = 0):
   """Scaled, biased, causally masked float32 scores [B, KV, G, R, C] of the head-major query rows
   [start, start + R) of q [B, KV, G, R, D] against the keys [0, C) of k [B, KV, C, D]."""

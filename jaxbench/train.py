@@ -320,6 +320,10 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   say(f"  {len(devices)} x {devices[0].device_kind} ({platform}), mesh "
       + " x ".join(f"{a}={s}" for a, s in mesh_shape.items())
       + f", dtype {c.dtype}, attention {attention}, remat {m.remat}, scan {m.scan_layers}")
+  blocks = model_lib.attention_blocks(c.seq_len, m.attention_block) if attention == "xla" else {}
+  if blocks.get("query_blocks", 1) > 1:
+    say(f"  attention in {blocks['query_blocks']} blocks of {blocks['query_block_rows']} query "
+        f"rows: {blocks['scores_computed']:.1%} of the scores (the FLOPs count keeps them all)")
   say(f"  batch {c.batch_size} x {c.seq_len} tokens in {c.microbatches} microbatch(es), "
       f"{c.steps} steps, first {c.warmup_steps_excluded} not timed")
 
@@ -341,7 +345,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       "tensor_groups_within_hosts": tensor_local,
       "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
       "param_partition_specs": sharding.describe_param_specs(setup.state_shardings.params),
-      "attention": {"implementation": attention, "reason": setup.attention_reason},
+      "attention": {"implementation": attention, "reason": setup.attention_reason, **blocks},
       "n_params": n_params, "param_counts": counts, **flops,
       "peak": dataclasses.asdict(peak),
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,

@@ -99,6 +99,10 @@ def test_default_run_writes_the_contract_files(tmp_path):
       model.ModelConfig.from_config(config.load_config_file("configs/mpt.py:tiny"), "xla"))["total"]
   assert info["peak"]["source"] == "measured" and info["peak"]["tflops"] > 0
   assert info["compile"]["compile_s"] > 0 and info["versions"]["jax"] == jax.__version__
+  # mpt:tiny, seq 128: the xla attention in two blocks of 64 query rows, 3/4 of the scores.
+  assert info["attention"]["implementation"] == "xla"
+  assert (info["attention"]["query_block_rows"], info["attention"]["query_blocks"],
+          info["attention"]["scores_computed"]) == (64, 2, 0.75)
   if sys.platform.startswith("linux"):  # JAX_PLATFORMS=cpu: `auto` sets glibc's malloc
     assert info["host_allocator"]["applied"] and info["host_allocator"]["mode"] == "auto"
     # ... and steps that run inline, so the loop times each from its own dispatch: no step's
