@@ -358,7 +358,7 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
                  "batch_size": c.batch_size, "microbatches": c.microbatches, "seq_len": c.seq_len,
                  "remat": c.model.remat, "scan_layers": c.model.scan_layers,
                  "mesh": setup.mesh_shape},
-      "attention": {"implementation": setup.attention, "reason": setup.attention_reason},
+      "attention": train.describe_attention(c, setup.attention, setup.attention_reason),
       "n_params": setup.n_params, "flops_per_token": setup.flops["flops_per_token"],
       "jax": jax.__version__, "lower_s": lower_s, "compile_s": compile_s,
       "compiled": error is None,
@@ -401,7 +401,10 @@ def format_report(r: dict) -> str:
            f"microbatch(es), remat {c['remat']}, scan {c['scan_layers']}",
            f"  target {t['device']} ({t['name']}, {t['platform']}), topology {r['topology']}: "
            f"{r['n_devices']} devices in {r['processes']} process(es), mesh {mesh}; jax {r['jax']}",
-           f"  attention {r['attention']['implementation']} ({r['attention']['reason']})"]
+           f"  attention {r['attention']['implementation']} ({r['attention']['reason']})"
+           + (f"; {r['attention']['query_blocks']} blocks of {r['attention']['query_block_rows']} "
+              f"query rows, {r['attention']['scores_computed']:.1%} of the scores"
+              if r["attention"].get("query_blocks", 1) > 1 else "")]
   if t["dropped_fields"]:
     lines.append(f"  description fields this XLA does not know, dropped: {', '.join(t['dropped_fields'])}")
   if not r["compiled"]:

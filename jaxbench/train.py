@@ -65,6 +65,14 @@ def choose_attention(c, device) -> tuple[str, str]:
   return "cudnn", "auto: cuDNN fused attention lowered for this shape"
 
 
+def describe_attention(c, attention: str, reason: str) -> dict:
+  """run.json's (and `jaxbench compile`'s) `attention`: the implementation and why, and for the
+  xla attention its query blocks and the share of the scores they compute."""
+  blocks = (model_lib.attention_blocks(c.seq_len, c.model.attention_block)
+            if attention == "xla" else {})
+  return {"implementation": attention, "reason": reason, **blocks}
+
+
 def cudnn_problem(c, cuda: bool, platform: str = "this backend") -> str | None:
   """Why the cuDNN fused attention cannot take config `c` (None: it may; the probe decides), from
   the config alone: what jax.nn.dot_product_attention's cuDNN path accepts
@@ -320,10 +328,11 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   say(f"  {len(devices)} x {devices[0].device_kind} ({platform}), mesh "
       + " x ".join(f"{a}={s}" for a, s in mesh_shape.items())
       + f", dtype {c.dtype}, attention {attention}, remat {m.remat}, scan {m.scan_layers}")
-  blocks = model_lib.attention_blocks(c.seq_len, m.attention_block) if attention == "xla" else {}
-  if blocks.get("query_blocks", 1) > 1:
-    say(f"  attention in {blocks['query_blocks']} blocks of {blocks['query_block_rows']} query "
-        f"rows: {blocks['scores_computed']:.1%} of the scores (the FLOPs count keeps them all)")
+  attention_info = describe_attention(c, attention, setup.attention_reason)
+  if attention_info.get("query_blocks", 1) > 1:
+    say(f"  attention in {attention_info['query_blocks']} blocks of "
+        f"{attention_info['query_block_rows']} query rows: {attention_info['scores_computed']:.1%} "
+        "of the scores (the FLOPs count keeps them all)")
   say(f"  batch {c.batch_size} x {c.seq_len} tokens in {c.microbatches} microbatch(es), "
       f"{c.steps} steps, first {c.warmup_steps_excluded} not timed")
 
@@ -345,7 +354,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       "tensor_groups_within_hosts": tensor_local,
       "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
       "param_partition_specs": sharding.describe_param_specs(setup.state_shardings.params),
-      "attention": {"implementation": attention, "reason": setup.attention_reason, **blocks},
+      "attention": attention_info,
       "n_params": n_params, "param_counts": counts, **flops,
       "peak": dataclasses.asdict(peak),
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,

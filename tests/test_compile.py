@@ -70,6 +70,9 @@ def test_default_config_compiles_for_h100_and_fits(reports):
   if r["target"]["dropped_fields"]:
     assert any("dropped" in w for w in reports["warnings"])
   assert "NOT" not in compile_lib.format_report(r)
+  # float32: the xla attention, at mpt:tiny's seq 128 in two blocks of 64 query rows.
+  assert r["attention"]["implementation"] == "xla" and r["attention"]["query_blocks"] == 2
+  assert "2 blocks of 64 query rows, 75.0% of the scores" in compile_lib.format_report(r)
   m = r["memory"]
   assert m["with_next_step_bytes"] == m["total_bytes"] + m["temp_bytes"]
   assert m["fits_with_next_step"] is True and "TIGHT" not in compile_lib.format_report(r)
