@@ -324,7 +324,8 @@ def validate(c, n_devices: int) -> dict[str, int]:
 
   m = c.model
   check_choice(c, "model.attention", ATTENTIONS)
-  if not isinstance(m.attention_block, int) or m.attention_block < 0:
+  if (not isinstance(m.attention_block, int) or isinstance(m.attention_block, bool)
+      or m.attention_block < 0):
     raise ConfigError("model.attention_block", f"{m.attention_block!r} must be an integer >= 0 "
                                                "(0: chosen from seq_len)")
   check_choice(c, "model.remat", REMAT_POLICIES)
