@@ -10,7 +10,10 @@
 #    (benchmarks/aot_vs_device.py);
 # 4. a TIGHT step (fits once, not beside a second step's temporaries) trained for a few steps
 #    (benchmarks/tight_check.py);
-# 5. if time is left (560 s in all), mpt-125m scanned at batch 32 with and without XLA's
+# 5. if time is left (560 s in all), mpt-125m in float32 at batch 8, where `auto` runs the xla
+#    attention, in query blocks (the default since the twelfth session, timed on CPUs only) and
+#    in one block (`model.attention_block=2048`), two JAX runs alternated under blocks/;
+# 6. if time is still left, mpt-125m scanned at batch 32 with and without XLA's
 #    dynamic-slice fusion (GEMMs reading and writing the scan's stacked residuals in place instead
 #    of copying: 5-8% of the scanned steps' kernel time in run 3; deviceless on jax 0.10.2 the
 #    flag failed with cuBLAS GEMMs), two JAX runs alternated in one suite under dsfusion/.
@@ -70,6 +73,15 @@ trap pack EXIT
   "$PYTHON" benchmarks/aot_vs_device.py --suite="$WORK" --timeout_s=120
   echo "== a TIGHT step, trained"
   "$PYTHON" benchmarks/tight_check.py --suite="$WORK" --timeout_s=120
+  LEFT=$(( 560 - SECONDS ))
+  if [ "$LEFT" -gt 80 ]; then
+    echo "== mpt-125m float32 (the xla attention) in query blocks and in one block (${LEFT}s left)"
+    timeout "$(( LEFT - 10 ))" benchmarks/gpu_suite.sh "$WORK/blocks" --budget_s=$(( LEFT - 40 )) \
+      --sizes=125m --frameworks=jax --dtype=float32 --min_batch=8 --max_batch=8 \
+      --timeout_s=$(( LEFT / 2 )) --variant=jax-oneblock:--config.model.attention_block=2048
+  else
+    echo "== the attention's query blocks: skipped (${LEFT}s left of the 560)"
+  fi
   LEFT=$(( 560 - SECONDS ))
   if [ "$LEFT" -gt 80 ]; then
     echo "== mpt-125m scanned with and without XLA's dynamic-slice fusion (${LEFT}s left)"
