@@ -92,8 +92,13 @@ class ModelConfig:
 
 def _rounded(y, dtype, batched: bool):
   """A matmul's float32 result rounded to `dtype`, named for the remat policies that keep matmul
-  results ("dots": both names; "dots_no_batch": "matmul" only)."""
-  return checkpoint_name(y.astype(dtype), "batched_matmul" if batched else "matmul")
+  results ("dots": both names; "dots_no_batch": "matmul" only). A bfloat16 result is named as its
+  bits (_kept), so that a policy keeps the bits and a scan over layers stacks them in place: XLA's
+  CPU backend rewrote a whole bf16 stack every layer (mpt:small bf16 with remat=dots, 24 layers:
+  the scan's step took 1.38x the unrolled one's; benchmarks/RESULTS.md, goal 1). Only inside the
+  model's custom VJPs: autodiff does not differentiate through the integer bits."""
+  y = y.astype(dtype)
+  return _restored(checkpoint_name(_kept(y), "batched_matmul" if batched else "matmul"))
 
 
 def _einsum(spec: str, a, b):

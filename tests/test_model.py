@@ -130,7 +130,8 @@ def test_remat_policies_same_gradients(scan, policies):
 def test_dots_policies_keep_bf16_matmul_results_and_dots_recomputes_no_matmul(remat):
   """The model's bf16 matmuls accumulate in float32 and round (model._rounded): the "dots"
   policies keep the rounded results, as jax's policies kept bf16 dot results before (kept as
-  float32 they took twice the bytes), and "dots" recomputes no matmul in the backward pass."""
+  float32 they took twice the bytes), as their bits (uint16, which a scan stacks in place), and
+  "dots" recomputes no matmul in the backward pass."""
   import contextlib
   import io
 
@@ -148,7 +149,7 @@ def test_dots_policies_keep_bf16_matmul_results_and_dots_recomputes_no_matmul(re
     print_saved_residuals(loss, params)
   saved = [line.split()[0] for line in printed.getvalue().splitlines()
            if "from the argument" not in line]
-  assert sum(t.startswith("bf16[2,16,") for t in saved) >= 4 * 2  # q, k, v, out; 2 layers
+  assert sum(t.startswith("u16[2,16,") for t in saved) >= 4 * 2  # q, k, v, out; 2 layers
   # float32: only the norms' statistics, and with "dots" the attention scores [B, K, G, S, T].
   wide = [t for t in saved if t.startswith("f32[") and not t.endswith(",1]")
           and not (remat == "dots" and t.count(",") == 4)]

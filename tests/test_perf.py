@@ -147,19 +147,24 @@ def test_cpu_bf16_step_runs_bf16_matmul_kernels():
   assert set(flops) == {("bfloat16", "bfloat16")}, flops
 
 
-@pytest.mark.parametrize("family", ["mpt", "llama"])
-def test_cpu_scan_stacks_bf16_residuals_in_place(family):
+@pytest.mark.parametrize("family,remat", [("mpt", "none"), ("llama", "none"), ("mpt", "dots"),
+                                          ("mpt", "dots_no_batch")])
+def test_cpu_scan_stacks_bf16_residuals_in_place(family, remat):
   """A scan over layers stacks each layer's residuals for the backward. XLA's CPU backend ran a
   bf16 stack's dynamic-update-slice in float32, widening and rewriting the whole stack every layer
   (the cost grows with the square of the depth); the model keeps bf16 residuals as their bits
-  (model._kept), which it updates in place. No dynamic-update-slice of the compiled bf16 step may
-  update a widened stack (8 did for mpt:nano before)."""
+  (model._kept), which it updates in place, and so do the remat policies that keep matmul results
+  (model._rounded names the bits). No dynamic-update-slice of the compiled bf16 step may update a
+  widened stack (8 did for mpt:nano before; with remat=dots, 5), but under a remat policy the
+  stack of the blocks' inputs: a rematerialized block keeps its input, the scan's carry, which
+  autodiff cannot carry as integer bits."""
   import re
 
   from jaxbench import hlo
 
   c = config.load_with_overrides(f"configs/{family}.py:nano",
                                  dict(seq_len=64, dtype="bfloat16"))
+  c.model.remat = remat
   assert c.model.scan_layers
   grad, args = _loss_grad(c, 0)
   updates, widened = 0, []
@@ -169,7 +174,8 @@ def test_cpu_scan_stacks_bf16_residuals_in_place(family):
     widened += [shape for shape, operand in re.findall(
         r"= (\S+) dynamic-update-slice\(%([^,]+),", computation) if ops.get(operand) == "convert"]
   assert updates >= 8, updates  # the stacks are read from the HLO at all
-  assert not widened, widened
+  blocks_inputs = f"f32[{c.model.n_layers},2,{c.seq_len},{c.model.d_model}]" + "{3,2,1,0}"
+  assert widened == ([] if remat == "none" else [blocks_inputs]), widened
 
 
 def test_cpu_step_does_not_transpose_the_mlp_gradient():
