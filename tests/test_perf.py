@@ -155,7 +155,7 @@ def test_cpu_scan_stacks_bf16_residuals_in_place(family, remat):
   (the cost grows with the square of the depth); the model keeps bf16 residuals as their bits
   (model._kept), which it updates in place, and so do the remat policies that keep matmul results
   (model._rounded names the bits). No dynamic-update-slice of the compiled bf16 step may update a
-  widened stack (8 did for mpt:nano before; with remat=dots, 5), but under a remat policy the
+  widened stack (8 did for mpt:nano before; with remat=dots, 7), but under a remat policy the
   stack of the blocks' inputs: a rematerialized block keeps its input, the scan's carry, which
   autodiff cannot carry as integer bits."""
   import re
