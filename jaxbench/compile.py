@@ -394,6 +394,7 @@ def _gib(n: float | None) -> str:
 
 
 def format_report(r: dict) -> str:
+  from jaxbench import model
   c, t = r["config"], r["target"]
   mesh = " x ".join(f"{k}={v}" for k, v in c["mesh"].items())
   lines = [f"jaxbench compile: {c['family']}:{c['preset']} ({r['n_params'] / 1e6:,.1f}M params) "
@@ -402,9 +403,7 @@ def format_report(r: dict) -> str:
            f"  target {t['device']} ({t['name']}, {t['platform']}), topology {r['topology']}: "
            f"{r['n_devices']} devices in {r['processes']} process(es), mesh {mesh}; jax {r['jax']}",
            f"  attention {r['attention']['implementation']} ({r['attention']['reason']})"
-           + (f"; {r['attention']['query_blocks']} blocks of {r['attention']['query_block_rows']} "
-              f"query rows, {r['attention']['scores_computed']:.1%} of the scores"
-              if r["attention"].get("query_blocks", 1) > 1 else "")]
+           + (f"; {blocks}" if (blocks := model.attention_blocks_text(r["attention"])) else "")]
   if t["dropped_fields"]:
     lines.append(f"  description fields this XLA does not know, dropped: {', '.join(t['dropped_fields'])}")
   if not r["compiled"]:

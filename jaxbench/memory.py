@@ -67,8 +67,8 @@ def _param_bytes(cfg: model_lib.ModelConfig, mesh_items: tuple) -> int:
   return _shard_bytes(boxed, dict(mesh_items))
 
 
-def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bool
-                                ) -> tuple[float, float]:
+def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bool,
+                                attention_block: int) -> tuple[float, float]:
   """(kept per token per layer, one layer's full set per token) in bytes."""
   m = c.model
   a = DTYPE_BYTES[c.dtype]
@@ -80,8 +80,7 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor  # the MLP's pre-activations
   full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
   # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.
-  rows = model_lib.query_block_rows(s, m.get("attention_block", 0))  # absent from older run.json
-  blocks = model_lib.scores_fraction(s, rows)
+  blocks = model_lib.scores_fraction(s, model_lib.query_block_rows(s, attention_block))
   attention_dots = 0 if fused_attention else 4 * h * s * blocks / tensor + a * d / tensor
   kept = {
       "none": full_set,
@@ -103,7 +102,8 @@ def predict(c, mesh_shape: dict[str, int], attention: str | None = None) -> dict
   batch_per_device = c.batch_size // (mesh_shape["data"] * mesh_shape["fsdp"] * c.microbatches)
   tokens = batch_per_device * c.seq_len
   attention = attention or m.attention
-  kept, full_set = _activation_bytes_per_token(c, m.remat, tensor, attention == "cudnn")
+  kept, full_set = _activation_bytes_per_token(c, m.remat, tensor, attention == "cudnn",
+                                               cfg.attention_block)
   a = DTYPE_BYTES[c.dtype]
   # The output layer's matmul writes the logits in the compute dtype (model.logits; the loss widens
   # them to float32 as it reads them), and the backward pass holds them and their gradient, also

@@ -285,6 +285,15 @@ def attention_blocks(seq_len: int, block: int = 0) -> dict:
           "scores_computed": round(scores_fraction(seq_len, rows), 4)}
 
 
+def attention_blocks_text(info: dict) -> str | None:
+  """attention_blocks' figures, as run.json's `attention` holds them, in words ("4 blocks of 64
+  query rows, 62.5% of the scores"); None for one block or another attention."""
+  if info.get("query_blocks", 1) == 1:
+    return None
+  return (f"{info['query_blocks']} blocks of {info['query_block_rows']} query rows, "
+          f"{info['scores_computed']:.1%} of the scores")
+
+
 def _attention_scores(q, k, bias, start: int = 0):
   """Scaled, biased, causally masked float32 scores [B, KV, G, R, C] of the head-major query rows
   [start, start + R) of q [B, KV, G, R, D] against the keys [0, C) of k [B, KV, C, D]."""

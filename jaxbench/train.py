@@ -329,10 +329,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       + " x ".join(f"{a}={s}" for a, s in mesh_shape.items())
       + f", dtype {c.dtype}, attention {attention}, remat {m.remat}, scan {m.scan_layers}")
   attention_info = describe_attention(c, attention, setup.attention_reason)
-  if attention_info.get("query_blocks", 1) > 1:
-    say(f"  attention in {attention_info['query_blocks']} blocks of "
-        f"{attention_info['query_block_rows']} query rows: {attention_info['scores_computed']:.1%} "
-        "of the scores (the FLOPs count keeps them all)")
+  if blocks := model_lib.attention_blocks_text(attention_info):
+    say(f"  attention in {blocks} (the FLOPs count keeps them all)")
   say(f"  batch {c.batch_size} x {c.seq_len} tokens in {c.microbatches} microbatch(es), "
       f"{c.steps} steps, first {c.warmup_steps_excluded} not timed")
 
