@@ -34,6 +34,14 @@ MESH_AXES = ("data", "fsdp", "tensor")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "mpt.py") + ":tiny"
 
+# loss_chunk_size of the CPU presets (configs/*.py nano, tiny, small). On a CPU, chunks whose logits
+# stay near the last-level cache are faster than the whole batch's at once: mpt:small and
+# llama:small ([8, 128, 8192] float32 logits a chunk, 32 MiB) ran 3-8% faster in bfloat16 than with
+# the plain loss, alternated on a 2-core AMD EPYC with 32 MiB of L3 (chunks of 64 were slower
+# again, one chunk of 256 slower than the plain loss; benchmarks/RESULTS.md, goal 1). The other
+# presets keep the base default, sized for the GPU's memory.
+CPU_LOSS_CHUNK_SIZE = 128
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key a run reads, with its default. Config files override what their preset changes."""
