@@ -9,7 +9,10 @@ Each run is its own `jaxbench train` process with its own run directory under --
 number is also in a run folder that `jaxbench compare` reads. The modes run in turn, round after
 round (A B C A B C ...): on a shared or noisy machine a slow spell then hits every mode rather
 than one. Each mode's figure is the median over rounds of its runs' median step throughput
-(summary.json: compile / warm-up and the first `warmup_steps_excluded` steps left out).
+(summary.json: compile / warm-up and the first `warmup_steps_excluded` steps left out). Beside the
+ratio of those medians, each mode's ratio to the first mode is taken round by round (runs minutes
+apart, so a slow spell of the machine weighs on both sides of each ratio), as is the first mode's
+ratio to the faster twin mode of each round, the comparison issue #7 asks for.
 The default config is issue #7's CPU comparison (mpt small: 6 layers, d_model 384, 6 heads,
 seq 256, batch 8, vocab 8192).
 """
@@ -94,17 +97,43 @@ def summarize(runs: list[dict], modes: list[str]) -> list[dict]:
   base = rows[0]["tokens_per_s_per_device"]
   for row in rows:
     row["ratio_to_first"] = row["tokens_per_s_per_device"] / base
+    row["paired_ratios"] = [x / b for x, b in zip(row["per_round"], rows[0]["per_round"])]
   return rows
 
 
+def against_best_twin(rows: list[dict]) -> dict | None:
+  """The first mode's tokens/s over the faster twin mode's (eager or torch.compile) of the same
+  round, round by round; None without a twin mode or when the first mode is one."""
+  twins = [r for r in rows if r["mode"].startswith("torch")]
+  if not twins or rows[0] in twins:
+    return None
+  best = [max(r["per_round"][i] for r in twins) for i in range(len(rows[0]["per_round"]))]
+  ratios = [x / b for x, b in zip(rows[0]["per_round"], best)]
+  return {"mode": rows[0]["mode"], "ratios": ratios, "median": statistics.median(ratios)}
+
+
+def paired_text(ratios: list[float]) -> str:
+  """'1.03x (0.96-1.05x)': the median of per-round ratios and their range."""
+  if len(ratios) == 1:
+    return f"{ratios[0]:.2f}x"
+  return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)"
+
+
 def table(rows: list[dict], first: str) -> list[str]:
-  lines = [f"| mode | tokens/s/device (median of rounds) | per round | vs {first} | MFU | "
-           "compile / warm-up s | final loss |", "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+  lines = [f"| mode | tokens/s/device (median of rounds) | per round | vs {first} | "
+           f"vs {first}, round by round | MFU | compile / warm-up s | final loss |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
   for r in rows:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
     per_round = ", ".join(f"{x:,.0f}" for x in r["per_round"])
     lines.append(f"| {r['mode']} | {r['tokens_per_s_per_device']:,.0f} | {per_round} | "
-                 f"{r['ratio_to_first']:.2f}x | {mfu} | {r['compile_s']:.1f} | {r['final_loss']:.4f} |")
+                 f"{r['ratio_to_first']:.2f}x | {paired_text(r['paired_ratios'])} | {mfu} | "
+                 f"{r['compile_s']:.1f} | {r['final_loss']:.4f} |")
+  best = against_best_twin(rows)
+  if best:
+    per_round = ", ".join(f"{x:.2f}x" for x in best["ratios"])
+    lines += ["", f"{best['mode']} against the faster twin mode of each round: "
+              f"{paired_text(best['ratios'])} (rounds: {per_round})"]
   return lines
 
 
@@ -134,7 +163,8 @@ def main(argv=None) -> int:
              "torch_threads": torch_run["torch"]["num_threads"] if torch_run else None,
              "python": versions.get("python")}
   with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump({"context": context, "rows": rows, "runs": runs}, f, indent=2)
+    json.dump({"context": context, "rows": rows, "against_best_twin": against_best_twin(rows),
+               "runs": runs}, f, indent=2)
   print()
   print(" ".join(f"{k}={v}" for k, v in context.items()))
   print("\n".join(table(rows, args.modes[0])))
@@ -152,7 +182,6 @@ def main(argv=None) -> int:
          f"{args.warmup_steps_excluded} and compile / warm-up excluded), {args.rounds} rounds "
          "alternated", "", *table(rows, args.modes[0])]))
   return 0
-
 
 
 if __name__ == "__main__":
