@@ -34,13 +34,36 @@ def test_sharded_config_on_eight_host_devices(tmp_path):
 
 
 def test_cudnn_request_is_reported_not_faked(tmp_path):
+  from jaxbench import compile as compile_lib
+  have_cudnn = compile_lib.plugin_problem("cuda") is None  # the cuda-aot extra (CI has it)
   proc = run_cli(["portability", "--config=configs/mpt.py:nano", "--config.model.attention=cudnn",
                   "--config.dtype=bfloat16", "--platforms=cuda,rocm", "--json=r.json"], tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads((tmp_path / "r.json").read_text())["platforms"]
-  assert rows[0]["attention"] == "xla" and "did not lower here" in rows[0]["note"]
-  assert "cuDNN" in rows[0]["note"]  # the real reason, from trying
+  if have_cudnn:
+    # Lowered with cuDNN's attention: its custom calls are the step's vendor-specific part, and
+    # jax.export's missing compatibility guarantee for them is said, not hidden.
+    assert rows[0]["lowered"] and rows[0]["attention"] == "cudnn", rows[0]
+    assert {"__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"} <= set(rows[0]["custom_calls"])
+    assert rows[0]["unguaranteed_custom_calls"] == sorted(rows[0]["custom_calls"])
+    assert "compatibility guarantee" in rows[0]["note"]
+  else:
+    assert rows[0]["attention"] == "xla" and "did not lower here" in rows[0]["note"]
+    assert "cuDNN" in rows[0]["note"]  # the real reason, from trying
   assert "CUDA-only" in rows[1]["note"]
+
+
+def test_unguaranteed_custom_calls_are_read_from_exports_refusal():
+  refusal = ValueError(
+      "Cannot serialize code with custom calls whose targets have no compatibility guarantees. "
+      "See https://docs.jax.dev/en/latest/export/export.html. Examples are:\n"
+      '%0 = stablehlo.custom_call @__cudnn$fmhaSoftmax(%a) {backend_config = ""} : ...\n'
+      '%1 = "stablehlo.custom_call"(%b) {call_target_name = "__cudnn$fmhaSoftmaxBackward"} : ...\n'
+      '%2 = stablehlo.custom_call @__cudnn$fmhaSoftmax(%c) : ....\n')
+  assert portability.unguaranteed_custom_calls(refusal) == (
+      "__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward")
+  assert portability.unguaranteed_custom_calls(ValueError("cuDNN is not detected")) == ()
+  assert portability.unguaranteed_custom_calls(RuntimeError(str(refusal))) == ()
 
 
 @pytest.mark.parametrize("args,needle", [(["--platforms=metal"], "--platforms"),
