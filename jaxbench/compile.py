@@ -374,7 +374,7 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
   mem_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEFAULT_MEM_FRACTION))
   memory = memory_report(compiled.memory_analysis(), target.memory_bytes, mem_fraction)
   kernels = kernel_report(text)
-  peak = peak_lib.table_peak(device_kind, "gpu", c.dtype)
+  peak = peak_lib.table_peak(device_kind, "gpu", c.dtype, getattr(devices[0], "core_count", None))
   tokens_per_device = c.batch_size * c.seq_len / len(devices)
   report.update({
       "memory": memory, "kernels": kernels, "collectives": hlo.collectives(text),

@@ -6,7 +6,9 @@ the same program on its share of the global batch, and only process 0 writes the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import socket
 
 import jax
 
@@ -68,3 +70,16 @@ def _without_cluster_env():
     yield
   finally:
     os.environ.update(hidden)
+
+
+def processes_on_this_host() -> int:
+  """How many of the run's processes run on this host (1 for a single-process run): on a CPU they
+  share its cores, so no one process's measurement is one device's share (peak.resolve_peak)."""
+  if jax.process_count() == 1:
+    return 1
+  import numpy as np
+  from jax.experimental import multihost_utils
+  # 32 bits of the host name's hash: JAX without x64 would narrow a 64-bit integer.
+  mine = np.frombuffer(hashlib.sha256(socket.gethostname().encode()).digest()[:4], np.int32)
+  every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+  return int(np.sum(every == mine[0]))

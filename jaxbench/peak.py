@@ -73,12 +73,11 @@ _GPU_TABLE = (
      "NVIDIA H200/GH200 datasheets (= H100 SXM5 compute): BF16 989.4, TF32 494.7"),
     # NVIDIA L40S datasheet: BF16 362.05 (733*), TF32 183 (366*).
     ("L40S", r"\bL40S\b", 362.05, 183.0, "NVIDIA L40S datasheet: BF16 362.05, TF32 183"),
-    # ROCm names both MI250X and MI250 GCDs 'AMD Instinct MI250X/MI250', so the part is unknowable
-    # here. Take the lower (MI250) peak and say so: on an MI250X, MFU then reads ~6% high.
-    ("MI250X/MI250 (ambiguous)", r"MI250X\s*/\s*MI250", 181.05, 45.25,
-     "ROCm reports 'MI250X/MI250' for both parts; using the lower MI250 per-GCD peak (AMD MI250 "
-     "datasheet: BF16 362.1, FP32 matrix 90.5 per card / 2 GCDs). On an MI250X the peak is 191.5 "
-     "(bf16) / 47.85 (f32) per GCD: set --config.peak_tflops to override"),
+    # ROCm names both MI250X and MI250 GCDs 'AMD Instinct MI250X/MI250': table_peak tells them
+    # apart by the GCD's compute units (_MI250_BY_CUS), else the peak is unknown (either figure
+    # would be the wrong peak for the other part: MFU 6% high or 5% low).
+    ("MI250X/MI250", r"MI250X\s*/\s*MI250", None, None,
+     "ROCm reports 'MI250X/MI250' for both parts"),
     # AMD Instinct MI250X datasheet: BF16 383.0, FP32 matrix 95.7 per card = 2 GCDs = 2 JAX devices.
     ("MI250X", r"MI250X", 191.5, 47.85,
      "AMD MI250X datasheet: BF16 383.0, FP32 matrix 95.7 per card / 2 GCDs"),
@@ -105,6 +104,10 @@ _TPU_TABLE = (
     ("TPU v5p", r"TPU v5p?", 459.0, "Google Cloud TPU v5p: 459 bf16 TFLOP/s per chip (megacore)"),
     ("TPU v6e", r"TPU v6 ?(lite|e)", 918.0, "Google Cloud TPU v6e (Trillium): 918 bf16 TFLOP/s per chip"),
 )
+# Compute units per GCD (one JAX device): AMD's MI250X datasheet, 220 CUs per card of 2 GCDs; its
+# MI250 datasheet, 208.
+_MI250_BY_CUS = {110: "MI250X", 104: "MI250"}
+
 _TPU_F32 = ("float32 matmul throughput on TPU depends on the matmul precision setting (the default "
             "runs f32 dots as bf16 passes), so there is no single datasheet figure")
 
@@ -120,11 +123,21 @@ def _f32_precision_problem(nvidia: bool) -> str | None:
   return None
 
 
-def table_peak(device_kind: str, platform: str, dtype: str) -> Peak:
-  """Datasheet peak of one logical device, or Peak(None, 'unknown', reason)."""
+def table_peak(device_kind: str, platform: str, dtype: str, core_count: int | None = None) -> Peak:
+  """Datasheet peak of one logical device, or Peak(None, 'unknown', reason). core_count: the
+  device's compute units (SMs / CUs) where known, which tells an MI250X's GCD from an MI250's."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   kind = (device_kind or "").strip()
+  if re.search(r"MI250X\s*/\s*MI250", kind, re.IGNORECASE):
+    part = _MI250_BY_CUS.get(core_count)
+    if part is None:
+      return Peak(None, "unknown", f"{kind!r}: ROCm gives MI250X and MI250 GCDs this one name, and "
+                  f"this device's compute units ({core_count or 'not reported'}; 110 on an MI250X, "
+                  "104 on an MI250) do not tell them apart. MFU cannot be computed: set "
+                  "--config.peak_tflops (per GCD: bf16 191.5 on an MI250X, 181.05 on an MI250)")
+    peak = table_peak(f"AMD Instinct {part}", platform, dtype)
+    return dataclasses.replace(peak, detail=f"{kind!r} with {core_count} compute units: {peak.detail}")
   platform = (platform or "").lower()
   if platform == "cpu":
     return Peak(None, "unknown", "CPU peaks are not tabulated; they are measured")
@@ -285,17 +298,27 @@ def measure_and_cache(devices, dtype, **kw) -> Peak:
 
 
 def resolve_peak(devices, dtype: str, override_tflops: float = 0.0, *,
-                 measure_if_missing_on_cpu: bool = True) -> Peak:
-  """override (>0) -> table -> cache -> (CPU only, if allowed) measure -> unknown with what to do."""
+                 measure_if_missing_on_cpu: bool = True, host_processes: int = 1) -> Peak:
+  """override (>0) -> table -> cache -> (CPU only, if allowed) measure -> unknown with what to do.
+
+  host_processes: the run's processes on this host. Where several share a CPU, a measured or
+  cached figure (one process using every core) is not one device's share, and all of them
+  measuring at once would cache a fraction of the host's peak under the key a single process reads
+  (its MFU then 2x too high on two processes' figure): the peak is unknown unless overridden."""
   devices = list(devices)
   if override_tflops:
     if not (math.isfinite(override_tflops) and override_tflops > 0):
       raise ValueError(f"peak_tflops override must be a positive finite number, got {override_tflops!r}")
     return Peak(float(override_tflops), "override", f"--config.peak_tflops={override_tflops}")
   d = devices[0]
-  table = table_peak(d.device_kind, d.platform, dtype)
+  table = table_peak(d.device_kind, d.platform, dtype, getattr(d, "core_count", None))
   if table.tflops is not None:
     return table
+  if d.platform == "cpu" and host_processes > 1:
+    return Peak(None, "unknown", f"{host_processes} processes of this run share this host's CPU: a "
+                "peak measured by one process is not one device's share, and measuring in all of "
+                "them at once would cache a fraction of it; MFU cannot be computed: set "
+                "--config.peak_tflops to the per-device share to have it")
   cached = cached_peak(devices, dtype)
   if cached is not None:
     return cached
@@ -333,7 +356,7 @@ def main(argv=None) -> int:
     else:
       measured = measure_and_cache(devices, dtype, size=size, seconds=args.seconds).tflops
       cache_file = cache_path()
-    table = table_peak(d.device_kind, d.platform, dtype)
+    table = table_peak(d.device_kind, d.platform, dtype, getattr(d, "core_count", None))
     results.append({
         "dtype": dtype, "device_kind": d.device_kind, "platform": d.platform, "n_devices": len(devices),
         "measured_tflops_per_device": measured, "table_tflops": table.tflops, "table_detail": table.detail,

@@ -334,9 +334,12 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   say(f"  batch {c.batch_size} x {c.seq_len} tokens in {c.microbatches} microbatch(es), "
       f"{c.steps} steps, first {c.warmup_steps_excluded} not timed")
 
-  if platform == "cpu" and c.peak_tflops == 0 and peak_lib.cached_peak(jax.local_devices(), c.dtype) is None:
+  host_processes = distributed.processes_on_this_host() if platform == "cpu" else 1
+  if (platform == "cpu" and c.peak_tflops == 0 and host_processes == 1
+      and peak_lib.cached_peak(jax.local_devices(), c.dtype) is None):
     say("  measuring this CPU's matmul peak for MFU (cached for later runs) ...", flush=True)
-  peak = peak_lib.resolve_peak(jax.local_devices(), c.dtype, c.peak_tflops)
+  peak = peak_lib.resolve_peak(jax.local_devices(), c.dtype, c.peak_tflops,
+                               host_processes=host_processes)
   peak_text = f"{peak.tflops:.4g} TFLOP/s" if peak.tflops is not None else "unknown"
   say(f"  peak per device: {peak_text} ({peak.source}: {peak.detail})")
 

@@ -37,9 +37,10 @@ def losses(run_dir):
 
 
 def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
+  # Without a peak override: two processes share this CPU, so no MFU (peak.resolve_peak).
   two = launch(["--backend=cpu", "--local_processes=2", "--devices_per_process=2",
-                f"--port={free_port()}", "--", *TRAIN, "--workdir=two", "--config.mesh.tensor=2"],
-               tmp_path)
+                f"--port={free_port()}", "--", *TRAIN, "--workdir=two", "--config.mesh.tensor=2",
+                "--config.peak_tflops=0"], tmp_path)
   assert two.returncode == 0, two.stderr[-3000:]
   one = launch(["--backend=cpu", "--devices_per_process=4", "--", *TRAIN, "--workdir=one"], tmp_path)
   assert one.returncode == 0, one.stderr[-3000:]
@@ -57,6 +58,8 @@ def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
   # Only process 0 writes, and its metrics are global: 4 devices' worth of tokens.
   summary = read_json(tmp_path / "two" / "summary.json")
   assert summary["n_devices"] == 4 and summary["status"] == "finished"
+  assert info_two["peak"]["source"] == "unknown" and "2 processes" in info_two["peak"]["detail"]
+  assert summary["mfu_median"] is None and not (tmp_path / "cache" / "peaks.json").exists()
   assert two.stdout.count("done: finished") == 1
 
 

@@ -22,6 +22,11 @@ class FakeDevice:
   platform: str
 
 
+@dataclasses.dataclass(frozen=True)
+class FakeGpu(FakeDevice):
+  core_count: int
+
+
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXBENCH_CACHE_DIR", str(tmp_path))
@@ -46,7 +51,6 @@ TABLE_CASES = [
     ("NVIDIA GH200 480GB", "gpu", 989.4, 494.7),
     ("NVIDIA L40S", "gpu", 362.05, 183.0),
     ("AMD Instinct MI250X", "rocm", 191.5, 47.85),  # 383 / 2 GCDs
-    ("AMD Instinct MI250X/MI250", "gpu", 181.05, 45.25),  # ambiguous: the lower (MI250) per-GCD value
     ("AMD Instinct MI250", "gpu", 181.05, 45.25),
     ("AMD Instinct MI210", "gpu", 181.0, 45.3),
     ("AMD Instinct MI300X", "rocm", 1307.4, 163.4),
@@ -96,8 +100,19 @@ def test_table_logical_devices_and_ambiguity():
   # One MI250X card is two JAX devices, one TPU v3 chip is two: the table is per device, never per card/chip.
   assert peak.table_peak("AMD Instinct MI250X", "gpu", "bfloat16").tflops == 383.0 / 2
   assert peak.table_peak("TPU v3", "tpu", "bfloat16").tflops == 123.0 / 2
+  # ROCm names both parts' GCDs 'MI250X/MI250': their compute units tell them apart, else unknown
+  # (either part's figure would be the other's wrong peak).
   ambiguous = peak.table_peak("AMD Instinct MI250X/MI250", "gpu", "bfloat16")
-  assert "peak_tflops" in ambiguous.detail and "MI250X" in ambiguous.detail
+  assert ambiguous.tflops is None and ambiguous.source == "unknown"
+  assert "peak_tflops" in ambiguous.detail and "191.5" in ambiguous.detail
+  assert peak.table_peak("AMD Instinct MI250X/MI250", "gpu", "bfloat16", 96).tflops is None
+  x = peak.table_peak("AMD Instinct MI250X/MI250", "gpu", "bfloat16", 110)
+  assert (x.tflops, x.source) == (191.5, "table") and "110 compute units" in x.detail
+  assert peak.table_peak("AMD Instinct MI250X/MI250", "gpu", "float32", 104).tflops == 45.25
+  # resolve_peak reads the device's core_count.
+  mi250 = FakeGpu("AMD Instinct MI250X/MI250", "gpu", 104)
+  assert peak.resolve_peak([mi250], "bfloat16").tflops == 181.05
+  assert peak.resolve_peak([FakeDevice("AMD Instinct MI250X/MI250", "gpu")], "bfloat16").source == "unknown"
   with pytest.raises(ValueError):
     peak.table_peak("NVIDIA H100 PCIe", "gpu", "float16")
 
@@ -173,6 +188,25 @@ def test_resolve_measures_on_cpu_and_writes_cache(monkeypatch, cache_dir):
   monkeypatch.setattr(peak, "measure_peak", _no_measuring)
   p = peak.resolve_peak(cpu, "float32", measure_if_missing_on_cpu=False)
   assert p.tflops is None and p.source == "unknown"
+
+
+def test_processes_sharing_a_cpu_neither_measure_nor_read_one_process_figure(monkeypatch, cache_dir):
+  # Two processes of one run on one host: each measuring at once would cache half the host's
+  # peak under the key a single process reads (every later single-process MFU 2x too high), and
+  # a single process's cached figure is not one device's share of the host.
+  monkeypatch.setattr(peak, "measure_peak", _no_measuring)
+  cpu = [FakeDevice("cpu", "cpu")]
+  _write_cache_entry(cpu, "float32", 0.2, cache_dir)
+  before = (cache_dir / "peaks.json").read_text()
+  p = peak.resolve_peak(cpu, "float32", host_processes=2)
+  assert p.tflops is None and p.source == "unknown"
+  assert "2 processes" in p.detail and "peak_tflops" in p.detail
+  assert (cache_dir / "peaks.json").read_text() == before
+  assert peak.resolve_peak(cpu, "float32", 0.05, host_processes=2).tflops == 0.05  # override
+  assert peak.resolve_peak(cpu, "float32", host_processes=1).tflops == 0.2
+  # A GPU's datasheet peak is per device whatever shares the host.
+  h100 = [FakeDevice("NVIDIA H100 80GB HBM3", "gpu")]
+  assert peak.resolve_peak(h100, "bfloat16", host_processes=8).source == "table"
 
 
 @pytest.mark.parametrize("kind", ["NVIDIA GeForce RTX 4090", "TPU v5 lite"])

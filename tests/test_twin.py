@@ -211,10 +211,13 @@ def test_fsdp_under_torchrun_trains_the_same_curve(runs, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
        "-m", "jaxbench", "train", *TEN_STEPS, "--config.framework=torch", "--config.mesh.fsdp=2",
-       "--config.mesh.data=1", f"--workdir={tmp_path / 'fsdp'}"],
+       "--config.mesh.data=1", f"--workdir={tmp_path / 'fsdp'}", "--config.peak_tflops=0"],
       cwd=str(tmp_path), env=cli_env(tmp_path, OMP_NUM_THREADS=1), capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   info = read_json(tmp_path / "fsdp" / "run.json")
   assert info["torch"]["parallel"] == "fsdp" and info["n_devices"] == 2
+  # Two ranks share this CPU: no peak of one process's measurement, none cached (peak.resolve_peak).
+  assert info["peak"]["source"] == "unknown" and "2 processes" in info["peak"]["detail"]
+  assert not (tmp_path / "cache" / "peaks.json").exists()
   np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp / "torch"), rtol=1e-4)

@@ -371,14 +371,26 @@ def _peak(torch, s: Setup):
     return peak_lib.resolve_peak(jax.devices("cpu")[:1], c.dtype, c.peak_tflops)
   if s.device.type == "cuda":
     kind = torch.cuda.get_device_name(s.device)
-    peak = peak_lib.table_peak(kind, "gpu", c.dtype)
+    peak = peak_lib.table_peak(kind, "gpu", c.dtype,
+                               torch.cuda.get_device_properties(s.device).multi_processor_count)
     if peak.tflops and c.dtype == "float32" and torch.get_float32_matmul_precision() == "highest":
       return peak_lib.Peak(None, "unknown", f"{kind}: torch float32_matmul_precision=highest "
                            "(no TF32); the float32 table peak assumes TF32: set "
                            "--config.peak_tflops")
     return peak
-  # CPU: the same measured (cached) XLA matmul peak as the JAX run's, per device.
-  return peak_lib.resolve_peak(jax.devices("cpu")[:1], c.dtype, 0.0)
+  # CPU: the same measured (cached) XLA matmul peak as the JAX run's, per device; unknown where
+  # several of the run's processes share this host's cores (peak.resolve_peak).
+  return peak_lib.resolve_peak(jax.devices("cpu")[:1], c.dtype, 0.0,
+                               host_processes=_processes_on_this_host(torch, s))
+
+
+def _processes_on_this_host(torch, s: Setup) -> int:
+  if s.world == 1:
+    return 1
+  import socket
+  names = [None] * s.world
+  torch.distributed.all_gather_object(names, socket.gethostname())
+  return names.count(socket.gethostname())
 
 
 def _peak_memory(torch, device) -> tuple[int | None, str]:
@@ -483,7 +495,8 @@ def run(c, workdir: str | None = None) -> dict:
 def _any_process(torch, s: Setup, flag: bool) -> bool:
   if s.world == 1:
     return flag
-  t = torch.tensor([1.0 if flag else 0.0])
+  # On the run's device: NCCL, the GPU backend, reduces no host tensor.
+  t = torch.tensor([1.0 if flag else 0.0], device=s.device)
   torch.distributed.all_reduce(t)
   return bool(t.item() > 0)
 
