@@ -321,6 +321,16 @@ def comparability_warnings(base: Run, run: Run) -> list[str]:
   optimizer = _changed(flatten(base.config("optimizer") or {}), flatten(run.config("optimizer") or {}))
   if optimizer:
     problems.append(f"different optimizer ({'; '.join(optimizer)}); loss curves are not comparable")
+  if run.config("steps") != base.config("steps"):
+    problems.append(f"different steps ({run.config('steps')} vs {base.config('steps')}): the "
+                    "learning-rate schedule follows them, so the loss curves are not comparable")
+  if run.config("warmup_steps_excluded") != base.config("warmup_steps_excluded"):
+    problems.append(f"different warm-up steps left out of the timing "
+                    f"({run.config('warmup_steps_excluded')} vs {base.config('warmup_steps_excluded')})")
+  peaks = [(r.info.get("peak") or {}).get("source") for r in (run, base)]
+  if None not in peaks and peaks[0] != peaks[1]:
+    problems.append(f"MFU against peaks of different kinds ({peaks[0]} vs {peaks[1]}: a datasheet "
+                    "figure, a measurement or an override are not the same yardstick)")
   warnings = [f"{run.label} vs {base.label}: {p}" for p in problems]
   return warnings
 

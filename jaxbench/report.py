@@ -56,6 +56,11 @@ def load(sweep_dir: str) -> list[dict]:
         if r.get(k) is None:
           r[k] = summary.get(k)
     r["group"] = " / ".join(str(r.get(k) or "?") for k in ("framework", "backend", "device_kind"))
+  # Presets set their own dtype (mpt.py:small float32, :125m bfloat16): where the points' dtypes
+  # differ, each dtype is a group of its own, so no table or curve mixes their MFU.
+  if len({r.get("dtype") for r in rows if r.get("status") == "ok"}) > 1:
+    for r in rows:
+      r["group"] += f" / {r.get('dtype') or '?'}"
   return rows
 
 

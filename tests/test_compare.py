@@ -158,6 +158,9 @@ def _set(path, value, **more):
     (_set("config.dtype", "bfloat16"), "different precision (dtype) (bfloat16 vs float32)"),
     (_set("config.data.path", "/data/owt"), "different data (data.path /data/owt vs \"\")"),
     (_set("config.seed", 1), "different data (seed 1 vs 0)"),
+    (_set("config.steps", 2000), "different steps (2000 vs "),
+    (_set("config.warmup_steps_excluded", 0), "different warm-up steps left out of the timing (0 vs "),
+    (_set("peak.source", "table"), "MFU against peaks of different kinds (table vs "),
 ])
 def test_warns_when_runs_are_not_comparable(real_runs, tmp_path, capsys, edit, needle):
   other = copy_run(real_runs[0], tmp_path / "other", run=edit)

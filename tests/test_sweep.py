@@ -361,6 +361,17 @@ def test_tensorboard_without_tensorboardx_is_bad_input(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_report_keeps_dtypes_apart(tmp_path):
+  # Presets bring their own dtype: points that differ in it are never one table or curve.
+  for i, (preset, dtype) in enumerate((("small", "float32"), ("125m", "bfloat16"))):
+    sweep_lib.append_result(str(tmp_path), {
+        "id": f"p-{i}", "index": i, "overrides": {"preset": preset}, "status": "ok",
+        "framework": "jax", "backend": "gpu", "device_kind": "NVIDIA H100", "dtype": dtype,
+        "run_dir": f"points/p-{i}/run"})
+  groups = [r["group"] for r in report_lib.load(str(tmp_path))]
+  assert groups == ["jax / gpu / NVIDIA H100 / float32", "jax / gpu / NVIDIA H100 / bfloat16"]
+
+
 def test_report_of_a_sweep_where_nothing_ran(tmp_path, capsys):
   sweep_lib.append_result(str(tmp_path), {
       "id": "a-1", "index": 0, "overrides": {"dtype": "float16"}, "status": "bad_config",
