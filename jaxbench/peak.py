@@ -233,13 +233,21 @@ def _cpu_model() -> str:
   return _platform.processor() or "unknown-cpu"
 
 
+def usable_cpus() -> int:
+  """The cores this process may run on (taskset / cgroup cpusets narrow them), not the host's."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):  # not Linux
+    return os.cpu_count() or 1
+
+
 def _cache_key(devices, dtype: str) -> str:
   """Everything that changes the measured number: hardware, how many devices share it, dtype, jax version."""
   devices = list(devices)
   d = devices[0]
   parts = [d.platform, d.device_kind, f"n={len(devices)}", dtype, f"jax={jax.__version__}"]
   if d.platform == "cpu":  # 'cpu' says nothing about the host, so name the host CPU and its core count.
-    parts += [_cpu_model(), f"cpus={os.cpu_count()}"]
+    parts += [_cpu_model(), f"cpus={usable_cpus()}"]
   return "|".join(parts)
 
 

@@ -231,9 +231,13 @@ def test_corrupt_cache_reads_as_empty(monkeypatch, cache_dir):
   assert peak.cached_peak(cpu, "float32").tflops == 0.5
 
 
-def test_cache_key_names_the_host():
+def test_cache_key_names_the_host(monkeypatch):
   key = peak._cache_key([FakeDevice("cpu", "cpu")] * 8, "float32")
-  assert "n=8" in key and "float32" in key and jax.__version__ in key and f"cpus={os.cpu_count()}" in key
+  assert "n=8" in key and "float32" in key and jax.__version__ in key
+  assert f"cpus={len(os.sched_getaffinity(0))}" in key
+  # A process held to one core (taskset) must not read the whole host's figure.
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+  assert "cpus=1" in peak._cache_key([FakeDevice("cpu", "cpu")], "float32")
 
 
 @pytest.mark.parametrize("dtype", peak.DTYPES)
