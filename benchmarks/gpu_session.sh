@@ -36,19 +36,19 @@ shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="$(mktemp -d /tmp/jaxbench-session.XXXXXX)"
-PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c "import ml_collections" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/jaxbench-site .whl/*.whl
-  export PYTHONPATH="/tmp/jaxbench-site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. benchmarks/gpu_env.sh
 pack() {
   for f in stack.txt local.txtpb suite.md suite.json aot/aot.md tight/tight.md; do
     [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"
   done
+  # The device tool returns files of up to 16 MiB: past 15, leave out first the twin's raw traces
+  # (their tables stay in top_ops.txt), then JAX's traces and HLO dumps too.
+  local too_big=15728640
   tar czf "$OUT/session.tgz" -C "$WORK" . 2>/dev/null
-  # The device tool returns files of up to 16 MiB: past 15, leave the traces and HLO dumps out.
-  if [ "$(stat -c %s "$OUT/session.tgz" 2>/dev/null || echo 0)" -gt 15728640 ]; then
+  if [ "$(stat -c %s "$OUT/session.tgz" 2>/dev/null || echo 0)" -gt "$too_big" ]; then
+    tar czf "$OUT/session.tgz" -C "$WORK" --exclude='*torch_trace.json*' . 2>/dev/null
+  fi
+  if [ "$(stat -c %s "$OUT/session.tgz" 2>/dev/null || echo 0)" -gt "$too_big" ]; then
     tar czf "$OUT/session.tgz" -C "$WORK" --exclude='*trace.json*' --exclude='*.xplane.pb' \
       --exclude='*/hlo/*' . 2>/dev/null
   fi

@@ -11,12 +11,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [gpu_suite.py flags]}"
 shift
 mkdir -p "$OUT"
-PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c "import ml_collections" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/jaxbench-site .whl/*.whl
-  export PYTHONPATH="/tmp/jaxbench-site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. benchmarks/gpu_env.sh
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
