@@ -10,10 +10,9 @@ if ! "$PYTHON" -c "import ml_collections" 2>/dev/null; then
   done
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ! missing="$("$PYTHON" -c "
-import importlib.util
-print(' '.join(m for m in ('ml_collections', 'absl', 'jax', 'flax', 'optax', 'numpy')
-               if importlib.util.find_spec(m) is None))")" || [ -n "$missing" ]; then
-  echo "$0: $PYTHON lacks: ${missing:-python itself} (carry pure-Python wheels in .whl/)" >&2
+if ! err="$("$PYTHON" -c "import ml_collections, absl, flax, optax, numpy, jaxbench.config" 2>&1)"
+then
+  echo "$0: $PYTHON cannot import what jaxbench needs: $(printf '%s\n' "$err" | tail -n 1)" \
+    "(carry pure-Python wheels in .whl/)" >&2
   exit 2
 fi

@@ -35,8 +35,8 @@ BUDGET="${2:-420}"
 shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-WORK="$(mktemp -d /tmp/jaxbench-session.XXXXXX)"
 . benchmarks/gpu_env.sh
+WORK="$(mktemp -d /tmp/jaxbench-session.XXXXXX)"
 pack() {
   for f in stack.txt local.txtpb suite.md suite.json aot/aot.md tight/tight.md; do
     [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"

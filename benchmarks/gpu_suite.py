@@ -80,12 +80,16 @@ def profiled_steps(args, label: str) -> int:
 
 def config_for(args, size: str, batch: int, framework: str) -> list[str]:
   """`jaxbench train` flags of one run (framework: a --frameworks label)."""
-  traced = profiled_steps(args, framework)  # traced steps are kept out of the summary: add them
+  traced = profiled_steps(args, framework)
   spec = profile_spec(args, framework)
+  # Traced steps are kept out of the summary, so the traced runs get more steps; every run of a
+  # size gets as many, as the learning-rate schedule follows `steps` (compare warns otherwise).
+  labels = [label for label in args.frameworks.split(",") if label]
+  steps = args.steps + args.warmup + max([traced, *(profiled_steps(args, l) for l in labels)])
   variant_flags = args.variant_flags.get(framework, [])
   framework = base_framework(framework)
   flags = [f"--config=configs/{args.family}.py:{size}", f"--config.framework={framework}",
-           f"--config.batch_size={batch}", f"--config.steps={args.steps + args.warmup + traced}",
+           f"--config.batch_size={batch}", f"--config.steps={steps}",
            f"--config.warmup_steps_excluded={args.warmup}", "--config.log_every=5"]
   if traced:
     first, _, last = spec.partition(":")

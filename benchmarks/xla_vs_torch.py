@@ -114,7 +114,7 @@ def against_best_twin(rows: list[dict]) -> dict | None:
 
 def paired_text(ratios: list[float]) -> str:
   """'1.03x (0.96-1.05x)': the median of per-round ratios and their range."""
-  if len(ratios) == 1:
+  if len(ratios) == 1 or min(ratios) == max(ratios):
     return f"{ratios[0]:.2f}x"
   return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)"
 

@@ -327,8 +327,9 @@ def comparability_warnings(base: Run, run: Run) -> list[str]:
   if run.config("warmup_steps_excluded") != base.config("warmup_steps_excluded"):
     problems.append(f"different warm-up steps left out of the timing "
                     f"({run.config('warmup_steps_excluded')} vs {base.config('warmup_steps_excluded')})")
+  # (An unknown peak gives no MFU to compare: the table says so.)
   peaks = [(r.info.get("peak") or {}).get("source") for r in (run, base)]
-  if None not in peaks and peaks[0] != peaks[1]:
+  if not {None, "unknown"} & set(peaks) and peaks[0] != peaks[1]:
     problems.append(f"MFU against peaks of different kinds ({peaks[0]} vs {peaks[1]}: a datasheet "
                     "figure, a measurement or an override are not the same yardstick)")
   warnings = [f"{run.label} vs {base.label}: {p}" for p in problems]

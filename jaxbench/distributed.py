@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 
 import jax
 
@@ -73,13 +72,16 @@ def _without_cluster_env():
 
 
 def processes_on_this_host() -> int:
-  """How many of the run's processes run on this host (1 for a single-process run): on a CPU they
-  share its cores, so no one process's measurement is one device's share (peak.resolve_peak)."""
+  """How many of the run's processes run on this machine (1 for a single-process run): on a CPU
+  they share its cores, so no one process's measurement is one device's share
+  (peak.resolve_peak). Machines are told apart by sysinfo.machine_identity."""
   if jax.process_count() == 1:
     return 1
   import numpy as np
   from jax.experimental import multihost_utils
-  # 32 bits of the host name's hash: JAX without x64 would narrow a 64-bit integer.
-  mine = np.frombuffer(hashlib.sha256(socket.gethostname().encode()).digest()[:4], np.int32)
+
+  from jaxbench import sysinfo
+  # 32 bits of the identity's hash: JAX without x64 would narrow a 64-bit integer.
+  mine = np.frombuffer(hashlib.sha256(sysinfo.machine_identity().encode()).digest()[:4], np.int32)
   every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
   return int(np.sum(every == mine[0]))

@@ -46,7 +46,7 @@ class Peak:
 #
 # Row: (name, regex searched in device_kind (case-insensitive), bf16 TFLOP/s, f32 TFLOP/s, note).
 # First match wins, so specific names come first: H100 PCIe/NVL before the H100 SXM default,
-# MI250X/MI250 before MI250X before MI250, 'TPU v5 lite' before 'TPU v5'. "x*" = with sparsity.
+# MI250X before MI250, 'TPU v5 lite' before 'TPU v5'. "x*" = with sparsity.
 #
 # f32 on NVIDIA Ampere/Hopper: XLA runs default-precision f32 dots as TF32 on tensor cores, so the
 # f32 peak is the dense TF32 peak. f32 on AMD: upstream XLA enables TF32/XF32 GEMMs on CUDA only
@@ -74,10 +74,7 @@ _GPU_TABLE = (
     # NVIDIA L40S datasheet: BF16 362.05 (733*), TF32 183 (366*).
     ("L40S", r"\bL40S\b", 362.05, 183.0, "NVIDIA L40S datasheet: BF16 362.05, TF32 183"),
     # ROCm names both MI250X and MI250 GCDs 'AMD Instinct MI250X/MI250': table_peak tells them
-    # apart by the GCD's compute units (_MI250_BY_CUS), else the peak is unknown (either figure
-    # would be the wrong peak for the other part: MFU 6% high or 5% low).
-    ("MI250X/MI250", r"MI250X\s*/\s*MI250", None, None,
-     "ROCm reports 'MI250X/MI250' for both parts"),
+    # apart by the GCD's compute units (_MI250_BY_CUS) before it reads this table.
     # AMD Instinct MI250X datasheet: BF16 383.0, FP32 matrix 95.7 per card = 2 GCDs = 2 JAX devices.
     ("MI250X", r"MI250X", 191.5, 47.85,
      "AMD MI250X datasheet: BF16 383.0, FP32 matrix 95.7 per card / 2 GCDs"),
@@ -163,7 +160,7 @@ def table_peak(device_kind: str, platform: str, dtype: str, core_count: int | No
 def _default_size(platform: str) -> int:
   if platform == "cpu":
     # Big enough to be compute bound, small enough that 8 forced devices on 2 cores finish a call quickly.
-    return 2048 if (os.cpu_count() or 1) >= 16 else 1024
+    return 2048 if usable_cpus() >= 16 else 1024
   return 8192
 
 
@@ -233,6 +230,11 @@ def _cpu_model() -> str:
   return _platform.processor() or "unknown-cpu"
 
 
+# Bumped when figures cached before may be wrong: 2, after processes of one run sharing a CPU had
+# each cached a fraction of its peak under the single-process key (now never measured there).
+CACHE_VERSION = 2
+
+
 def usable_cpus() -> int:
   """The cores this process may run on (taskset / cgroup cpusets narrow them), not the host's."""
   try:
@@ -245,7 +247,8 @@ def _cache_key(devices, dtype: str) -> str:
   """Everything that changes the measured number: hardware, how many devices share it, dtype, jax version."""
   devices = list(devices)
   d = devices[0]
-  parts = [d.platform, d.device_kind, f"n={len(devices)}", dtype, f"jax={jax.__version__}"]
+  parts = [d.platform, d.device_kind, f"n={len(devices)}", dtype, f"jax={jax.__version__}",
+           f"v{CACHE_VERSION}"]
   if d.platform == "cpu":  # 'cpu' says nothing about the host, so name the host CPU and its core count.
     parts += [_cpu_model(), f"cpus={usable_cpus()}"]
   return "|".join(parts)

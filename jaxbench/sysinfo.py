@@ -60,6 +60,19 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+def machine_identity() -> str:
+  """What processes on one machine share and processes on others do not: the running kernel's
+  boot id (containers on one machine share it, with host names of their own), else the host name."""
+  try:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+      boot_id = f.read().strip()
+    if boot_id:
+      return boot_id
+  except OSError:
+    pass
+  return socket.gethostname()
+
+
 def host() -> dict[str, object]:
   return {"hostname": socket.gethostname(), "os": platform.platform(), "cpu": cpu_model(),
           "cpu_count": os.cpu_count(), "argv": sys.argv}

@@ -46,7 +46,7 @@ def get_config(preset: str = "tiny"):
     (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff, m.vocab_size, c.seq_len,
      c.batch_size) = TINY_PRESETS[preset]
     # The loss by chunks of 128 positions on these CPU presets (base.CPU_LOSS_CHUNK_SIZE); tiny's
-    # and nano's sequences are no longer, so their loss is the plain one.
+    # and nano's default sequences are no longer, so their loss is the plain one.
     c.loss_chunk_size = base.CPU_LOSS_CHUNK_SIZE
   else:
     raise base.unknown_preset("llama", preset, [*TINY_PRESETS, *PRESETS])

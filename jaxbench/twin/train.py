@@ -373,10 +373,11 @@ def _peak(torch, s: Setup):
     kind = torch.cuda.get_device_name(s.device)
     peak = peak_lib.table_peak(kind, "gpu", c.dtype,
                                torch.cuda.get_device_properties(s.device).multi_processor_count)
-    if peak.tflops and c.dtype == "float32" and torch.get_float32_matmul_precision() == "highest":
-      return peak_lib.Peak(None, "unknown", f"{kind}: torch float32_matmul_precision=highest "
-                           "(no TF32); the float32 table peak assumes TF32: set "
-                           "--config.peak_tflops")
+    precision = torch.get_float32_matmul_precision()
+    if peak.tflops and c.dtype == "float32" and precision != "high":
+      return peak_lib.Peak(None, "unknown", f"{kind}: torch float32_matmul_precision={precision} "
+                           "(highest: no TF32; medium: bf16 passes); the float32 table peak "
+                           "assumes TF32: set --config.peak_tflops")
     return peak
   # CPU: the same measured (cached) XLA matmul peak as the JAX run's, per device; unknown where
   # several of the run's processes share this host's cores (peak.resolve_peak).
@@ -385,12 +386,14 @@ def _peak(torch, s: Setup):
 
 
 def _processes_on_this_host(torch, s: Setup) -> int:
+  """The run's processes on this machine (distributed.processes_on_this_host's count)."""
   if s.world == 1:
     return 1
-  import socket
-  names = [None] * s.world
-  torch.distributed.all_gather_object(names, socket.gethostname())
-  return names.count(socket.gethostname())
+  from jaxbench import sysinfo
+  mine = sysinfo.machine_identity()
+  every = [None] * s.world
+  torch.distributed.all_gather_object(every, mine)
+  return every.count(mine)
 
 
 def _peak_memory(torch, device) -> tuple[int | None, str]:
