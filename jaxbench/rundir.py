@@ -53,6 +53,20 @@ def read_metrics(path: str) -> list[dict]:
   return records
 
 
+def append_json_line(path: str, record) -> None:
+  """Appends one JSON line and syncs it. A line a crash left torn is ended first: glued to it,
+  the record would be lost to every reader, and a resumed sweep would redo its point forever."""
+  line = (json.dumps(_clean(record), default=str) + "\n").encode()
+  with open(path, "ab+") as f:
+    if f.seek(0, os.SEEK_END) > 0:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        line = b"\n" + line
+    f.write(line)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def read_json(path: str) -> dict:
   with open(path) as f:
     return json.load(f)

@@ -54,7 +54,6 @@ import ctypes
 import datetime
 import fcntl
 import io
-import json
 import os
 import shlex
 import shutil
@@ -348,8 +347,7 @@ def max_batch_point(runner: Runner, point: Point, point_dir: str, options: dict,
               "duration_s": round(r["duration_s"], 2),
               "peak_memory_bytes_per_device": s.get("peak_memory_bytes_per_device"),
               "tokens_per_s_per_device_median": s.get("tokens_per_s_per_device_median")}
-    with open(trail_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    rundir_lib.append_json_line(trail_path, record)
     records.append(record)
     runner.display.note(f"    max_batch: batch_size {batch}: {r['status']}")
     return r["status"]
@@ -425,10 +423,7 @@ def read_results(out_dir: str) -> dict[str, dict]:
 
 
 def append_result(out_dir: str, result: dict) -> None:
-  with open(os.path.join(out_dir, "results.jsonl"), "a") as f:
-    f.write(json.dumps(rundir_lib._clean(result), default=str) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+  rundir_lib.append_json_line(os.path.join(out_dir, "results.jsonl"), result)
 
 
 TABLE_FIELDS = ("status", "tokens_per_s_per_device_median", "mfu_median", "step_time_s_median",

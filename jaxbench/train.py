@@ -376,6 +376,12 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
     # Checked and read before anything in the run directory changes.
     checkpoint_lib.check_compatible(checkpointer.read_meta(start_step)["config"], c.to_dict())
     if start_step >= c.steps:
+      done = _finished_summary(out, c.steps)
+      if done is not None:  # e.g. a sweep stopped between the run's end and its record of it
+        checkpointer.close()
+        out.close()
+        say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
+        return done
       raise ConfigError("steps", f"the run in {workdir} already reached its last step "
                                  f"({start_step}); use a new --workdir")
     say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
@@ -409,6 +415,15 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   say(runlog.done_line(summary))
   say(f"run directory: {os.path.abspath(out.path)}")
   return summary
+
+
+def _finished_summary(out, steps: int) -> dict | None:
+  """The run directory's summary.json if it records the run finished all `steps`, else None."""
+  try:
+    summary = rundir_lib.read_json(out.file("summary.json"))
+  except (OSError, ValueError):
+    return None
+  return summary if summary.get("status") == "finished" and summary.get("steps") == steps else None
 
 
 def _any_process(flag: bool) -> bool:

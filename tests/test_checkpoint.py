@@ -163,6 +163,13 @@ def test_incompatible_config_exits_2(tmp_path, reference):
   # The learning-rate schedule is a function of steps: changing it would silently change the run.
   longer = train(["--config.steps=48", "--workdir=run"], tmp_path)
   assert longer.returncode == 2 and "steps" in longer.stderr, longer.stderr[-2000:]
+  # A finished run started again: nothing to do, its files unchanged (a sweep stopped between a
+  # point's end and its result line reruns it so). Without a finished summary: exit 2.
+  before = {name: (run / name).read_bytes() for name in ("run.json", "summary.json", "metrics.jsonl")}
+  done = train(["--config.steps=24", "--workdir=run"], tmp_path)
+  assert done.returncode == 0 and "already finished its 24 steps: nothing to do" in done.stdout
+  assert before == {name: (run / name).read_bytes() for name in before}
+  (run / "summary.json").unlink()
   done = train(["--config.steps=24", "--workdir=run"], tmp_path)
   assert done.returncode == 2 and "already reached its last step (24)" in done.stderr
 

@@ -361,6 +361,17 @@ def test_tensorboard_without_tensorboardx_is_bad_input(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_a_torn_result_line_is_ended_before_the_next_one(tmp_path):
+  # A crash while appending leaves a torn last line: the next result starts a line of its own
+  # (glued to the fragment, it was lost to every reader and the point ran again on every resume).
+  sweep_lib.append_result(str(tmp_path), {"id": "a-0", "index": 0, "status": "ok"})
+  with open(tmp_path / "results.jsonl", "a") as f:
+    f.write('{"id": "a-1", "index": 1, "sta')
+  sweep_lib.append_result(str(tmp_path), {"id": "a-1", "index": 1, "status": "ok"})
+  results = sweep_lib.read_results(str(tmp_path))
+  assert sorted(results) == ["a-0", "a-1"] and results["a-1"]["status"] == "ok"
+
+
 def test_report_keeps_dtypes_apart(tmp_path):
   # Presets bring their own dtype: points that differ in it are never one table or curve.
   for i, (preset, dtype) in enumerate((("small", "float32"), ("125m", "bfloat16"))):
