@@ -394,6 +394,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
 
   progress = runlog.Progress(steps=start_step)
   with runlog.StopRequest() as stop:
+    save_error = None
     try:
       _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
              start_step, restored)
@@ -402,7 +403,12 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       raise
     finally:
       if checkpointer is not None:
-        checkpointer.close()  # waits for a save in flight: the last good checkpoint is complete
+        try:
+          checkpointer.close()  # waits for a save in flight: the last good checkpoint is complete
+        except Exception as e:  # that save failed (e.g. a full disk): the summary still says so
+          save_error = e
+          if progress.error is None:
+            progress.fail(e)
       summary = runlog.summary(
           progress, tokens_per_step=c.batch_size * c.seq_len, n_devices=len(devices),
           flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops, peak_source=peak.source,
@@ -412,6 +418,8 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
         summary["resumed_from_step"] = start_step
       out.write("summary.json", summary)
       out.close()
+    if save_error is not None:
+      raise save_error
   say(runlog.done_line(summary))
   say(f"run directory: {os.path.abspath(out.path)}")
   return summary

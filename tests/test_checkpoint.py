@@ -196,3 +196,27 @@ def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path):
     steps, values = losses(tmp_path / name)
     assert steps == [1, 2, 3, 4]
     assert abs(values[3] - expected) <= 1e-5 * abs(expected), (name, values[3], expected)
+
+
+def test_a_failed_last_save_still_writes_the_summary(tmp_path, monkeypatch):
+  # A save that fails in the background (a full disk) surfaces when the checkpointer closes: the
+  # run still writes summary.json, saying the run failed and why, then raises.
+  from jaxbench import checkpoint as checkpoint_lib
+  from jaxbench import config as config_lib
+  from jaxbench import train as train_lib
+  c = config_lib.load_with_overrides("configs/mpt.py:nano", {
+      "steps": 4, "checkpoint.every": 2, "peak_tflops": 1.0, "log_every": 0,
+      "warmup_steps_excluded": 0})
+
+  real_close = checkpoint_lib.Checkpointer.close
+
+  def close(self):
+    real_close(self)  # its threads end; then the failure a background save would report
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "close", close)
+  with pytest.raises(OSError, match="No space left"):
+    train_lib.run(c, str(tmp_path / "run"))
+  summary = read_json(tmp_path / "run" / "summary.json")
+  assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+  assert summary["steps"] == 4
