@@ -77,28 +77,31 @@ def lower_for(platform: str, setup, abstract_state, abstract_batch) -> dict:
   from jax import export
 
   from jaxbench import sharding, train
+
+  def exported(allowed):
+    with sharding.activation_mesh(setup.mesh):
+      return export.export(
+          train.jit_step(setup), platforms=(platform,),
+          disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in allowed])(
+              abstract_state, abstract_batch)
+
   t0 = time.perf_counter()
   allowed: tuple[str, ...] = ()
-  while True:
+  try:
     try:
-      with sharding.activation_mesh(setup.mesh):
-        exported = export.export(
-            train.jit_step(setup), platforms=(platform,),
-            disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in allowed])(
-                abstract_state, abstract_batch)
-      row = {"platform": platform, "lowered": True, **module_report(exported.mlir_module())}
-      if allowed:
-        row["unguaranteed_custom_calls"] = list(allowed)
-        row["note"] = (f"{', '.join(allowed)}: custom calls without a compatibility guarantee in "
-                       "jax.export (a module serialized with them runs only with a matching jaxlib)")
-      break
-    except Exception as e:  # the error is the finding
-      refused = unguaranteed_custom_calls(e)
-      if refused and not allowed:
-        allowed = refused
-        continue
-      row = {"platform": platform, "lowered": False, "error": f"{type(e).__name__}: {_first_line(e)}"}
-      break
+      module = exported(allowed)
+    except ValueError as e:
+      allowed = unguaranteed_custom_calls(e)
+      if not allowed:
+        raise
+      module = exported(allowed)
+    row = {"platform": platform, "lowered": True, **module_report(module.mlir_module())}
+    if allowed:
+      row["unguaranteed_custom_calls"] = list(allowed)
+      row["note"] = (f"{', '.join(allowed)}: custom calls without a compatibility guarantee in "
+                     "jax.export (a module serialized with them runs only with a matching jaxlib)")
+  except Exception as e:  # the error is the finding
+    row = {"platform": platform, "lowered": False, "error": f"{type(e).__name__}: {_first_line(e)}"}
   row["seconds"] = time.perf_counter() - t0
   row["attention"] = setup.attention
   return row
