@@ -18,19 +18,6 @@ import orbax.checkpoint as ocp
 
 from jaxbench.errors import ConfigError
 
-# Config keys that must match between a checkpoint and the run resuming from it: they decide the
-# shapes and meaning of the state. Everything else (steps, mesh, logging, peak) may change.
-# `steps` and the optimizer are among them: the learning-rate schedule is a function of both.
-MUST_MATCH = ("family", "model.n_layers", "model.d_model", "model.n_heads", "model.n_kv_heads",
-              "model.d_ff", "model.vocab_size", "model.max_seq_len", "model.position", "model.norm",
-              "model.mlp", "model.bias", "model.tie_embeddings", "model.scan_layers",
-              "model.rope_theta", "model.norm_eps", "seed", "steps", "batch_size", "microbatches",
-              "seq_len", "dtype", "optimizer.lr", "optimizer.warmup_steps", "optimizer.min_lr_ratio",
-              "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.weight_decay",
-              "optimizer.decay_embeddings", "optimizer.clip_norm", "data.synthetic",
-              "data.markov_branching", "data.path")
-
-
 def _reason(e: BaseException) -> str:
   """The first line of an error, without the object dumps TensorStore appends after a '<'."""
   text = str(e).strip()
@@ -104,25 +91,6 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def check_compatible(saved: dict, current: dict) -> None:
-  """ConfigError naming the first key whose change would make the checkpoint mean something else."""
-  def get(d, key):
-    for part in key.split("."):
-      if not isinstance(d, dict) or part not in d:
-        return None
-      d = d[part]
-    return d
-  def same(key, a, b):
-    if key == "data.path" and a and b:  # the same folder, however it was written
-      return os.path.realpath(a) == os.path.realpath(b)
-    return a == b
-  for key in MUST_MATCH:
-    if not same(key, get(saved, key), get(current, key)):
-      raise ConfigError(key, f"the checkpoint was made with {key}={get(saved, key)!r}, this run "
-                             f"has {get(current, key)!r}; resume with the same value or use a new "
-                             "--workdir")
 
 
 def has_checkpoint(run_dir: str) -> bool:

@@ -182,8 +182,14 @@ def mfu_text(run: Run) -> tuple[str, str | None]:
 
 
 def timed_step_times(run: Run) -> list[float]:
-  """The step times the summary's statistics are made of: the first warmup_steps_excluded steps
-  after the (re)start are compile-adjacent and noisy, so they are left out as training left them."""
+  """The step times the summary's statistics are made of: the records marked `timed` (the first
+  warmup_steps_excluded steps after each (re)start are compile-adjacent and noisy, and traced steps
+  are slowed by the tracer), after the summary's `timed_since_step`. Runs written before records
+  carried `timed`: the steps after the last restart's warm-up."""
+  if any("timed" in m for m in run.metrics):
+    since = run.summary.get("timed_since_step") or 0
+    return [m["step_time_s"] for m in run.metrics
+            if m.get("timed") and (m.get("step") or 0) > since and _finite(m.get("step_time_s"))]
   first_timed = (run.summary.get("resumed_from_step") or 0) + (run.config("warmup_steps_excluded") or 0)
   return [m["step_time_s"] for m in run.metrics
           if (m.get("step") or 0) > first_timed and _finite(m.get("step_time_s"))]

@@ -15,9 +15,12 @@ Tokenizers:
   * `bytes`: the UTF-8 bytes themselves (vocab 257, id 256 = EOD); exact, needs nothing.
   * a Hugging Face `tokenizer.json` (the `tokenizers` library, extra `jaxbench[data]`). Text is
     encoded in blocks of about 64 Ki characters (a shorter document is one block) that end just
-    before a line starting with a non-space character. That is a pre-token boundary for GPT-2 and
-    Llama-3 style byte-level BPE, so their ids equal whole-document encoding; tokenizers that add a
-    prefix to every input (SentencePiece's "▁") add one per block instead of one per document.
+    before a line starting with a non-space character, at the first such place where the
+    tokenizer's own normalizer and pre-tokenizer give the same pre-tokens around the cut, cut or
+    not (GPT-2's splits a blank line's "\n\n" at a block end otherwise), so the ids of GPT-2 and
+    Llama-3 style byte-level BPE equal whole-document encoding. Tokenizers whose pre-tokens never
+    end at line starts (that add a prefix to every input, SentencePiece's "▁", or have no
+    pre-tokenizer) are cut at the first line start and add that prefix once per block.
     Blocks stay small because one `encode` call holds ~200 bytes per character (measured with
     tokenizers 0.23: +190 MB for 1 MiB of text). Special-token text inside documents (a literal
     "<|endoftext|>") is encoded as text, so the only EOD tokens are the separators we add.
@@ -59,6 +62,7 @@ SNIFF_BYTES = 8192  # a NUL byte this early marks a binary file (the heuristic o
 # Characters per tokenizer.json encode call (a block runs on to the next line start).
 BLOCK_CHARS = 1 << 16
 LINE_START = re.compile(r"\n(?=\S)")  # where a block may end: after a newline, before a non-space
+CUT_CONTEXT = 256  # characters each side of a block's end that decide whether it cuts cleanly
 BYTES_VOCAB, BYTES_EOD = 257, 256
 # End-of-document tokens, in order of preference: GPT-2/NeoX, Llama-2/Mistral, Llama-3, Gemma.
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
@@ -118,36 +122,81 @@ class JsonTokenizer:
     eos = [i for i in map(self.tokenizer.token_to_id, EOS_NAMES) if i is not None]
     self.eod = eos[0] if eos else None
     self.meta = {"path": os.path.abspath(path), "sha256": hashlib.sha256(blob).hexdigest()}
+    # A tokenizer whose pre-tokens do not end at line starts (one that adds a prefix to every
+    # input, or has no pre-tokenizer) would have every place checked and refused: not checked.
+    self.checks_cuts = self.cuts_cleanly("one two\nthree four\n", len("one two\n"))
+    where = ("where the pre-tokens around the end are those of the whole document"
+             if self.checks_cuts else "(the tokenizer's pre-tokens do not end at line starts: "
+             "ids at block starts may differ from whole-document encoding)")
     self.method = (f"tokenizer.json: encoded in blocks of about {BLOCK_CHARS} characters ending "
-                   "before a line that starts with a non-space character; no special tokens added "
-                   "by the tokenizer; special-token text in documents encoded as text")
+                   f"before a line that starts with a non-space character {where}; no special "
+                   "tokens added by the tokenizer; special-token text in documents encoded as text")
 
   def encode(self, pieces):
-    for block in line_blocks((text for _, text in pieces), BLOCK_CHARS):
+    clean = self.cuts_cleanly if self.checks_cuts else None
+    for block in line_blocks((text for _, text in pieces), BLOCK_CHARS, clean, CUT_CONTEXT):
       ids = self.tokenizer.encode(block, add_special_tokens=False).ids
       yield np.asarray(ids, dtype=np.int64)
 
+  def pieces(self, text: str) -> list[str]:
+    """`text` as the tokenizer's model sees it: normalized and cut into pre-tokens (the whole
+    text as one piece where the tokenizer has no pre-tokenizer)."""
+    if self.tokenizer.normalizer is not None:
+      text = self.tokenizer.normalizer.normalize_str(text)
+    if self.tokenizer.pre_tokenizer is None:
+      return [text] if text else []
+    return [piece for piece, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(text)]
 
-def line_blocks(texts, block_chars: int):
+  def cuts_cleanly(self, text: str, cut: int) -> bool:
+    """Whether encoding text[:cut] and text[cut:] apart gives the ids of encoding them together:
+    the pre-tokens around the cut, CUT_CONTEXT characters each side, are the same either way (the
+    model merges within a pre-token only). Not so after a blank line for GPT-2's pre-tokenizer
+    (a block's trailing "\n\n" is one pre-token, two within the document), and never where a
+    tokenizer adds a prefix to every input or has no pre-tokenizer."""
+    lo, hi = max(0, cut - CUT_CONTEXT), cut + CUT_CONTEXT
+    return self.pieces(text[lo:cut]) + self.pieces(text[cut:hi]) == self.pieces(text[lo:hi])
+
+
+def line_blocks(texts, block_chars: int, clean=None, context: int = 0, max_checks: int = 64):
   """Regroups a document's text chunks into blocks of about `block_chars` characters (a shorter
-  document stays one block), each ending just before a line that starts with a non-space."""
-  pending, searched = "", 0
+  document stays one block), each ending just before a line that starts with a non-space and, with
+  `clean(text, cut)`, at the first such place it accepts, judged with `context` characters after
+  the place (after `max_checks` refusals in one block, at the next line start). With no line
+  start by 4 blocks' length: before a space, else anywhere."""
+  pending, searched, checks = "", 0, 0
+
+  def accept(text: str, cut: int) -> bool:
+    nonlocal checks
+    if clean is None or checks >= max_checks:
+      return True
+    checks += 1
+    return clean(text, cut)
+
   for text in texts:
     pending += text
     while len(pending) > block_chars:
-      found = LINE_START.search(pending, max(block_chars, searched))
-      if found:
-        cut = found.end()
-      elif len(pending) > 4 * block_chars:  # one very long line: cut before a space, else anywhere
+      cut = _line_cut(pending, max(block_chars, searched), accept, context if clean else 0)
+      if cut is None and len(pending) > 4 * block_chars:  # no (clean) line start: a long line
         space = pending.rfind(" ", 1, block_chars + 1)
         cut = space if space > 0 else block_chars
-      else:  # wait for more text; a newline at the very end still needs its next character
-        searched = len(pending) - 1
+      elif cut is None:  # wait for more text: the last places still need what follows them
+        searched = max(block_chars, len(pending) - (context if clean else 0) - 1)
         break
       yield pending[:cut]
-      pending, searched = pending[cut:], 0
+      pending, searched, checks = pending[cut:], 0, 0
   if pending:
     yield pending
+
+
+def _line_cut(text: str, start: int, accept, context: int) -> int | None:
+  """The first line start at or after `start`, with `context` characters after it, that
+  `accept(text, place)` takes; None when there is none yet."""
+  for found in LINE_START.finditer(text, start):
+    if found.end() + context > len(text):
+      return None
+    if accept(text, found.end()):
+      return found.end()
+  return None
 
 
 # --- Inputs ---------------------------------------------------------------------------------------

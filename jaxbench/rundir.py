@@ -7,13 +7,29 @@ run directory), whatever framework trains."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
 import os
 import sys
 import tempfile
+import time
 
 from jaxbench.errors import ConfigError
+
+# Config keys that must match between a checkpoint and the run resuming from it (and between a
+# finished run and one started again in its directory): they decide the shapes and meaning of the
+# state. Everything else (steps, mesh, logging, peak) may change.
+# `steps` and the optimizer are among them: the learning-rate schedule is a function of both.
+MUST_MATCH = ("family", "model.n_layers", "model.d_model", "model.n_heads", "model.n_kv_heads",
+              "model.d_ff", "model.vocab_size", "model.max_seq_len", "model.position", "model.norm",
+              "model.mlp", "model.bias", "model.tie_embeddings", "model.scan_layers",
+              "model.rope_theta", "model.norm_eps", "seed", "steps", "batch_size", "microbatches",
+              "seq_len", "dtype", "optimizer.lr", "optimizer.warmup_steps", "optimizer.min_lr_ratio",
+              "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.weight_decay",
+              "optimizer.decay_embeddings", "optimizer.clip_norm", "data.synthetic",
+              "data.markov_branching", "data.path")
 
 
 def _clean(value):
@@ -101,7 +117,10 @@ class ScalarWriter:
                                        "pip install 'jaxbench[tensorboard]'") from None
     self._summary = Summary
     # A long queue: the loop hands records over and never waits for the writer thread.
-    self._writer = tensorboardx.FileWriter(path, max_queue=1024, flush_secs=10)
+    # Its own file name, also when a run starts again within the second (the default name has
+    # the time in seconds): a resumed run replaces the files of its earlier starts.
+    self._writer = tensorboardx.FileWriter(path, max_queue=1024, flush_secs=10,
+                                           filename_suffix=f".{time.time_ns()}")
 
   def add(self, record: dict) -> None:
     values = [self._summary.Value(tag=key, simple_value=value) for key, value in record.items()
@@ -121,8 +140,10 @@ class RunDir:
     self.writer = writer
     self._metrics = None
     self._scalars = None
+    self._earlier_events = []  # event files of an earlier start of this run, replaced on resume
     if writer:
       if tensorboard:
+        self._earlier_events = glob.glob(os.path.join(path, "events.out.tfevents.*"))
         self._scalars = ScalarWriter(path)  # a missing tensorboardX fails before the directory
       os.makedirs(path, exist_ok=True)
 
@@ -132,6 +153,11 @@ class RunDir:
   def write(self, name: str, obj) -> None:
     if self.writer:
       write_json(self.file(name), obj)
+
+  def remove(self, name: str) -> None:
+    if self.writer:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(self.file(name))
 
   def append_metrics(self, record: dict) -> None:
     if not self.writer:
@@ -144,16 +170,27 @@ class RunDir:
       self._scalars.add(record)
 
   def truncate_metrics(self, last_step: int) -> None:
-    """On resume: keep the records up to the checkpoint's step, so the steps trained again after
-    it are neither duplicated nor missing."""
-    if not self.writer or not os.path.exists(self.file("metrics.jsonl")):
+    """On resume (or, with 0, a restart from the first step): keep the records up to the
+    checkpoint's step, so the steps trained again after it are neither duplicated nor missing.
+    With TensorBoard on, the event files of the earlier start are replaced by the kept records:
+    TensorBoard would otherwise show the steps trained again twice."""
+    if not self.writer:
       return
-    kept = [r for r in read_metrics(self.file("metrics.jsonl")) if r.get("step", 0) <= last_step]
-    directory = os.path.dirname(os.path.abspath(self.file("metrics.jsonl")))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
-    with os.fdopen(fd, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, self.file("metrics.jsonl"))
+    kept = []
+    if os.path.exists(self.file("metrics.jsonl")):
+      kept = [r for r in read_metrics(self.file("metrics.jsonl")) if r.get("step", 0) <= last_step]
+      directory = os.path.dirname(os.path.abspath(self.file("metrics.jsonl")))
+      fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
+      with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      os.replace(tmp, self.file("metrics.jsonl"))
+    if self._scalars is not None and self._earlier_events:
+      for record in kept:  # into this start's event file (metrics.jsonl is the record of the run)
+        self._scalars.add(record)
+      for path in self._earlier_events:
+        with contextlib.suppress(FileNotFoundError):
+          os.unlink(path)
+      self._earlier_events = []
 
   def close(self) -> None:
     if self._metrics is not None:
@@ -164,3 +201,54 @@ class RunDir:
     if self._scalars is not None:
       self._scalars.close()
       self._scalars = None
+
+
+def check_compatible(saved: dict, current: dict, what: str = "the checkpoint",
+                     hint: str = "resume with the same value or use a new --workdir") -> None:
+  """ConfigError naming the first key whose change would make the checkpoint (or `what`: the
+  earlier run) mean something else."""
+  def get(d, key):
+    for part in key.split("."):
+      if not isinstance(d, dict) or part not in d:
+        return None
+      d = d[part]
+    return d
+  def same(key, a, b):
+    if key == "data.path" and a and b:  # the same folder, however it was written
+      return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+  for key in MUST_MATCH:
+    if not same(key, get(saved, key), get(current, key)):
+      raise ConfigError(key, f"{what} was made with {key}={get(saved, key)!r}, this run "
+                             f"has {get(current, key)!r}; {hint}")
+
+
+def earlier_run(path: str, config: dict) -> dict | None:
+  """What an earlier start without checkpoints left in run directory `path`, for a run of
+  `config` (a dict): None when nothing; {"finished": its summary} when it finished a run of this
+  config (ConfigError when it finished one of another framework or config: it is kept); else how
+  far it got (`status`, `steps`, `started_at`), for a start from step 0 that replaces its files."""
+  try:
+    previous = read_json(os.path.join(path, "run.json"))
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    previous = {}
+  try:
+    summary = read_json(os.path.join(path, "summary.json"))
+  except (OSError, ValueError):
+    summary = {}
+  if summary.get("status") == "finished":
+    saved = previous.get("config") or {}
+    what, hint = f"the finished run in {path}", "use a new --workdir"
+    if saved.get("framework", "jax") != config.get("framework", "jax"):
+      raise ConfigError("framework", f"{what} was trained with framework="
+                                     f"{saved.get('framework', 'jax')!r}, this run has "
+                                     f"{config.get('framework', 'jax')!r}; {hint}")
+    check_compatible(saved, config, what=what, hint=hint)
+    return {"finished": summary}
+  metrics = os.path.join(path, "metrics.jsonl")
+  records = read_metrics(metrics) if os.path.exists(metrics) else []
+  return {"status": summary.get("status", "ended without a summary (killed?)"),
+          "steps": max((r.get("step", 0) for r in records), default=0),
+          "started_at": previous.get("started_at")}

@@ -43,6 +43,10 @@ class Progress:
   status: str = "starting"
   steps: int = 0
   step_times: list = dataclasses.field(default_factory=list)  # the timed (post-warmup) steps
+  # A resumed run: the summary's timing covers the timed steps after this one (0: all of them;
+  # step_times then starts with those of the earlier segments), and why not all when it is not.
+  timed_since_step: int = 0
+  timing_note: str | None = None
   final_loss: float | None = None
   lower_s: float | None = None
   compile_s: float | None = None
@@ -85,9 +89,63 @@ def summary(p: Progress, *, tokens_per_step: int, n_devices: int, flops_per_toke
       "checkpoint_save_s_total": p.checkpoint_s, "backend": backend,
       "device_kind": device_kind, "n_devices": n_devices, "n_params": n_params,
   }
+  if p.timed_since_step or p.timing_note:
+    s["timed_since_step"] = p.timed_since_step
+    s["timing_note"] = p.timing_note
   if p.error:
     s["error"] = p.error
   return s
+
+
+# Config keys that leave a training step's time as it is (and `mesh`, compared as resolved): the
+# segments of a resumed run whose configs differ in these alone are timed as one run.
+UNTIMED_KEYS = ("preset", "log_every", "warmup_steps_excluded", "peak_tflops", "tensorboard",
+                "profile_steps", "dump_hlo", "eval", "checkpoint", "mesh")
+# run.json's fields that decide a step's time besides the config, and the environment variables.
+TIMING_FIELDS = ("versions", "backend", "platform", "platform_version", "driver", "device_kind",
+                 "n_devices", "process_count", "mesh", "jax_default_matmul_precision",
+                 "host_allocator")
+TIMING_ENV_PREFIXES = ("XLA_", "LIBTPU_", "TPU_", "MALLOC_", "NCCL_", "RCCL_", "OMP_", "MKL_",
+                       "OPENBLAS_")
+
+
+def timing_context(run_info: dict) -> dict:
+  """What decides a step's time, from run.json's contents: the software, the devices and their
+  mesh, the CPU, the timing-relevant environment and the config but for UNTIMED_KEYS. A resumed
+  run's segments with equal contexts are timed as one run."""
+  config = {k: v for k, v in (run_info.get("config") or {}).items() if k not in UNTIMED_KEYS}
+  env = {k: v for k, v in (run_info.get("env") or {}).items() if k.startswith(TIMING_ENV_PREFIXES)}
+  return {**{k: run_info.get(k) for k in TIMING_FIELDS}, "cpu": (run_info.get("host") or {}).get("cpu"),
+          "env": env, "config": config}
+
+
+def timing_change(before: dict, after: dict, most: int = 3) -> str | None:
+  """The differences between two timing contexts, in words, devices and software first
+  ("n_devices 8 -> 1; mesh.fsdp 8 -> 1"; at most `most`); None when they are equal."""
+  def flat(d, prefix=""):
+    items = {}
+    for k, v in d.items():
+      if isinstance(v, dict) and v:
+        items.update(flat(v, f"{prefix}{k}."))
+      else:
+        items[f"{prefix}{k}"] = v
+    return items
+  a, b = flat(before), flat(after)
+  changed = [f"{key} {str(a.get(key))[:60]} -> {str(b.get(key))[:60]}"
+             for key in {**a, **b} if a.get(key) != b.get(key)]
+  if not changed:
+    return None
+  more = f"; and {len(changed) - most} more" if len(changed) > most else ""
+  return "; ".join(changed[:most]) + more
+
+
+def earlier_timed_steps(records: list[dict], after: int, upto: int) -> list[float]:
+  """The step times of the records marked timed with after < step <= upto, in step order: the
+  earlier segments' share of a resumed run's timing (metrics.jsonl as the restart kept it)."""
+  kept = sorted((r["step"], r["step_time_s"]) for r in records
+                if r.get("timed") and after < r.get("step", 0) <= upto
+                and isinstance(r.get("step_time_s"), (int, float)))
+  return [t for _, t in kept]
 
 
 def done_line(s: dict) -> str:

@@ -283,14 +283,16 @@ def apply_host_allocator(c) -> dict:
   return hostalloc.configure(c.host_allocator, c.framework, jax.config.jax_platforms or "")
 
 
-def _check_workdir(workdir: str | None) -> bool:
-  """True when `workdir` holds a run to resume; ConfigError when it holds one that cannot be."""
+def _check_workdir(workdir: str | None, c) -> bool:
+  """True when `workdir` holds a run to resume from its checkpoint. A run there without
+  checkpoints is started over (rundir.earlier_run), unless it finished: then the config must be
+  its own (ConfigError otherwise) and there is nothing to do."""
   if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
     return False
   if checkpoint_lib.has_checkpoint(workdir):
     return True
-  raise ConfigError("--workdir", f"{workdir} already holds a run without checkpoints to resume "
-                                 "from; choose a new directory")
+  rundir_lib.earlier_run(workdir, c.to_dict())  # raises on a finished run of another config
+  return False
 
 
 def _default_workdir_all_processes(c, platform: str) -> str:
@@ -316,10 +318,15 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   is_writer = jax.process_index() == 0
   workdir = workdir or _default_workdir_all_processes(c, platform)
   if resuming is None:  # main() decides it before the processes meet; in-process callers here
-    resuming = _check_workdir(workdir)
+    resuming = _check_workdir(workdir, c)
 
   m = c.model
   say = print if is_writer else (lambda *a, **k: None)
+  earlier = None if resuming else rundir_lib.earlier_run(workdir, c.to_dict())
+  if _from_process_0(bool(earlier and "finished" in earlier)):
+    say(f"jaxbench: the run in {workdir} already finished its {c.steps} steps (no checkpoints "
+        "kept): nothing to do")
+    return (earlier or {}).get("finished") or {"status": "finished", "steps": c.steps}
   say(f"jaxbench: {c.family}:{c.preset}  d_model={m.d_model} n_layers={m.n_layers} "
       f"n_heads={m.n_heads} n_kv_heads={m.n_kv_heads} d_ff={m.d_ff} vocab={m.vocab_size} "
       f"seq_len={c.seq_len}")
@@ -349,6 +356,11 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
         "devices per host): tensor-parallel collectives will cross the slow links")
   out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
+  if earlier:  # an unfinished start without checkpoints: this one replaces its files
+    say(f"  the earlier start of this run got to step {earlier['steps']} ({earlier['status']}) "
+        "with no checkpoint to resume from: starting again from step 0")
+    out.truncate_metrics(0)
+    out.remove("summary.json")
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
       **sysinfo.backend(devices), "distributed": cluster, "mesh": mesh_shape,
@@ -364,6 +376,9 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       "deterministic": determinism or apply_determinism(c),
       "host_allocator": hostalloc.describe(c.host_allocator),
   }
+  if earlier:
+    run_info["restarted"] = {"earlier_status": earlier["status"], "earlier_steps": earlier["steps"],
+                             "earlier_started_at": earlier["started_at"]}
   run_info["data"] = (train_data.describe() if hasattr(train_data, "describe")
                       else {"synthetic": c.data.synthetic, "seed": c.seed})
   checkpointer = None
@@ -374,7 +389,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   if resuming:
     start_step = checkpointer.latest_step()
     # Checked and read before anything in the run directory changes.
-    checkpoint_lib.check_compatible(checkpointer.read_meta(start_step)["config"], c.to_dict())
+    rundir_lib.check_compatible(checkpointer.read_meta(start_step)["config"], c.to_dict())
     if start_step >= c.steps:
       done = _finished_summary(out, c.steps)
       if done is not None:  # e.g. a sweep stopped between the run's end and its record of it
@@ -389,10 +404,17 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
     previous = rundir_lib.read_json(out.file("run.json"))
     run_info["resumed"] = {"from_step": start_step,
                            "first_started_at": previous.get("resumed", {}).get(
-                               "first_started_at", previous.get("started_at"))}
+                               "first_started_at", previous.get("started_at")),
+                           **_timing_since(previous, run_info, start_step)}
   out.write("run.json", run_info)
 
   progress = runlog.Progress(steps=start_step)
+  if resuming:
+    progress.timed_since_step = run_info["resumed"]["timed_since_step"]
+    progress.timing_note = run_info["resumed"]["timing_note"]
+    if out.writer and os.path.exists(out.file("metrics.jsonl")):
+      progress.step_times = runlog.earlier_timed_steps(
+          rundir_lib.read_metrics(out.file("metrics.jsonl")), progress.timed_since_step, start_step)
   with runlog.StopRequest() as stop:
     save_error = None
     try:
@@ -425,6 +447,19 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   return summary
 
 
+def _timing_since(previous: dict, run_info: dict, start_step: int) -> dict:
+  """run.json's `resumed.timed_since_step` and `resumed.timing_note`: the summary of a resumed run
+  times every segment since the last restart that changed what decides a step's time (devices,
+  mesh, software, environment, config: runlog.timing_context), and says which change cut it."""
+  before = previous.get("resumed") or {}
+  change = runlog.timing_change(runlog.timing_context(previous), runlog.timing_context(run_info))
+  if change is None:
+    return {"timed_since_step": before.get("timed_since_step", 0),
+            "timing_note": before.get("timing_note")}
+  return {"timed_since_step": start_step,
+          "timing_note": f"timed over the steps after {start_step} only: at that restart {change}"}
+
+
 def _finished_summary(out, steps: int) -> dict | None:
   """The run directory's summary.json if it records the run finished all `steps`, else None."""
   try:
@@ -432,6 +467,14 @@ def _finished_summary(out, steps: int) -> dict | None:
   except (OSError, ValueError):
     return None
   return summary if summary.get("status") == "finished" and summary.get("steps") == steps else None
+
+
+def _from_process_0(flag: bool) -> bool:
+  """Process 0's `flag` on every process: what it read in the run directory decides for all."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def _any_process(flag: bool) -> bool:
@@ -604,11 +647,6 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
       checkpointer.save(step, state, config_dict)
       save_s = time.perf_counter() - t_save
       p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
-    dispatch_next = not ahead and next_batch is not None and finite
-    if dispatch_next and not inline:
-      # The device works while we write this step down.
-      pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
-      next_batch = None  # the runtime holds the batch until its step is done, then frees it
     record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                                 tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
     record["data_wait_s"] = data_wait_s
@@ -618,8 +656,20 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
       record["checkpoint_save_s"] = save_s
     if trace.traced(step):
       record["profiled"] = True
+    # The first steps after each (re)start and the traced ones are left out of the summary.
+    record["timed"] = i - start_step >= c.warmup_steps_excluded and not trace.traced(step)
+    dispatch_next = not ahead and next_batch is not None and finite
+    if dispatch_next and not inline:
+      # The device works while we write this step down.
+      try:
+        pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
+      except BaseException:
+        # This step is done (and may be saved: a resume starts after it): its line is kept.
+        out.append_metrics(record)
+        raise
+      next_batch = None  # the runtime holds the batch until its step is done, then frees it
     out.append_metrics(record)
-    if i - start_step >= c.warmup_steps_excluded and not trace.traced(step):
+    if record["timed"]:
       p.step_times.append(step_time)
     p.steps, p.final_loss = step, loss
     if not finite:
@@ -696,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
       from jaxbench.twin import train as twin_train
       return twin_train.main(c, workdir, cluster)
     # Decided before the processes meet, so no process sees another's fresh run.json.
-    resuming = _check_workdir(workdir)
+    resuming = _check_workdir(workdir, c)
     determinism = apply_determinism(c)  # before any backend starts
     run_info_cluster = distributed.initialize(*cluster)
     run(c, workdir, cluster=run_info_cluster, determinism=determinism, resuming=resuming)

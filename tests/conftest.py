@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import struct
 import sys
 import tempfile
 
@@ -40,6 +41,21 @@ def run_cli(args, tmp_path, timeout=600, **env):
   return subprocess.run([sys.executable, "-m", "jaxbench", *args], cwd=str(tmp_path),
                         env=cli_env(tmp_path, **env), capture_output=True, text=True,
                         timeout=timeout)
+
+
+def read_events(path):
+  """(step, tag, value) of every scalar in a TensorBoard event file: TFRecord framing (length,
+  its CRC, the record, its CRC) around Event protos."""
+  from jaxbench import rundir
+  rundir.import_tensorboardx()  # without torch
+  from tensorboardX.proto import event_pb2
+  data, i, out = open(path, "rb").read(), 0, []
+  while i < len(data):
+    (n,) = struct.unpack("<Q", data[i:i + 8])
+    event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+    out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    i += 12 + n + 4
+  return out
 
 
 def read_json(path):

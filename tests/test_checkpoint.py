@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -87,6 +88,44 @@ def test_sigterm_saves_and_the_rerun_resumes_from_that_step(tmp_path, reference)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"resuming from the checkpoint of step {stopped['steps']}" in again.stdout
   assert losses(tmp_path / "run") == losses(reference)
+  # The summary times both segments, each without its first warmup_steps_excluded (3) steps.
+  records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+  timed = [r for r in records if r["timed"]]
+  assert [r["step"] for r in timed] == [*range(4, stopped["steps"] + 1),
+                                        *range(stopped["steps"] + 4, 25)]
+  summary = read_json(tmp_path / "run" / "summary.json")
+  assert summary["timed_steps"] == len(timed) and summary.get("timed_since_step", 0) == 0
+  assert summary["step_time_s_median"] == pytest.approx(
+      statistics.median(r["step_time_s"] for r in timed))
+  from jaxbench import compare
+  assert compare.timed_step_times(compare.load_run(str(tmp_path / "run"), "run")) == [
+      r["step_time_s"] for r in timed]
+
+
+def test_a_stopped_run_without_checkpoints_starts_again(tmp_path, reference):
+  proc = start(["--config.steps=24", "--workdir=run"], tmp_path)
+  wait_for_step(proc, 5, 24)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  stopped = read_json(tmp_path / "run" / "summary.json")
+  assert stopped["status"] == "stopped (SIGTERM)" and not (tmp_path / "run" / "checkpoints").exists()
+  again = train(["--config.steps=24", "--workdir=run"], tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (f"the earlier start of this run got to step {stopped['steps']} (stopped (SIGTERM)) with "
+          "no checkpoint to resume from: starting again from step 0") in again.stdout
+  assert losses(tmp_path / "run") == losses(reference)  # steps 1..24 once each, the same floats
+  restarted = read_json(tmp_path / "run" / "run.json")["restarted"]
+  assert restarted["earlier_steps"] == stopped["steps"]
+  assert read_json(tmp_path / "run" / "summary.json")["status"] == "finished"
+  # Finished: started again, nothing to do and nothing changed; with another config, exit 2.
+  before = {name: (tmp_path / "run" / name).read_bytes()
+            for name in ("run.json", "summary.json", "metrics.jsonl")}
+  done = train(["--config.steps=24", "--workdir=run"], tmp_path)
+  assert done.returncode == 0 and "already finished its 24 steps" in done.stdout, done.stderr[-2000:]
+  other = train(["--config.steps=24", "--config.seed=1", "--workdir=run"], tmp_path)
+  assert other.returncode == 2 and "seed" in other.stderr and "new --workdir" in other.stderr
+  assert before == {name: (tmp_path / "run" / name).read_bytes() for name in before}
 
 
 def test_unfinished_checkpoint_is_ignored(tmp_path, reference):
@@ -196,6 +235,11 @@ def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path):
     steps, values = losses(tmp_path / name)
     assert steps == [1, 2, 3, 4]
     assert abs(values[3] - expected) <= 1e-5 * abs(expected), (name, values[3], expected)
+    # Another mesh times differently: the summary covers the steps since the restart, and says so.
+    summary = read_json(tmp_path / name / "summary.json")
+    assert summary["timed_since_step"] == 3 and summary["timed_steps"] == 1
+    change = "mesh.fsdp 8 -> 4" if name == "fsdp4_tensor2" else "n_devices 8 -> 1"
+    assert change in summary["timing_note"], summary["timing_note"]
 
 
 def test_a_failed_last_save_still_writes_the_summary(tmp_path, monkeypatch):
@@ -220,3 +264,39 @@ def test_a_failed_last_save_still_writes_the_summary(tmp_path, monkeypatch):
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"] == "failed" and "No space left on device" in summary["error"]
   assert summary["steps"] == 4
+
+
+def test_a_failed_dispatch_after_a_save_keeps_the_saved_step_and_tensorboard_replays(
+    tmp_path, monkeypatch):
+  # Dispatching the step after a save fails (as a device error would surface, with steps
+  # dispatched ahead: the GPU's loop): the saved step's metrics line is written all the same, and
+  # the resumed run's TensorBoard file holds every step once.
+  from conftest import read_events
+  from jaxbench import config as config_lib
+  from jaxbench import hostalloc
+  from jaxbench import train as train_lib
+  c = config_lib.load_with_overrides("configs/mpt.py:nano", {
+      "steps": 8, "checkpoint.every": 4, "peak_tflops": 1.0, "log_every": 0,
+      "warmup_steps_excluded": 0, "tensorboard": True})
+  monkeypatch.setattr(hostalloc, "cpu_dispatch_async", lambda: True)
+  real_dispatch = train_lib._dispatch
+
+  def dispatch(compiled, state, batch, put, trace, step):
+    if step == 5:
+      raise RuntimeError("device lost")
+    return real_dispatch(compiled, state, batch, put, trace, step)
+
+  monkeypatch.setattr(train_lib, "_dispatch", dispatch)
+  with pytest.raises(RuntimeError, match="device lost"):
+    train_lib.run(c, str(tmp_path / "run"))
+  assert losses(tmp_path / "run")[0] == [1, 2, 3, 4] and steps_saved(tmp_path / "run") == [4]
+  monkeypatch.setattr(train_lib, "_dispatch", real_dispatch)
+  summary = train_lib.run(c, str(tmp_path / "run"))
+  assert summary["status"] == "finished" and summary["timed_steps"] == 8
+  records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+  assert [r["step"] for r in records] == list(range(1, 9))
+  (events,) = (tmp_path / "run").glob("events.out.tfevents.*")
+  scalars = {(step, tag): value for step, tag, value in read_events(events)}
+  assert sorted(step for step, tag in scalars if tag == "loss") == list(range(1, 9))
+  for r in records:
+    assert scalars[(r["step"], "loss")] == pytest.approx(r["loss"], rel=1e-6)

@@ -61,6 +61,14 @@ def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
   assert info_two["peak"]["source"] == "unknown" and "2 processes" in info_two["peak"]["detail"]
   assert summary["mfu_median"] is None and not (tmp_path / "cache" / "peaks.json").exists()
   assert two.stdout.count("done: finished") == 1
+  # Started again once finished: process 0's reading of the run directory decides for both.
+  before = (tmp_path / "two" / "summary.json").read_bytes()
+  again = launch(["--backend=cpu", "--local_processes=2", "--devices_per_process=2",
+                  f"--port={free_port()}", "--", *TRAIN, "--workdir=two", "--config.mesh.tensor=2",
+                  "--config.peak_tflops=0"], tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("already finished its 5 steps") == 1 and "compiling" not in again.stdout
+  assert (tmp_path / "two" / "summary.json").read_bytes() == before
 
 
 def test_a_failing_process_fails_the_launch(tmp_path):

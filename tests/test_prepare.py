@@ -242,13 +242,39 @@ def test_line_blocks_end_before_a_line_start():
   assert all(b.startswith(" ") and len(b) <= 20 for b in blocks[1:-1])
 
 
+def test_line_blocks_ask_clean_whether_a_cut_is_clean():
+  text = "".join(f"line {i}\n" + ("\n" if i % 2 else "") for i in range(40))
+  asked = []
+
+  def clean(t, cut):  # cuts after a blank line refused, and judged with 8 characters after them
+    asked.append(cut)
+    assert cut + 8 <= len(t)
+    return not t[:cut].endswith("\n\n")
+
+  chunks = [text[i:i + 5] for i in range(0, len(text), 5)]
+  blocks = list(prepare.line_blocks(chunks, 30, clean, context=8))
+  assert "".join(blocks) == text and len(blocks) > 3 and asked
+  assert all(not b.endswith("\n\n") for b in blocks[:-1])
+  # Past max_checks refusals in a block, the next line start is taken.
+  blocks = list(prepare.line_blocks([text], 30, lambda t, cut: False, context=8, max_checks=2))
+  assert "".join(blocks) == text and all(len(b) < 60 for b in blocks)
+
+
 # --- tokenizer.json --------------------------------------------------------------------------------
-def _train_bpe(path, texts, eos="<|endoftext|>"):
-  """A tiny byte-level BPE (GPT-2 style), trained here, offline, on the test corpus."""
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _train_bpe(path, texts, eos="<|endoftext|>", style="gpt2"):
+  """A tiny byte-level BPE (GPT-2 or Llama-3 style pre-tokenizer), trained here, offline."""
   tokenizers = pytest.importorskip("tokenizers")
   from tokenizers import decoders, models, pre_tokenizers, trainers
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  if style == "llama3":
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[eos] if eos else [],
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -294,6 +320,31 @@ def test_tokenizer_json_round_trip(tmp_path, monkeypatch, capsys):
               "--val_fraction=0.2", "--chunk_bytes=16") == 0
   for split in ("train", "val"):
     assert np.array_equal(_tokens(tmp_path / "out", split), _tokens(tmp_path / "chunked", split))
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama3"])
+def test_long_documents_in_blocks_give_the_ids_of_the_whole(tmp_path, monkeypatch, capsys, style):
+  # Blank lines, trailing and leading spaces at every kind of line end: with blocks of 300
+  # characters many block ends fall after "\n\n", where GPT-2's pre-tokenizer would split
+  # differently at a block's end than within the document.
+  rng = np.random.default_rng(0)
+  words = ["alpha", "beta", "  gamma", "\tdelta", "x=1", "def f():", "return 42", "über"]
+  lines = [" ".join(rng.choice(words, rng.integers(0, 7))) + rng.choice(["", " ", "  "])
+           + "\n" * int(rng.choice([1, 2, 3])) for _ in range(600)]
+  text = "".join(lines)
+  (tmp_path / "corpus").mkdir()
+  for name in ("a.txt", "b.txt"):  # one goes to train, the other to val
+    (tmp_path / "corpus" / name).write_text(text)
+  tok = _train_bpe(tmp_path / "tokenizer.json", [text], style=style)
+  monkeypatch.setattr(prepare, "BLOCK_CHARS", 300)
+  assert _run(f"--input={tmp_path / 'corpus'}", f"--output={tmp_path / 'out'}",
+              f"--tokenizer={tmp_path / 'tokenizer.json'}", "--val_fraction=0.5",
+              "--chunk_bytes=64") == 0
+  ids = _tokens(tmp_path / "out", "train")
+  assert ids[:-1].tolist() == tok.encode(text, add_special_tokens=False).ids
+  if style == "gpt2":  # the case this guards: cut at the first line start, the ids differ
+    first = list(prepare.line_blocks([text], 300))
+    assert sum((tok.encode(b, add_special_tokens=False).ids for b in first), []) != ids[:-1].tolist()
 
 
 def test_tokenizer_without_eos_has_no_separators(tmp_path, capsys):

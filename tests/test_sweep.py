@@ -7,13 +7,12 @@ import glob
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, cli_env, read_json, spawn
+from conftest import REPO, cli_env, read_events, read_json, spawn
 
 from jaxbench import config as config_lib
 from jaxbench import outcome as outcome_lib
@@ -311,20 +310,6 @@ def test_report_without_matplotlib_writes_tables_and_says_so(swept, tmp_path, mo
   assert "No plots: matplotlib is not installed" in text and "| mpt:nano (0.246M) |" in text
   assert not list(tmp_path.glob("*.png"))
   assert report_lib.main(["jaxbench report", str(tmp_path / "none")]) == 2
-
-
-def read_events(path):
-  """(step, tag, value) of every scalar in a TensorBoard event file: TFRecord framing (length,
-  its CRC, the record, its CRC) around Event protos."""
-  rundir_lib.import_tensorboardx()  # without torch
-  from tensorboardX.proto import event_pb2
-  data, i, out = open(path, "rb").read(), 0, []
-  while i < len(data):
-    (n,) = struct.unpack("<Q", data[i:i + 8])
-    event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
-    out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
-    i += 12 + n + 4
-  return out
 
 
 def test_tensorboard_scalars_hold_every_metric(swept):

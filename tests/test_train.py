@@ -207,11 +207,15 @@ def test_sigterm_stops_cleanly_after_a_step(tmp_path):
   assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
 
 
-def test_existing_workdir_is_refused(tmp_path):
+def test_a_workdir_holding_another_finished_run_is_refused(tmp_path, capsys):
+  # Without checkpoints an unfinished run there starts over (tests/test_checkpoint.py); a finished
+  # one of another config is kept.
   (tmp_path / "run").mkdir()
-  (tmp_path / "run" / "run.json").write_text("{}")
+  (tmp_path / "run" / "run.json").write_text('{"config": {"family": "llama"}}')
+  (tmp_path / "run" / "summary.json").write_text('{"status": "finished", "steps": 100}')
   assert train.main(["jaxbench train", "--config=configs/mpt.py:nano",
                      f"--workdir={tmp_path / 'run'}"]) == 2
+  assert "family='llama'" in capsys.readouterr().err
 
 
 def test_json_writer_never_writes_nan(tmp_path):

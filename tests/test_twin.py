@@ -4,6 +4,7 @@ FSDP2 (gloo on CPU) trains the same curve as one process."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -135,7 +136,8 @@ def runs(tmp_path_factory):
   c = make_config("mpt", "nano", steps=10, log_every=0, warmup_steps_excluded=2, peak_tflops=0.2)
   train.run(c, str(tmp / "jax"))
   twin = run_cli(["train", *TEN_STEPS, "--config.framework=torch", "--config.profile_steps=4:5",
-                  f"--workdir={tmp / 'torch'}"], tmp, OMP_NUM_THREADS=1)
+                  "--config.tensorboard=True", f"--workdir={tmp / 'torch'}"], tmp,
+                 OMP_NUM_THREADS=1)
   assert twin.returncode == 0, twin.stderr
   return tmp, twin
 
@@ -178,6 +180,37 @@ def test_profile_steps_traces_the_twin_with_torch_profiler(runs, capsys):
   assert profiling.main([str(tmp / "torch")]) == 0
   table = capsys.readouterr().out
   assert table.startswith("torch ops of steps 4-5") and "aten::" in table
+
+
+def test_the_twin_writes_tensorboard_and_starts_an_unfinished_run_again(runs, tmp_path, capsys):
+  from conftest import read_events
+  tmp, _ = runs
+  (events,) = (tmp / "torch").glob("events.out.tfevents.*")
+  assert sorted(step for step, tag, _ in read_events(events) if tag == "loss") == list(range(1, 11))
+  # The twin keeps no checkpoints: a run stopped part-way starts again from step 0 in its
+  # directory, replacing its files; a finished one has nothing to do.
+  run_dir = tmp_path / "torch"
+  shutil.copytree(tmp / "torch", run_dir)
+  summary = read_json(run_dir / "summary.json")
+  (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "stopped (SIGTERM)"}))
+  with open(run_dir / "metrics.jsonl") as f:
+    lines = f.readlines()[:4]
+  (run_dir / "metrics.jsonl").write_text("".join(lines))
+  c = make_config("mpt", "nano", steps=10, log_every=0, warmup_steps_excluded=2, peak_tflops=0.2,
+                  framework="torch", tensorboard=True)
+  again = twin_train.run(c, str(run_dir))
+  out = capsys.readouterr().out
+  assert "got to step 4 (stopped (SIGTERM)): starting again from step 0" in out
+  assert again["status"] == "finished" and losses(run_dir) == pytest.approx(losses(tmp / "torch"))
+  assert read_json(run_dir / "run.json")["restarted"]["earlier_steps"] == 4
+  (events,) = run_dir.glob("events.out.tfevents.*")
+  assert sorted(step for step, tag, _ in read_events(events) if tag == "loss") == list(range(1, 11))
+  assert twin_train.run(c, str(run_dir)) == read_json(run_dir / "summary.json")
+  assert "nothing to do" in capsys.readouterr().out
+  # JAX asked to train in the twin's finished run: exit 2, naming the framework.
+  assert train.main(["jaxbench train", "--config=configs/mpt.py:nano", "--config.steps=10",
+                     f"--workdir={run_dir}"]) == 2
+  assert "framework='torch'" in capsys.readouterr().err
 
 
 def test_compare_reads_both(runs, capsys):

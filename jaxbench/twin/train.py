@@ -428,9 +428,8 @@ def run(c, workdir: str | None = None) -> dict:
   """Trains per config `c` with the twin; returns summary.json's contents. ConfigError before
   anything runs on bad input, Diverged on a non-finite loss."""
   cpu_only_jax()
-  if workdir and os.path.exists(os.path.join(workdir, "run.json")):
-    raise ConfigError("--workdir", f"{workdir} already holds a run; the torch twin does not "
-                                   "resume: choose a new directory")
+  # The twin keeps no checkpoints: an unfinished run there starts over, a finished one is done.
+  earlier = rundir_lib.earlier_run(workdir, c.to_dict()) if workdir else None
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
   s = build(c)
@@ -440,6 +439,10 @@ def run(c, workdir: str | None = None) -> dict:
   say = print if is_writer else (lambda *a, **k: None)
   backend = _backend(torch, s)
   workdir = workdir or _default_workdir(torch, c, backend["platform"], s.world)
+  if _any_process(torch, s, bool(earlier and "finished" in earlier)):
+    say(f"jaxbench (torch twin): the run in {workdir} already finished its {c.steps} steps: "
+        "nothing to do")
+    return (earlier or {}).get("finished") or {"status": "finished", "steps": c.steps}
   m, flops = c.model, s.flops
   say(f"jaxbench (torch twin): {c.family}:{c.preset}  d_model={m.d_model} n_layers={m.n_layers} "
       f"n_heads={m.n_heads} n_kv_heads={m.n_kv_heads} d_ff={m.d_ff} vocab={m.vocab_size} "
@@ -453,8 +456,13 @@ def run(c, workdir: str | None = None) -> dict:
   peak = _peak(torch, s)
   peak_text = f"{peak.tflops:.4g} TFLOP/s" if peak.tflops is not None else "unknown"
   say(f"  peak per device: {peak_text} ({peak.source}: {peak.detail})")
-  out = rundir_lib.RunDir(workdir, writer=is_writer)
+  out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
+  if earlier:  # an unfinished start (the twin keeps no checkpoints): this one replaces its files
+    say(f"  the earlier start of this run got to step {earlier['steps']} ({earlier['status']}): "
+        "starting again from step 0")
+    out.truncate_metrics(0)
+    out.remove("summary.json")
   versions = sysinfo.versions()
   versions["torch"] = torch.__version__
   run_info = {
@@ -472,6 +480,9 @@ def run(c, workdir: str | None = None) -> dict:
                         "note": "the twin does not set torch's deterministic algorithms"},
       "host_allocator": hostalloc.describe(c.host_allocator),
   }
+  if earlier:
+    run_info["restarted"] = {"earlier_status": earlier["status"], "earlier_steps": earlier["steps"],
+                             "earlier_started_at": earlier["started_at"]}
   out.write("run.json", run_info)
 
   progress = runlog.Progress()
@@ -565,8 +576,9 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
         record["eval_loss"], record["eval_s"] = eval_loss, eval_s
       if trace.traced(step):
         record["profiled"] = True
+      record["timed"] = i >= c.warmup_steps_excluded and not trace.traced(step)
       out.append_metrics(record)
-      if i >= c.warmup_steps_excluded and not trace.traced(step):
+      if record["timed"]:
         p.step_times.append(step_time)
       p.steps, p.final_loss = step, loss
       if not finite:
