@@ -91,13 +91,3 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def has_checkpoint(run_dir: str) -> bool:
-  """Whether a finished checkpoint exists, without starting Orbax: finished checkpoints are
-  directories named by their step; unfinished ones keep a temporary suffix."""
-  directory = os.path.join(run_dir, "checkpoints")
-  try:
-    return any(name.isdigit() for name in os.listdir(directory))
-  except OSError:
-    return False

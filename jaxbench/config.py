@@ -162,12 +162,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batches = 4
 
   c.checkpoint = ml_collections.ConfigDict()
-  # Save an Orbax checkpoint every this many steps, and at the last step (0: no checkpoints).
-  # A run started again with the same --workdir resumes from the latest one.
+  # Save a checkpoint every this many steps, and at the last step (0: no checkpoints): Orbax's
+  # for JAX runs, torch.distributed.checkpoint's for the twin (framework=torch). A run started
+  # again with the same --workdir resumes from the latest one.
   c.checkpoint.every = 0
   # Checkpoints kept (older ones are deleted).
   c.checkpoint.keep = 3
-  # Write in the background while training goes on (the device-to-host copy is not).
+  # Write in the background while training goes on (the device-to-host copy is not); JAX runs
+  # only: the twin's saves are synchronous, their time recorded apart as JAX's are.
   c.checkpoint.async_save = True
 
   # Options of the PyTorch twin (framework=torch); the JAX run ignores them.

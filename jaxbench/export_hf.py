@@ -145,15 +145,42 @@ def load_params(workdir: str, step: int | None = None):
   return info["config"], setup.model_cfg, jax.device_get(state.params), step
 
 
+def load_twin_state(workdir: str, step: int | None = None):
+  """(ModelConfig, parameters by the twin's names as numpy, step) of a PyTorch twin run's latest
+  (or given) checkpoint (twin/checkpoint.py), read in this one process whatever parallelism saved
+  it."""
+  from jaxbench.twin import train as twin_train
+  twin_train.cpu_only_jax()
+  import ml_collections
+  import torch
+  import torch.distributed.checkpoint as dcp
+  from jaxbench import model as model_lib
+  from jaxbench.twin import checkpoint as twin_checkpoint
+  from jaxbench.twin import model as twin_model
+  info = rundir_lib.read_json(os.path.join(workdir, "run.json"))
+  cfg = model_lib.ModelConfig.from_config(ml_collections.ConfigDict(info["config"]), "xla")
+  with torch.device("cpu"):
+    state = twin_model.Transformer(cfg).state_dict()
+  checkpointer = twin_checkpoint.TwinCheckpointer(workdir, every=0, keep=0, rank=0, world=1)
+  step = checkpointer.latest_step() if step is None else step
+  try:
+    dcp.load({"model": state}, checkpoint_id=os.path.join(checkpointer.directory, str(step)),
+             no_dist=True)
+  except Exception as e:  # corrupt, truncated or foreign files
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise ConfigError("--workdir", f"cannot read the checkpoint of step {step} in "
+                                   f"{checkpointer.directory}: {first}") from None
+  return cfg, {k: v.detach().float().numpy() for k, v in state.items()}, step
+
+
 def export(workdir: str, out: str) -> dict:
   """Writes the Hugging Face folder; returns what was written. ConfigError on bad input."""
-  from jaxbench import checkpoint as checkpoint_lib
   run_json = os.path.join(workdir, "run.json")
   if not os.path.isfile(run_json):
     raise ConfigError("--workdir", f"{workdir} is not a run directory (no run.json)")
   config = rundir_lib.read_json(run_json)["config"]
   arch = architecture(config)  # refused before anything is read
-  if not checkpoint_lib.has_checkpoint(workdir):
+  if not rundir_lib.has_checkpoint(workdir):
     raise ConfigError("--workdir", f"{workdir} has no checkpoint to export; train with "
                                    "--config.checkpoint.every=N (the last step is always saved)")
   try:
@@ -161,9 +188,12 @@ def export(workdir: str, out: str) -> dict:
   except ImportError:
     raise ConfigError("export-hf", 'needs safetensors: pip install -e ".[torch]" (the `torch` '
                                    "extra)") from None
-  from jaxbench.twin import convert
-  _, cfg, params, step = load_params(workdir)
-  state = convert.jax_to_torch(params, cfg)
+  if config.get("framework") == "torch":
+    cfg, state, step = load_twin_state(workdir)
+  else:
+    from jaxbench.twin import convert
+    _, cfg, params, step = load_params(workdir)
+    state = convert.jax_to_torch(params, cfg)
   hf, tensors = (llama_files if arch == "llama" else gpt2_files)(config, state)
   hf["jaxbench"] = {"run_dir": os.path.abspath(workdir), "checkpoint_step": int(step),
                     "family": config["family"], "preset": config["preset"]}

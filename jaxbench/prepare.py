@@ -15,10 +15,11 @@ Tokenizers:
   * `bytes`: the UTF-8 bytes themselves (vocab 257, id 256 = EOD); exact, needs nothing.
   * a Hugging Face `tokenizer.json` (the `tokenizers` library, extra `jaxbench[data]`). Text is
     encoded in blocks of about 64 Ki characters (a shorter document is one block) that end just
-    before a line starting with a non-space character, at the first such place where the
-    tokenizer's own normalizer and pre-tokenizer give the same pre-tokens around the cut, cut or
-    not (GPT-2's splits a blank line's "\n\n" at a block end otherwise), so the ids of GPT-2 and
-    Llama-3 style byte-level BPE equal whole-document encoding. Tokenizers whose pre-tokens never
+    before a line starting with a non-space character (or before a blank line's last newline), at
+    the first such place where the tokenizer's own normalizer and pre-tokenizer give the same
+    pre-tokens around the cut, cut or not (GPT-2's takes a blank line's "\n\n" at a block's end as
+    one piece, two within the document), so the ids of GPT-2 and Llama-3 style byte-level BPE
+    equal whole-document encoding (after 64 refused places in one block, the next is taken). Tokenizers whose pre-tokens never
     end at line starts (that add a prefix to every input, SentencePiece's "▁", or have no
     pre-tokenizer) are cut at the first line start and add that prefix once per block.
     Blocks stay small because one `encode` call holds ~200 bytes per character (measured with
@@ -62,7 +63,11 @@ SNIFF_BYTES = 8192  # a NUL byte this early marks a binary file (the heuristic o
 # Characters per tokenizer.json encode call (a block runs on to the next line start).
 BLOCK_CHARS = 1 << 16
 LINE_START = re.compile(r"\n(?=\S)")  # where a block may end: after a newline, before a non-space
+# Where a block checked by the tokenizer may end: also before the last newline of a blank line
+# (GPT-2's pre-tokenizer takes "\n\n" at an input's end as one piece, two within the document).
+CHECKED_CUTS = re.compile(r"(?<=\n)(?=\n\S)|\n(?=\S)")
 CUT_CONTEXT = 256  # characters each side of a block's end that decide whether it cuts cleanly
+MAX_CUT_CHECKS = 64  # places refused in one block before the next is taken unchecked
 BYTES_VOCAB, BYTES_EOD = 257, 256
 # End-of-document tokens, in order of preference: GPT-2/NeoX, Llama-2/Mistral, Llama-3, Gemma.
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
@@ -125,16 +130,20 @@ class JsonTokenizer:
     # A tokenizer whose pre-tokens do not end at line starts (one that adds a prefix to every
     # input, or has no pre-tokenizer) would have every place checked and refused: not checked.
     self.checks_cuts = self.cuts_cleanly("one two\nthree four\n", len("one two\n"))
-    where = ("where the pre-tokens around the end are those of the whole document"
-             if self.checks_cuts else "(the tokenizer's pre-tokens do not end at line starts: "
-             "ids at block starts may differ from whole-document encoding)")
+    where = ("before a line that starts with a non-space character or a blank line's last "
+             "newline, where the pre-tokens around the end are those of the whole document (after "
+             "64 refused places in a block, at the next)" if self.checks_cuts else
+             "before a line that starts with a non-space character (the tokenizer's pre-tokens do "
+             "not end at line starts: ids at block starts may differ from whole-document "
+             "encoding)")
     self.method = (f"tokenizer.json: encoded in blocks of about {BLOCK_CHARS} characters ending "
-                   f"before a line that starts with a non-space character {where}; no special "
-                   "tokens added by the tokenizer; special-token text in documents encoded as text")
+                   f"{where}; no special tokens added by the tokenizer; special-token text in "
+                   "documents encoded as text")
 
   def encode(self, pieces):
     clean = self.cuts_cleanly if self.checks_cuts else None
-    for block in line_blocks((text for _, text in pieces), BLOCK_CHARS, clean, CUT_CONTEXT):
+    for block in line_blocks((text for _, text in pieces), BLOCK_CHARS, clean, CUT_CONTEXT,
+                             MAX_CUT_CHECKS):
       ids = self.tokenizer.encode(block, add_special_tokens=False).ids
       yield np.asarray(ids, dtype=np.int64)
 
@@ -159,10 +168,10 @@ class JsonTokenizer:
 
 def line_blocks(texts, block_chars: int, clean=None, context: int = 0, max_checks: int = 64):
   """Regroups a document's text chunks into blocks of about `block_chars` characters (a shorter
-  document stays one block), each ending just before a line that starts with a non-space and, with
-  `clean(text, cut)`, at the first such place it accepts, judged with `context` characters after
-  the place (after `max_checks` refusals in one block, at the next line start). With no line
-  start by 4 blocks' length: before a space, else anywhere."""
+  document stays one block), each ending just before a line that starts with a non-space. With
+  `clean(text, cut)`: at the first such place, or place before a blank line's last newline, that
+  it accepts, judged with `context` characters after the place (after `max_checks` refusals in one
+  block, at the next). With no such place by 4 blocks' length: before a space, else anywhere."""
   pending, searched, checks = "", 0, 0
 
   def accept(text: str, cut: int) -> bool:
@@ -175,7 +184,8 @@ def line_blocks(texts, block_chars: int, clean=None, context: int = 0, max_check
   for text in texts:
     pending += text
     while len(pending) > block_chars:
-      cut = _line_cut(pending, max(block_chars, searched), accept, context if clean else 0)
+      cut = _line_cut(pending, max(block_chars, searched), accept, context if clean else 0,
+                      CHECKED_CUTS if clean else LINE_START)
       if cut is None and len(pending) > 4 * block_chars:  # no (clean) line start: a long line
         space = pending.rfind(" ", 1, block_chars + 1)
         cut = space if space > 0 else block_chars
@@ -188,10 +198,10 @@ def line_blocks(texts, block_chars: int, clean=None, context: int = 0, max_check
     yield pending
 
 
-def _line_cut(text: str, start: int, accept, context: int) -> int | None:
-  """The first line start at or after `start`, with `context` characters after it, that
-  `accept(text, place)` takes; None when there is none yet."""
-  for found in LINE_START.finditer(text, start):
+def _line_cut(text: str, start: int, accept, context: int, places: re.Pattern) -> int | None:
+  """The first of `places` (the end of a match) at or after `start`, with `context` characters
+  after it, that `accept(text, place)` takes; None when there is none yet."""
+  for found in places.finditer(text, start):
     if found.end() + context > len(text):
       return None
     if accept(text, found.end()):

@@ -172,8 +172,9 @@ class RunDir:
   def truncate_metrics(self, last_step: int) -> None:
     """On resume (or, with 0, a restart from the first step): keep the records up to the
     checkpoint's step, so the steps trained again after it are neither duplicated nor missing.
-    With TensorBoard on, the event files of the earlier start are replaced by the kept records:
-    TensorBoard would otherwise show the steps trained again twice."""
+    With TensorBoard on, the event files of the earlier starts are replaced by the kept records
+    (TensorBoard would otherwise show the steps trained again twice; and with TensorBoard off
+    then, they hold the earlier steps all the same)."""
     if not self.writer:
       return
     kept = []
@@ -184,13 +185,17 @@ class RunDir:
       with os.fdopen(fd, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
       os.replace(tmp, self.file("metrics.jsonl"))
-    if self._scalars is not None and self._earlier_events:
-      for record in kept:  # into this start's event file (metrics.jsonl is the record of the run)
-        self._scalars.add(record)
+    if self._scalars is not None:
+      if kept:  # into a file of their own, closed (its queue drained) before the earlier files go
+        for record in kept:
+          self._scalars.add(record)
+        self._scalars.close()
       for path in self._earlier_events:
         with contextlib.suppress(FileNotFoundError):
           os.unlink(path)
       self._earlier_events = []
+      if kept:  # the steps trained from here on: into the next file
+        self._scalars = ScalarWriter(self.path)
 
   def close(self) -> None:
     if self._metrics is not None:
@@ -204,9 +209,10 @@ class RunDir:
 
 
 def check_compatible(saved: dict, current: dict, what: str = "the checkpoint",
-                     hint: str = "resume with the same value or use a new --workdir") -> None:
-  """ConfigError naming the first key whose change would make the checkpoint (or `what`: the
-  earlier run) mean something else."""
+                     hint: str = "resume with the same value or use a new --workdir",
+                     keys: tuple = MUST_MATCH) -> None:
+  """ConfigError naming the first of `keys` whose change would make the checkpoint (or `what`:
+  the earlier run) mean something else."""
   def get(d, key):
     for part in key.split("."):
       if not isinstance(d, dict) or part not in d:
@@ -217,10 +223,69 @@ def check_compatible(saved: dict, current: dict, what: str = "the checkpoint",
     if key == "data.path" and a and b:  # the same folder, however it was written
       return os.path.realpath(a) == os.path.realpath(b)
     return a == b
-  for key in MUST_MATCH:
+  for key in keys:
     if not same(key, get(saved, key), get(current, key)):
       raise ConfigError(key, f"{what} was made with {key}={get(saved, key)!r}, this run "
                              f"has {get(current, key)!r}; {hint}")
+
+
+# Config keys that leave a training step's time as it is: the segments of a resumed run whose
+# configs differ in these alone are timed as one run (runlog.timing_context), and a finished run
+# started again with such changes has nothing to do.
+UNTIMED_KEYS = ("preset", "log_every", "warmup_steps_excluded", "peak_tflops", "tensorboard",
+                "profile_steps", "dump_hlo", "eval", "checkpoint")
+
+
+def timed_keys(*configs: dict) -> tuple:
+  """The dotted config keys of `configs` (dicts) outside UNTIMED_KEYS."""
+  def walk(d, prefix=""):
+    for k, v in d.items():
+      if not prefix and k in UNTIMED_KEYS:
+        continue
+      if isinstance(v, dict):
+        yield from walk(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}"
+  return tuple(sorted({key for c in configs for key in walk(c)}))
+
+
+def finished_summary(path: str, steps: int) -> dict | None:
+  """Run directory `path`'s summary.json if it records the run finished all `steps`, else None."""
+  try:
+    summary = read_json(os.path.join(path, "summary.json"))
+  except (OSError, ValueError):
+    return None
+  return summary if summary.get("status") == "finished" and summary.get("steps") == steps else None
+
+
+def check_resume(path: str, step: int, saved_config: dict, config: dict) -> dict | None:
+  """A run in `path` resuming from its checkpoint of `step`, saved with `saved_config`: None when
+  there are steps left to train; its summary when it finished them (nothing to do); ConfigError
+  when `config` means another run, or when the checkpoint is of the last step but no summary says
+  the run finished."""
+  check_compatible(saved_config, config)
+  if step < config["steps"]:
+    return None
+  # Its summary stands for this run only if nothing that decides a step's time changed either.
+  check_compatible(saved_config, config, what=f"the finished run in {path}",
+                   hint="use a new --workdir", keys=timed_keys(saved_config, config))
+  done = finished_summary(path, config["steps"])
+  if done is None:
+    raise ConfigError("steps", f"the run in {path} already reached its last step ({step}); use a "
+                               "new --workdir")
+  return done
+
+
+def check_framework(path: str, config: dict) -> None:
+  """ConfigError when run directory `path` holds a run of another framework (JAX or the torch
+  twin): neither reads the other's checkpoints, and its results are kept."""
+  try:
+    saved = (read_json(os.path.join(path, "run.json")).get("config") or {}).get("framework", "jax")
+  except (OSError, ValueError):
+    return
+  if saved != config.get("framework", "jax"):
+    raise ConfigError("framework", f"{path} holds a run with framework={saved!r}, this run has "
+                                   f"{config.get('framework', 'jax')!r}; use a new --workdir")
 
 
 def earlier_run(path: str, config: dict) -> dict | None:
@@ -238,17 +303,27 @@ def earlier_run(path: str, config: dict) -> dict | None:
     summary = read_json(os.path.join(path, "summary.json"))
   except (OSError, ValueError):
     summary = {}
+  check_framework(path, config)
+  saved = previous.get("config") or {}
   if summary.get("status") == "finished":
-    saved = previous.get("config") or {}
-    what, hint = f"the finished run in {path}", "use a new --workdir"
-    if saved.get("framework", "jax") != config.get("framework", "jax"):
-      raise ConfigError("framework", f"{what} was trained with framework="
-                                     f"{saved.get('framework', 'jax')!r}, this run has "
-                                     f"{config.get('framework', 'jax')!r}; {hint}")
-    check_compatible(saved, config, what=what, hint=hint)
+    # Its summary stands for this run only if nothing that decides a step's time changed either.
+    check_compatible(saved, config, what=f"the finished run in {path}", hint="use a new --workdir",
+                     keys=MUST_MATCH + timed_keys(saved, config))  # a MUST_MATCH key named first
     return {"finished": summary}
+  check_compatible(saved, config, what=f"the unfinished run in {path}",
+                   hint="start it with its own config to replace it, or use a new --workdir")
   metrics = os.path.join(path, "metrics.jsonl")
   records = read_metrics(metrics) if os.path.exists(metrics) else []
   return {"status": summary.get("status", "ended without a summary (killed?)"),
           "steps": max((r.get("step", 0) for r in records), default=0),
           "started_at": previous.get("started_at")}
+
+
+def has_checkpoint(run_dir: str) -> bool:
+  """Whether a complete checkpoint exists (Orbax's for JAX runs, DCP's for the twin), without
+  starting either: complete checkpoints are directories named by their step; unfinished ones keep
+  a temporary suffix."""
+  try:
+    return any(name.isdigit() for name in os.listdir(os.path.join(run_dir, "checkpoints")))
+  except OSError:
+    return False

@@ -5,8 +5,10 @@ PyTorch twin write the same metrics.jsonl and summary.json through these functio
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 
+from jaxbench import rundir
 from jaxbench import timing
 from jaxbench.errors import Diverged
 
@@ -97,10 +99,6 @@ def summary(p: Progress, *, tokens_per_step: int, n_devices: int, flops_per_toke
   return s
 
 
-# Config keys that leave a training step's time as it is (and `mesh`, compared as resolved): the
-# segments of a resumed run whose configs differ in these alone are timed as one run.
-UNTIMED_KEYS = ("preset", "log_every", "warmup_steps_excluded", "peak_tflops", "tensorboard",
-                "profile_steps", "dump_hlo", "eval", "checkpoint", "mesh")
 # run.json's fields that decide a step's time besides the config, and the environment variables.
 TIMING_FIELDS = ("versions", "backend", "platform", "platform_version", "driver", "device_kind",
                  "n_devices", "process_count", "mesh", "jax_default_matmul_precision",
@@ -111,9 +109,12 @@ TIMING_ENV_PREFIXES = ("XLA_", "LIBTPU_", "TPU_", "MALLOC_", "NCCL_", "RCCL_", "
 
 def timing_context(run_info: dict) -> dict:
   """What decides a step's time, from run.json's contents: the software, the devices and their
-  mesh, the CPU, the timing-relevant environment and the config but for UNTIMED_KEYS. A resumed
+  mesh, the CPU, the timing-relevant environment and the config but for rundir.UNTIMED_KEYS. A resumed
   run's segments with equal contexts are timed as one run."""
-  config = {k: v for k, v in (run_info.get("config") or {}).items() if k not in UNTIMED_KEYS}
+  config = {k: v for k, v in (run_info.get("config") or {}).items()  # `mesh`: resolved, above
+            if k not in rundir.UNTIMED_KEYS and k != "mesh"}
+  if (config.get("data") or {}).get("path"):  # the same folder, however it was written
+    config["data"] = {**config["data"], "path": os.path.realpath(config["data"]["path"])}
   env = {k: v for k, v in (run_info.get("env") or {}).items() if k.startswith(TIMING_ENV_PREFIXES)}
   return {**{k: run_info.get(k) for k in TIMING_FIELDS}, "cpu": (run_info.get("host") or {}).get("cpu"),
           "env": env, "config": config}
@@ -125,7 +126,7 @@ def timing_change(before: dict, after: dict, most: int = 3) -> str | None:
   def flat(d, prefix=""):
     items = {}
     for k, v in d.items():
-      if isinstance(v, dict) and v:
+      if isinstance(v, dict):  # an empty one adds nothing: {} against a missing field is no change
         items.update(flat(v, f"{prefix}{k}."))
       else:
         items[f"{prefix}{k}"] = v
@@ -146,6 +147,43 @@ def earlier_timed_steps(records: list[dict], after: int, upto: int) -> list[floa
                 if r.get("timed") and after < r.get("step", 0) <= upto
                 and isinstance(r.get("step_time_s"), (int, float)))
   return [t for _, t in kept]
+
+
+def timing_since(previous: dict, run_info: dict, start_step: int) -> dict:
+  """run.json's `resumed.timed_since_step` and `resumed.timing_note`: the summary of a resumed run
+  times every segment since the last restart that changed what decides a step's time
+  (timing_context), and says which change cut it. `previous`: the earlier start's run.json."""
+  before = previous.get("resumed") or {}
+  change = timing_change(timing_context(previous), timing_context(run_info))
+  if change is None:
+    return {"timed_since_step": before.get("timed_since_step", 0),
+            "timing_note": before.get("timing_note")}
+  return {"timed_since_step": start_step,
+          "timing_note": f"timed over the steps after {start_step} only: at that restart {change}"}
+
+
+def resume(out, run_info: dict, start_step: int, p: Progress) -> None:
+  """A run resumed after `start_step` in run directory `out` (rundir.RunDir), before its run.json
+  is replaced: run.json's `resumed` entry, and the earlier segments' timed steps in `p`."""
+  try:
+    previous = rundir.read_json(out.file("run.json"))
+  except (OSError, ValueError):
+    previous = {}
+  run_info["resumed"] = {"from_step": start_step,
+                         "first_started_at": (previous.get("resumed") or {}).get(
+                             "first_started_at", previous.get("started_at")),
+                         **timing_since(previous, run_info, start_step)}
+  records = []
+  if out.writer and os.path.exists(out.file("metrics.jsonl")):
+    records = [r for r in rundir.read_metrics(out.file("metrics.jsonl"))
+               if run_info["resumed"]["timed_since_step"] < r.get("step", 0) <= start_step]
+  if any("timed" not in r for r in records):  # written before metrics lines said so
+    run_info["resumed"].update(timed_since_step=start_step, timing_note=(
+        f"timed over the steps after {start_step} only: the earlier steps' metrics lines do not "
+        "say which steps were timed"))
+  p.timed_since_step = run_info["resumed"]["timed_since_step"]
+  p.timing_note = run_info["resumed"]["timing_note"]
+  p.step_times = earlier_timed_steps(records, p.timed_since_step, start_step)
 
 
 def done_line(s: dict) -> str:

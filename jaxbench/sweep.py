@@ -200,15 +200,6 @@ def _read_run_config(run_dir: str) -> dict:
     return {}
 
 
-def _has_checkpoint(run_dir: str) -> bool:
-  """checkpoint.has_checkpoint (a finished checkpoint: a directory named by its step), without
-  importing Orbax and JAX into the sweep process. With one, `jaxbench train` resumes the point."""
-  try:
-    return any(n.isdigit() for n in os.listdir(os.path.join(run_dir, "checkpoints")))
-  except OSError:
-    return False
-
-
 def compile_command(point: Point, report_path: str, aot: dict, extra_args=()) -> list[str]:
   """The point's `jaxbench compile` for the sweep's target (compile_only): nothing runs."""
   cmd = train_command(point, "-", extra_args)[:-1]  # without --workdir
@@ -265,7 +256,7 @@ def run_once(runner: Runner, point: Point, workdir: str, log_path: str, timeout_
              label: str, extra_args=(), aot: dict | None = None) -> dict:
   """One `jaxbench train` of the point (or with `aot`, one `jaxbench compile` for that target);
   its status, reason and error tail."""
-  if os.path.exists(workdir) and not _has_checkpoint(workdir):
+  if os.path.exists(workdir) and not rundir_lib.has_checkpoint(workdir):
     shutil.rmtree(workdir)  # an unfinished attempt without checkpoints: start it over
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   if aot:

@@ -289,7 +289,8 @@ def _check_workdir(workdir: str | None, c) -> bool:
   its own (ConfigError otherwise) and there is nothing to do."""
   if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
     return False
-  if checkpoint_lib.has_checkpoint(workdir):
+  rundir_lib.check_framework(workdir, c.to_dict())  # the twin's checkpoints are not Orbax's
+  if rundir_lib.has_checkpoint(workdir):
     return True
   rundir_lib.earlier_run(workdir, c.to_dict())  # raises on a finished run of another config
   return False
@@ -389,32 +390,19 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   if resuming:
     start_step = checkpointer.latest_step()
     # Checked and read before anything in the run directory changes.
-    rundir_lib.check_compatible(checkpointer.read_meta(start_step)["config"], c.to_dict())
-    if start_step >= c.steps:
-      done = _finished_summary(out, c.steps)
-      if done is not None:  # e.g. a sweep stopped between the run's end and its record of it
-        checkpointer.close()
-        out.close()
-        say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
-        return done
-      raise ConfigError("steps", f"the run in {workdir} already reached its last step "
-                                 f"({start_step}); use a new --workdir")
+    done = rundir_lib.check_resume(workdir, start_step,
+                                   checkpointer.read_meta(start_step)["config"], c.to_dict())
+    if done is not None:  # e.g. a sweep stopped between the run's end and its record of it
+      checkpointer.close()
+      out.close()
+      say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
+      return done
     say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
     restored, _ = checkpointer.restore(start_step, abstract_state(setup))
-    previous = rundir_lib.read_json(out.file("run.json"))
-    run_info["resumed"] = {"from_step": start_step,
-                           "first_started_at": previous.get("resumed", {}).get(
-                               "first_started_at", previous.get("started_at")),
-                           **_timing_since(previous, run_info, start_step)}
-  out.write("run.json", run_info)
-
   progress = runlog.Progress(steps=start_step)
   if resuming:
-    progress.timed_since_step = run_info["resumed"]["timed_since_step"]
-    progress.timing_note = run_info["resumed"]["timing_note"]
-    if out.writer and os.path.exists(out.file("metrics.jsonl")):
-      progress.step_times = runlog.earlier_timed_steps(
-          rundir_lib.read_metrics(out.file("metrics.jsonl")), progress.timed_since_step, start_step)
+    runlog.resume(out, run_info, start_step, progress)
+  out.write("run.json", run_info)
   with runlog.StopRequest() as stop:
     save_error = None
     try:
@@ -445,28 +433,6 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   say(runlog.done_line(summary))
   say(f"run directory: {os.path.abspath(out.path)}")
   return summary
-
-
-def _timing_since(previous: dict, run_info: dict, start_step: int) -> dict:
-  """run.json's `resumed.timed_since_step` and `resumed.timing_note`: the summary of a resumed run
-  times every segment since the last restart that changed what decides a step's time (devices,
-  mesh, software, environment, config: runlog.timing_context), and says which change cut it."""
-  before = previous.get("resumed") or {}
-  change = runlog.timing_change(runlog.timing_context(previous), runlog.timing_context(run_info))
-  if change is None:
-    return {"timed_since_step": before.get("timed_since_step", 0),
-            "timing_note": before.get("timing_note")}
-  return {"timed_since_step": start_step,
-          "timing_note": f"timed over the steps after {start_step} only: at that restart {change}"}
-
-
-def _finished_summary(out, steps: int) -> dict | None:
-  """The run directory's summary.json if it records the run finished all `steps`, else None."""
-  try:
-    summary = rundir_lib.read_json(out.file("summary.json"))
-  except (OSError, ValueError):
-    return None
-  return summary if summary.get("status") == "finished" and summary.get("steps") == steps else None
 
 
 def _from_process_0(flag: bool) -> bool:
@@ -666,6 +632,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
       except BaseException:
         # This step is done (and may be saved: a resume starts after it): its line is kept.
         out.append_metrics(record)
+        p.steps, p.final_loss = step, loss
         raise
       next_batch = None  # the runtime holds the batch until its step is done, then frees it
     out.append_metrics(record)

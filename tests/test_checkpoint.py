@@ -125,6 +125,9 @@ def test_a_stopped_run_without_checkpoints_starts_again(tmp_path, reference):
   assert done.returncode == 0 and "already finished its 24 steps" in done.stdout, done.stderr[-2000:]
   other = train(["--config.steps=24", "--config.seed=1", "--workdir=run"], tmp_path)
   assert other.returncode == 2 and "seed" in other.stderr and "new --workdir" in other.stderr
+  # Its summary would not measure another remat either.
+  other = train(["--config.steps=24", "--config.model.remat=full", "--workdir=run"], tmp_path)
+  assert other.returncode == 2 and "model.remat" in other.stderr, other.stderr[-2000:]
   assert before == {name: (tmp_path / "run" / name).read_bytes() for name in before}
 
 
@@ -290,13 +293,15 @@ def test_a_failed_dispatch_after_a_save_keeps_the_saved_step_and_tensorboard_rep
   with pytest.raises(RuntimeError, match="device lost"):
     train_lib.run(c, str(tmp_path / "run"))
   assert losses(tmp_path / "run")[0] == [1, 2, 3, 4] and steps_saved(tmp_path / "run") == [4]
+  failed = read_json(tmp_path / "run" / "summary.json")
+  assert failed["status"] == "failed" and failed["steps"] == 4 and "device lost" in failed["error"]
   monkeypatch.setattr(train_lib, "_dispatch", real_dispatch)
   summary = train_lib.run(c, str(tmp_path / "run"))
   assert summary["status"] == "finished" and summary["timed_steps"] == 8
   records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
   assert [r["step"] for r in records] == list(range(1, 9))
-  (events,) = (tmp_path / "run").glob("events.out.tfevents.*")
-  scalars = {(step, tag): value for step, tag, value in read_events(events)}
-  assert sorted(step for step, tag in scalars if tag == "loss") == list(range(1, 9))
+  events = [e for path in (tmp_path / "run").glob("events.out.tfevents.*") for e in read_events(path)]
+  assert sorted(step for step, tag, _ in events if tag == "loss") == list(range(1, 9))  # once each
+  scalars = {(step, tag): value for step, tag, value in events}
   for r in records:
     assert scalars[(r["step"], "loss")] == pytest.approx(r["loss"], rel=1e-6)

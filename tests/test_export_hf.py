@@ -59,6 +59,26 @@ def test_transformers_logits_equal_jaxbench(tmp_path, capsys, family, overrides)
   assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
 
 
+def test_a_twin_checkpoint_exports_too(tmp_path, capsys):
+  from jaxbench.twin import checkpoint as twin_checkpoint
+  from jaxbench.twin import train as twin_train
+  c = config.load_with_overrides("configs/llama.py:nano", {"framework": "torch"})
+  s = twin_train.build(c)
+  workdir = str(tmp_path / "twin")
+  rundir.RunDir(workdir).write("run.json", {"config": c.to_dict()})
+  twin_checkpoint.TwinCheckpointer(workdir, every=1, keep=1, rank=0, world=1).save(
+      3, s.module, s.optimizer, c.to_dict())
+  out = str(tmp_path / "hf")
+  assert export_hf.main(["jaxbench export-hf", f"--workdir={workdir}", f"--out={out}"]) == 0
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["jaxbench"]["checkpoint_step"] == 3
+  tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 48))).long()
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+  with torch.no_grad():
+    expected, got = s.module(tokens).float(), hf(tokens).logits.float()
+  assert (got - expected).abs().max() / expected.abs().max() < 1e-4
+
+
 def fake_run(tmp_path, family, **model_overrides):
   """A run directory with only its run.json: enough for what export-hf checks first."""
   c = config.load_config_file(f"configs/{family}.py:nano")

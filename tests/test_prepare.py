@@ -322,21 +322,33 @@ def test_tokenizer_json_round_trip(tmp_path, monkeypatch, capsys):
     assert np.array_equal(_tokens(tmp_path / "out", split), _tokens(tmp_path / "chunked", split))
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama3"])
-def test_long_documents_in_blocks_give_the_ids_of_the_whole(tmp_path, monkeypatch, capsys, style):
-  # Blank lines, trailing and leading spaces at every kind of line end: with blocks of 300
-  # characters many block ends fall after "\n\n", where GPT-2's pre-tokenizer would split
+@pytest.mark.parametrize("style,kind", [("gpt2", "code"), ("llama3", "code"),
+                                        ("gpt2", "paragraphs"), ("llama3", "paragraphs")])
+def test_long_documents_in_blocks_give_the_ids_of_the_whole(tmp_path, monkeypatch, capsys, style,
+                                                            kind):
+  # Blank lines, trailing and leading spaces at every kind of line end ("code"), or one-line
+  # paragraphs between blank lines, where every line start follows "\n\n" ("paragraphs"): with
+  # blocks of 300 characters, block ends fall after "\n\n", where GPT-2's pre-tokenizer splits
   # differently at a block's end than within the document.
   rng = np.random.default_rng(0)
   words = ["alpha", "beta", "  gamma", "\tdelta", "x=1", "def f():", "return 42", "über"]
-  lines = [" ".join(rng.choice(words, rng.integers(0, 7))) + rng.choice(["", " ", "  "])
-           + "\n" * int(rng.choice([1, 2, 3])) for _ in range(600)]
+  if kind == "code":
+    lines = [" ".join(rng.choice(words, rng.integers(0, 7))) + rng.choice(["", " ", "  "])
+             + "\n" * int(rng.choice([1, 2, 3])) for _ in range(600)]
+  else:
+    # short ones: more refused line starts in a block than line_blocks checks
+    lines = [" ".join(rng.choice(words[:2] + words[4:], 2)) + "\n\n" for _ in range(800)]
   text = "".join(lines)
   (tmp_path / "corpus").mkdir()
   for name in ("a.txt", "b.txt"):  # one goes to train, the other to val
     (tmp_path / "corpus" / name).write_text(text)
-  tok = _train_bpe(tmp_path / "tokenizer.json", [text], style=style)
+  # Trained on the lines apart, so that "\n\n" at an input's end is in its vocabulary.
+  tok = _train_bpe(tmp_path / "tokenizer.json", lines, style=style)
+  assert tok.token_to_id("ĊĊ") is not None
   monkeypatch.setattr(prepare, "BLOCK_CHARS", 300)
+  # Few checks, as with 64 in blocks of 64Ki characters: a refused place is not saved by the cut
+  # before a space that blocks 4 times too long fall back to.
+  monkeypatch.setattr(prepare, "MAX_CUT_CHECKS", 8)
   assert _run(f"--input={tmp_path / 'corpus'}", f"--output={tmp_path / 'out'}",
               f"--tokenizer={tmp_path / 'tokenizer.json'}", "--val_fraction=0.5",
               "--chunk_bytes=64") == 0

@@ -218,6 +218,21 @@ def test_a_workdir_holding_another_finished_run_is_refused(tmp_path, capsys):
   assert "family='llama'" in capsys.readouterr().err
 
 
+def test_tensorboard_switched_on_at_a_resume_holds_the_kept_steps(tmp_path):
+  from conftest import read_events
+  d = rundir.RunDir(str(tmp_path / "r"))
+  for n in (1, 2, 3):
+    d.append_metrics({"step": n, "loss": float(n), "timed": True})
+  d.close()
+  resumed = rundir.RunDir(str(tmp_path / "r"), tensorboard=True)
+  resumed.truncate_metrics(2)
+  resumed.append_metrics({"step": 3, "loss": 30.0, "timed": True})
+  resumed.close()
+  scalars = sorted((step, value) for path in (tmp_path / "r").glob("events.out.tfevents.*")
+                   for step, tag, value in read_events(path) if tag == "loss")
+  assert scalars == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
 def test_json_writer_never_writes_nan(tmp_path):
   rundir.write_json(str(tmp_path / "x.json"), {"a": float("nan"), "b": [float("inf"), 1.5]})
   assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5]}

@@ -203,11 +203,37 @@ def test_the_twin_writes_tensorboard_and_starts_an_unfinished_run_again(runs, tm
   assert "got to step 4 (stopped (SIGTERM)): starting again from step 0" in out
   assert again["status"] == "finished" and losses(run_dir) == pytest.approx(losses(tmp / "torch"))
   assert read_json(run_dir / "run.json")["restarted"]["earlier_steps"] == 4
-  (events,) = run_dir.glob("events.out.tfevents.*")
-  assert sorted(step for step, tag, _ in read_events(events) if tag == "loss") == list(range(1, 11))
+  events = [e for path in run_dir.glob("events.out.tfevents.*") for e in read_events(path)]
+  assert sorted(step for step, tag, _ in events if tag == "loss") == list(range(1, 11))
   assert twin_train.run(c, str(run_dir)) == read_json(run_dir / "summary.json")
   assert "nothing to do" in capsys.readouterr().out
   # JAX asked to train in the twin's finished run: exit 2, naming the framework.
+  assert train.main(["jaxbench train", "--config=configs/mpt.py:nano", "--config.steps=10",
+                     f"--workdir={run_dir}"]) == 2
+  assert "framework='torch'" in capsys.readouterr().err
+
+
+def test_the_twin_resumes_from_its_checkpoint_bitwise(tmp_path, capsys):
+  c = make_config("mpt", "nano", steps=10, log_every=0, warmup_steps_excluded=2, peak_tflops=0.2,
+                  framework="torch", **{"checkpoint.every": 5})
+  whole = twin_train.run(c, str(tmp_path / "whole"))
+  assert whole["last_checkpoint_step"] == 10
+  assert sorted(os.listdir(tmp_path / "whole" / "checkpoints")) == ["10", "5"]
+  # What a kill after step 7 leaves: the checkpoint of step 5, metrics up to step 7, no summary.
+  run_dir = tmp_path / "killed"
+  shutil.copytree(tmp_path / "whole", run_dir)
+  shutil.rmtree(run_dir / "checkpoints" / "10")
+  (run_dir / "summary.json").unlink()
+  with open(run_dir / "metrics.jsonl") as f:
+    lines = f.readlines()[:7]
+  (run_dir / "metrics.jsonl").write_text("".join(lines))
+  capsys.readouterr()
+  summary = twin_train.run(c, str(run_dir))
+  assert "resuming from the checkpoint of step 5" in capsys.readouterr().out
+  assert losses(run_dir) == losses(tmp_path / "whole")  # bitwise: params and AdamW state restored
+  assert summary["resumed_from_step"] == 5 and summary["status"] == "finished"
+  assert summary["timed_steps"] == 6  # steps 3-5 before the kill, 8-10 after (2 warm-up each)
+  # Neither framework reads the other's checkpoints: exit 2, naming the framework.
   assert train.main(["jaxbench train", "--config=configs/mpt.py:nano", "--config.steps=10",
                      f"--workdir={run_dir}"]) == 2
   assert "framework='torch'" in capsys.readouterr().err
@@ -221,8 +247,7 @@ def test_compare_reads_both(runs, capsys):
 
 
 @pytest.mark.parametrize("flag,key", [("--config.torch.parallel=pipeline", "torch.parallel"),
-                                      ("--config.mesh.tensor=2", "mesh.tensor"),
-                                      ("--config.checkpoint.every=5", "checkpoint.every")])
+                                      ("--config.mesh.tensor=2", "mesh.tensor")])
 def test_bad_torch_config_exits_2_naming_the_key(tmp_path, capsys, flag, key):
   code = train.main(["jaxbench train", "--config=configs/mpt.py:nano", "--config.framework=torch",
                      flag, f"--workdir={tmp_path / 'run'}"])
@@ -244,7 +269,8 @@ def test_fsdp_under_torchrun_trains_the_same_curve(runs, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
        "-m", "jaxbench", "train", *TEN_STEPS, "--config.framework=torch", "--config.mesh.fsdp=2",
-       "--config.mesh.data=1", f"--workdir={tmp_path / 'fsdp'}", "--config.peak_tflops=0"],
+       "--config.mesh.data=1", f"--workdir={tmp_path / 'fsdp'}", "--config.peak_tflops=0",
+       "--config.checkpoint.every=5"],
       cwd=str(tmp_path), env=cli_env(tmp_path, OMP_NUM_THREADS=1), capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -254,3 +280,12 @@ def test_fsdp_under_torchrun_trains_the_same_curve(runs, tmp_path):
   assert info["peak"]["source"] == "unknown" and "2 processes" in info["peak"]["detail"]
   assert not (tmp_path / "cache" / "peaks.json").exists()
   np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp / "torch"), rtol=1e-4)
+  # Its sharded checkpoint of step 5 resumes in one process (DCP reshards), on the same curve.
+  shutil.copytree(tmp_path / "fsdp", tmp_path / "one")
+  shutil.rmtree(tmp_path / "one" / "checkpoints" / "10")
+  one = run_cli(["train", *TEN_STEPS, "--config.framework=torch", "--config.checkpoint.every=5",
+                 f"--workdir={tmp_path / 'one'}"], tmp_path, OMP_NUM_THREADS=1)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert "resuming from the checkpoint of step 5" in one.stdout
+  np.testing.assert_allclose(losses(tmp_path / "one"), losses(tmp / "torch"), rtol=1e-4)
+  assert "n_devices 2 -> 1" in read_json(tmp_path / "one" / "summary.json")["timing_note"]

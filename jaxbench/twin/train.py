@@ -3,7 +3,8 @@
 The path of a run, in order (as jaxbench/train.py): config -> checks -> process group -> model
 with the JAX run's initial weights (converted) -> parallelize (DDP / FSDP2, compile) -> warm-up
 (torch.compile's compilation, timed apart as compile_s) -> timed steps -> the same run directory
-files (run.json, metrics.jsonl, summary.json) through runlog.py and rundir.py.
+files (run.json, metrics.jsonl, summary.json) through runlog.py and rundir.py. With
+`checkpoint.every`, checkpoints (twin/checkpoint.py) from which the same command resumes.
 
 Same semantics as the JAX step: the framework-neutral numpy batches of data.py; the mean
 next-token loss over microbatches; the global gradient norm before clipping; Optax's
@@ -180,9 +181,6 @@ def _optimizer(torch, c, module, device) -> tuple[Any, list, dict]:
 
 def build(c, device=None) -> Setup:
   """Config -> checks -> process group -> model (initial weights) -> parallelize -> optimizer."""
-  if c.checkpoint.every:
-    raise ConfigError("checkpoint.every", f"{c.checkpoint.every}: the torch twin does not write "
-                                          "checkpoints; allowed with framework=torch: 0")
   torch = import_torch()
   from jaxbench import flops as flops_lib
   from jaxbench import model as model_lib
@@ -428,8 +426,10 @@ def run(c, workdir: str | None = None) -> dict:
   """Trains per config `c` with the twin; returns summary.json's contents. ConfigError before
   anything runs on bad input, Diverged on a non-finite loss."""
   cpu_only_jax()
-  # The twin keeps no checkpoints: an unfinished run there starts over, a finished one is done.
-  earlier = rundir_lib.earlier_run(workdir, c.to_dict()) if workdir else None
+  # With a checkpoint in the run directory, the run resumes; without, an unfinished run there
+  # starts over and a finished one has nothing to do (as jaxbench/train.py).
+  resuming = _check_workdir(workdir, c)
+  earlier = None if resuming or not workdir else rundir_lib.earlier_run(workdir, c.to_dict())
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
   s = build(c)
@@ -483,12 +483,33 @@ def run(c, workdir: str | None = None) -> dict:
   if earlier:
     run_info["restarted"] = {"earlier_status": earlier["status"], "earlier_steps": earlier["steps"],
                              "earlier_started_at": earlier["started_at"]}
+  checkpointer = None
+  if c.checkpoint.every > 0 or resuming:
+    from jaxbench.twin import checkpoint as twin_checkpoint
+    checkpointer = twin_checkpoint.TwinCheckpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
+                                                    s.rank, s.world)
+  start_step = 0
+  if resuming:
+    start_step = checkpointer.latest_step()
+    # Checked and read before anything in the run directory changes.
+    done = rundir_lib.check_resume(workdir, start_step,
+                                   checkpointer.read_meta(start_step)["config"], c.to_dict())
+    if done is not None:
+      out.close()
+      say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
+      return done
+    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
+    checkpointer.restore(start_step, s.module, s.optimizer)
+  progress = runlog.Progress(steps=start_step)
+  if resuming:
+    runlog.resume(out, run_info, start_step, progress)
+    out.truncate_metrics(start_step)
   out.write("run.json", run_info)
 
-  progress = runlog.Progress()
   with runlog.StopRequest() as stop:
     try:
-      _train(s, torch, peak, out, run_info, progress, stop, say, train_data, eval_data)
+      _train(s, torch, peak, out, run_info, progress, stop, say, train_data, eval_data,
+             checkpointer, start_step)
     except BaseException as e:
       progress.fail(e)
       raise
@@ -499,11 +520,22 @@ def run(c, workdir: str | None = None) -> dict:
           peak_source=peak.source, peak_memory=_peak_memory(torch, s.device),
           backend=backend["backend"], device_kind=backend["device_kind"], n_params=s.n_params)
       summary["framework"] = "torch"
+      if resuming:
+        summary["resumed_from_step"] = start_step
       out.write("summary.json", summary)
       out.close()
   say(runlog.done_line(summary))
   say(f"run directory: {os.path.abspath(out.path)}")
   return summary
+
+
+def _check_workdir(workdir: str | None, c) -> bool:
+  """True when `workdir` holds a twin run to resume from its checkpoint; ConfigError when it holds
+  a JAX run (whose checkpoints the twin cannot read)."""
+  if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
+    return False
+  rundir_lib.check_framework(workdir, c.to_dict())
+  return rundir_lib.has_checkpoint(workdir)
 
 
 def _any_process(torch, s: Setup, flag: bool) -> bool:
@@ -516,15 +548,17 @@ def _any_process(torch, s: Setup, flag: bool) -> bool:
 
 
 def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, train_data,
-           eval_data) -> None:
+           eval_data, checkpointer=None, start_step: int = 0) -> None:
   c = s.config
   tokens_per_step = c.batch_size * c.seq_len
+  saving = checkpointer is not None and checkpointer.enabled
+  config_dict = c.to_dict()
 
   def put(batch):
     return torch.from_numpy(local_rows(batch, s.rank, s.world)).to(s.device, torch.long)
 
   p.status = "compiling" if c.torch.compile else "warming up"
-  batch = put(train_data.batch(0))
+  batch = put(train_data.batch(start_step))
   say("  compiling (torch.compile) ..." if c.torch.compile else "  warming up (eager) ...", flush=True)
   t0 = time.perf_counter()
   warm_up(s, batch)
@@ -542,13 +576,13 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
   eval_batches = ([put(eval_data.batch(j)) for j in range(c.eval.batches)]
                   if eval_data is not None else None)
   p.status = "training"
-  prefetch = data_lib.Prefetcher(lambda step: put(train_data.batch(step)), 1, c.steps)
+  prefetch = data_lib.Prefetcher(lambda step: put(train_data.batch(step)), start_step + 1, c.steps)
   trace = twin_profiling.TorchStepTrace(torch, out.path, config_lib.profile_steps(c), s.rank,
                                         s.world, cuda=s.device.type == "cuda")
   try:
     data_wait_s = 0.0  # the first batch was fetched before the warm-up
     start = t_prev = time.perf_counter()
-    for i in range(c.steps):
+    for i in range(start_step, c.steps):
       step = i + 1
       last = step == c.steps
       trace.before_step(step)
@@ -564,6 +598,12 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
         t_eval = time.perf_counter()  # recorded apart, in no step's time
         eval_loss = evaluate(s, eval_batches)
         eval_s = time.perf_counter() - t_eval
+      save_s = None
+      if saving and finite and (checkpointer.due(step) or stopping or last):
+        t_save = time.perf_counter()  # recorded apart, in no step's time
+        checkpointer.save(step, s.module, s.optimizer, config_dict)
+        save_s = time.perf_counter() - t_save
+        p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
       # The next step's time starts here: fetching its batch and writing this record are in it,
       # as in the JAX loop.
       t_prev = time.perf_counter()
@@ -574,9 +614,11 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
         batch, data_wait_s = prefetch.get(step)
       if eval_loss is not None:
         record["eval_loss"], record["eval_s"] = eval_loss, eval_s
+      if save_s is not None:
+        record["checkpoint_save_s"] = save_s
       if trace.traced(step):
         record["profiled"] = True
-      record["timed"] = i >= c.warmup_steps_excluded and not trace.traced(step)
+      record["timed"] = i - start_step >= c.warmup_steps_excluded and not trace.traced(step)
       out.append_metrics(record)
       if record["timed"]:
         p.step_times.append(step_time)
@@ -584,11 +626,13 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
       if not finite:
         say(runlog.progress_line(record, c.steps, None))
         raise Diverged(step, loss, grad_norm)
-      if last or i == 0 or (c.log_every and step % c.log_every == 0) or stopping:
-        eta = (time.perf_counter() - start) / (i + 1) * (c.steps - step)
+      if last or i == start_step or (c.log_every and step % c.log_every == 0) or stopping:
+        eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
         say(runlog.progress_line(record, c.steps, eta), flush=True)
       if stopping and not last:
         p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
+        if saving:
+          say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
         break
     else:
       p.status = "finished"
