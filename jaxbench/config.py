@@ -282,8 +282,10 @@ def mesh_shape(c, n_devices: int) -> dict[str, int]:
   return sizes
 
 
-def profile_steps(c) -> tuple[int, int] | None:
-  """`profile_steps` as (first, last) step, or None when off; ConfigError when malformed."""
+def profile_steps(c, start_step: int = 0) -> tuple[int, int] | None:
+  """`profile_steps` as (first, last) step, or None when off or, for a run resumed after
+  `start_step`, when the window began before (its steps ran, traced or not, before the restart);
+  ConfigError when malformed."""
   text = str(c.profile_steps).strip()
   if not text:
     return None
@@ -296,7 +298,7 @@ def profile_steps(c) -> tuple[int, int] | None:
     raise ConfigError("profile_steps", f"{c.profile_steps!r} must be START:END with "
                                        f"1 <= START <= END <= steps={c.steps} (e.g. 5:7), "
                                        "or empty (off)")
-  return first, last
+  return (first, last) if first > start_step else None
 
 
 def validate(c, n_devices: int) -> dict[str, int]:

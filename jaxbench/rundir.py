@@ -259,21 +259,26 @@ def finished_summary(path: str, steps: int) -> dict | None:
 
 
 def check_resume(path: str, step: int, saved_config: dict, config: dict) -> dict | None:
-  """A run in `path` resuming from its checkpoint of `step`, saved with `saved_config`: None when
-  there are steps left to train; its summary when it finished them (nothing to do); ConfigError
-  when `config` means another run, or when the checkpoint is of the last step but no summary says
-  the run finished."""
+  """A run in `path` resuming from its checkpoint of `step`, saved with `saved_config`: its
+  summary when it finished its steps (nothing to do); None when there are steps left to train;
+  ConfigError when `config` means another run, or when the checkpoint is of the last step but no
+  summary says the run finished."""
   check_compatible(saved_config, config)
-  if step < config["steps"]:
-    return None
-  # Its summary stands for this run only if nothing that decides a step's time changed either.
-  check_compatible(saved_config, config, what=f"the finished run in {path}",
-                   hint="use a new --workdir", keys=timed_keys(saved_config, config))
+  # Finished, whatever its latest checkpoint (a run resumed with checkpoint.every=0 saves none).
   done = finished_summary(path, config["steps"])
-  if done is None:
+  if done is not None:
+    # Its summary stands for this run only if nothing that decides a step's time changed either.
+    try:
+      finished_config = read_json(os.path.join(path, "run.json")).get("config") or saved_config
+    except (OSError, ValueError):
+      finished_config = saved_config
+    check_compatible(finished_config, config, what=f"the finished run in {path}",
+                     hint="use a new --workdir", keys=timed_keys(finished_config, config))
+    return done
+  if step >= config["steps"]:
     raise ConfigError("steps", f"the run in {path} already reached its last step ({step}); use a "
                                "new --workdir")
-  return done
+  return None
 
 
 def check_framework(path: str, config: dict) -> None:

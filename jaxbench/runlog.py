@@ -169,6 +169,8 @@ def resume(out, run_info: dict, start_step: int, p: Progress) -> None:
     previous = rundir.read_json(out.file("run.json"))
   except (OSError, ValueError):
     previous = {}
+  if "profile" in previous:  # a trace of steps before the restart (a window after it replaces it)
+    run_info["profile"] = previous["profile"]
   run_info["resumed"] = {"from_step": start_step,
                          "first_started_at": (previous.get("resumed") or {}).get(
                              "first_started_at", previous.get("started_at")),

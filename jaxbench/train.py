@@ -526,7 +526,7 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   # finds no block for its temporaries (seen on an H200: benchmarks/RESULTS.md).
   make = (lambda s: put(train_data.batch(s))) if ahead else train_data.batch
   prefetch = data_lib.Prefetcher(make, start_step + 1, c.steps)
-  trace = profiling.StepTrace(out.path, config_lib.profile_steps(c))
+  trace = profiling.StepTrace(out.path, config_lib.profile_steps(c, start_step))
   try:
     _loop(setup, peak, out, p, stop, say, compiled, state, batch, prefetch, evaluate,
           checkpointer if saving else None, start_step, trace, ahead, put, inline=runs_inline)

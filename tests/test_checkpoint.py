@@ -131,10 +131,17 @@ def test_a_stopped_run_without_checkpoints_starts_again(tmp_path, reference):
   assert before == {name: (tmp_path / "run" / name).read_bytes() for name in before}
 
 
-def test_unfinished_checkpoint_is_ignored(tmp_path, reference):
+def killed_during_the_last_save(reference, tmp_path):
+  """The reference run as a kill during its last save leaves it: no checkpoint 24, no summary."""
   run = tmp_path / "run"
   shutil.copytree(reference, run)
   shutil.rmtree(run / "checkpoints" / "24")
+  (run / "summary.json").unlink()
+  return run
+
+
+def test_unfinished_checkpoint_is_ignored(tmp_path, reference):
+  run = killed_during_the_last_save(reference, tmp_path)
   # What a process killed mid-save leaves: Orbax's temporary directory, never renamed.
   shutil.copytree(run / "checkpoints" / "20", run / "checkpoints" / "24.orbax-checkpoint-tmp-1700000000")
   proc = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
@@ -164,14 +171,12 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_unreadable_checkpoint_exits_2(tmp_path, reference):
-  run = tmp_path / "run"
-  shutil.copytree(reference, run)
-  shutil.rmtree(run / "checkpoints" / "24")
+  run = killed_during_the_last_save(reference, tmp_path)
   for root, _, files in os.walk(run / "checkpoints" / "20"):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  before = {name: (run / name).read_bytes() for name in ("run.json", "summary.json", "metrics.jsonl")}
+  before = {name: (run / name).read_bytes() for name in ("run.json", "metrics.jsonl")}
   proc = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "cannot read the checkpoint of step 20" in proc.stderr
@@ -181,16 +186,14 @@ def test_unreadable_checkpoint_exits_2(tmp_path, reference):
 
 
 def test_corrupt_arrays_with_readable_meta_exit_2_and_change_nothing(tmp_path, reference):
-  run = tmp_path / "run"
-  shutil.copytree(reference, run)
-  shutil.rmtree(run / "checkpoints" / "24")
+  run = killed_during_the_last_save(reference, tmp_path)
   state_dir = run / "checkpoints" / "20" / "state"
   for root, _, files in os.walk(state_dir):
     for name in files:
       path = os.path.join(root, name)
       with open(path, "r+b") as f:
         f.truncate(max(0, os.path.getsize(path) // 3))
-  before = {name: (run / name).read_bytes() for name in ("run.json", "summary.json", "metrics.jsonl")}
+  before = {name: (run / name).read_bytes() for name in ("run.json", "metrics.jsonl")}
   proc = train(["--config.steps=24", "--config.checkpoint.every=4", "--workdir=run"], tmp_path)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "cannot read the checkpoint of step 20" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -227,6 +230,7 @@ def test_restore_onto_another_mesh_gives_the_same_next_loss(tmp_path):
   # The run as it was after step 3: its checkpoint of step 3, its metrics up to step 3.
   shutil.copytree(tmp_path / "straight", tmp_path / "saved")
   shutil.rmtree(tmp_path / "saved" / "checkpoints" / "4")
+  (tmp_path / "saved" / "summary.json").unlink()
   assert steps_saved(tmp_path / "saved") == [3]
   for name, args, env in [("fsdp4_tensor2", ["--config.mesh.data=1", "--config.mesh.fsdp=4",
                                              "--config.mesh.tensor=2"], eight),

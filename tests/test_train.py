@@ -233,6 +233,18 @@ def test_tensorboard_switched_on_at_a_resume_holds_the_kept_steps(tmp_path):
   assert scalars == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
+def test_a_finished_run_is_finished_whatever_its_latest_checkpoint(tmp_path):
+  # Resumed with checkpoint.every=0, a run finishes with an older checkpoint as its latest.
+  c = config.load_config_file("configs/mpt.py:nano").to_dict()
+  rundir.write_json(str(tmp_path / "run.json"), {"config": c})
+  rundir.write_json(str(tmp_path / "summary.json"), {"status": "finished", "steps": c["steps"]})
+  assert rundir.check_resume(str(tmp_path), 2, c, c) == {"status": "finished", "steps": c["steps"]}
+  with pytest.raises(rundir.ConfigError, match="model.remat"):
+    rundir.check_resume(str(tmp_path), 2, c, {**c, "model": {**c["model"], "remat": "full"}})
+  (tmp_path / "summary.json").unlink()
+  assert rundir.check_resume(str(tmp_path), 2, c, c) is None  # steps left to train
+
+
 def test_json_writer_never_writes_nan(tmp_path):
   rundir.write_json(str(tmp_path / "x.json"), {"a": float("nan"), "b": [float("inf"), 1.5]})
   assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5]}

@@ -227,9 +227,11 @@ def test_the_twin_resumes_from_its_checkpoint_bitwise(tmp_path, capsys):
   with open(run_dir / "metrics.jsonl") as f:
     lines = f.readlines()[:7]
   (run_dir / "metrics.jsonl").write_text("".join(lines))
+  (run_dir / "checkpoints" / "7.tmp").mkdir()  # a save killed part-way: never read, removed
   capsys.readouterr()
   summary = twin_train.run(c, str(run_dir))
   assert "resuming from the checkpoint of step 5" in capsys.readouterr().out
+  assert sorted(os.listdir(run_dir / "checkpoints")) == ["10", "5"]
   assert losses(run_dir) == losses(tmp_path / "whole")  # bitwise: params and AdamW state restored
   assert summary["resumed_from_step"] == 5 and summary["status"] == "finished"
   assert summary["timed_steps"] == 6  # steps 3-5 before the kill, 8-10 after (2 warm-up each)
@@ -237,6 +239,17 @@ def test_the_twin_resumes_from_its_checkpoint_bitwise(tmp_path, capsys):
   assert train.main(["jaxbench train", "--config=configs/mpt.py:nano", "--config.steps=10",
                      f"--workdir={run_dir}"]) == 2
   assert "framework='torch'" in capsys.readouterr().err
+
+
+def test_a_restored_optimizer_keeps_this_runs_kernel(tmp_path):
+  from jaxbench.twin import checkpoint as twin_checkpoint
+  fused = twin_train.build(make_config("mpt", "nano", framework="torch"))
+  saver = twin_checkpoint.TwinCheckpointer(str(tmp_path), every=1, keep=1, rank=0, world=1)
+  saver.save(1, fused.module, fused.optimizer, {})
+  foreach = twin_train.build(make_config("mpt", "nano", framework="torch",
+                                         **{"torch.fused_adamw": False}))
+  saver.restore(1, foreach.module, foreach.optimizer)
+  assert all(g["foreach"] and not g.get("fused") for g in foreach.optimizer.param_groups)
 
 
 def test_compare_reads_both(runs, capsys):
@@ -283,6 +296,7 @@ def test_fsdp_under_torchrun_trains_the_same_curve(runs, tmp_path):
   # Its sharded checkpoint of step 5 resumes in one process (DCP reshards), on the same curve.
   shutil.copytree(tmp_path / "fsdp", tmp_path / "one")
   shutil.rmtree(tmp_path / "one" / "checkpoints" / "10")
+  (tmp_path / "one" / "summary.json").unlink()  # as a kill before the end leaves it
   one = run_cli(["train", *TEN_STEPS, "--config.framework=torch", "--config.checkpoint.every=5",
                  f"--workdir={tmp_path / 'one'}"], tmp_path, OMP_NUM_THREADS=1)
   assert one.returncode == 0, one.stderr[-3000:]

@@ -11,9 +11,11 @@ under FSDP over 4 processes resumes on 2, or on one. The folder must be one ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
 
 from jaxbench.errors import ConfigError
 
@@ -48,27 +50,51 @@ class TwinCheckpointer:
       import torch
       torch.distributed.barrier()
 
+  def _from_rank_0(self, action) -> None:
+    """Runs `action` on process 0 alone; its failure is raised on every process (the others
+    would otherwise wait for it at the next collective)."""
+    error = None
+    if self.rank == 0:
+      try:
+        action()
+      except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    if self.world > 1:
+      import torch
+      shared = [error]
+      torch.distributed.broadcast_object_list(shared, src=0)
+      error = shared[0]
+    if error is not None:
+      raise RuntimeError(f"checkpoint in {self.directory}: {error}")
+
   def save(self, step: int, module, optimizer, config_dict: dict) -> None:
     """Writes the state after `step` (synchronous: the loop records its time apart)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     model_state, optim_state = get_state_dict(module, optimizer)
     tmp, final = os.path.join(self.directory, f"{step}.tmp"), os.path.join(self.directory, str(step))
-    if self.rank == 0:
-      shutil.rmtree(tmp, ignore_errors=True)  # a save killed part-way
+
+    def prepare():
+      os.makedirs(self.directory, exist_ok=True)
+      for name in os.listdir(self.directory):  # saves killed part-way
+        if name.endswith(".tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
       os.makedirs(tmp)
-    self._barrier()
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp,
-             no_dist=self.world == 1)
-    self._barrier()  # every process's part is written
-    if self.rank == 0:
+
+    def complete():
       with open(os.path.join(tmp, META), "w") as f:
         json.dump({"step": step, "config": config_dict, "framework": "torch"}, f)
       shutil.rmtree(final, ignore_errors=True)
       os.replace(tmp, final)
       for old in self.steps()[:-self.keep] if self.keep > 0 else []:
         shutil.rmtree(os.path.join(self.directory, str(old)), ignore_errors=True)
-    self._barrier()
+
+    self._from_rank_0(prepare)
+    with _single_process_quiet(self.world):
+      dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp,
+               no_dist=self.world == 1)
+    self._barrier()  # every process's part is written
+    self._from_rank_0(complete)
 
   def read_meta(self, step: int) -> dict:
     path = os.path.join(self.directory, str(step), META)
@@ -85,11 +111,16 @@ class TwinCheckpointer:
     now, whatever it was when saved)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    # The optimizer's kernel choice is this run's (fused where the device has it), not the saved
+    # one's: loading an optimizer's state puts back every setting it was saved with.
+    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group}
+               for group in optimizer.param_groups]
     model_state, optim_state = get_state_dict(module, optimizer)
     state = {"model": model_state, "optim": optim_state}
     try:
-      dcp.load(state, checkpoint_id=os.path.join(self.directory, str(step)),
-               no_dist=self.world == 1)
+      with _single_process_quiet(self.world):
+        dcp.load(state, checkpoint_id=os.path.join(self.directory, str(step)),
+                 no_dist=self.world == 1)
     except Exception as e:  # corrupt, truncated or foreign files
       first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise ConfigError("checkpoint", f"cannot read the checkpoint of step {step} in "
@@ -97,3 +128,14 @@ class TwinCheckpointer:
                                       "an older one") from None
     set_state_dict(module, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
+    for group, kernel in zip(optimizer.param_groups, kernels):
+      group.update(kernel)
+
+
+@contextlib.contextmanager
+def _single_process_quiet(world: int):
+  """DCP warns at every save and load of one process that it assumes one process: it does."""
+  with warnings.catch_warnings():
+    if world == 1:
+      warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+    yield

@@ -577,8 +577,8 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
                   if eval_data is not None else None)
   p.status = "training"
   prefetch = data_lib.Prefetcher(lambda step: put(train_data.batch(step)), start_step + 1, c.steps)
-  trace = twin_profiling.TorchStepTrace(torch, out.path, config_lib.profile_steps(c), s.rank,
-                                        s.world, cuda=s.device.type == "cuda")
+  trace = twin_profiling.TorchStepTrace(torch, out.path, config_lib.profile_steps(c, start_step),
+                                        s.rank, s.world, cuda=s.device.type == "cuda")
   try:
     data_wait_s = 0.0  # the first batch was fetched before the warm-up
     start = t_prev = time.perf_counter()
@@ -610,8 +610,6 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
       record = runlog.step_record(step, loss, grad_norm, s.lr_values[i], step_time,
                                   tokens_per_step, s.world, s.flops["flops_per_token"], peak.tflops)
       record["data_wait_s"] = data_wait_s
-      if not last and not stopping and finite:
-        batch, data_wait_s = prefetch.get(step)
       if eval_loss is not None:
         record["eval_loss"], record["eval_s"] = eval_loss, eval_s
       if save_s is not None:
@@ -623,6 +621,8 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
       if record["timed"]:
         p.step_times.append(step_time)
       p.steps, p.final_loss = step, loss
+      if not last and not stopping and finite:  # after the record: a failure here keeps it
+        batch, data_wait_s = prefetch.get(step)
       if not finite:
         say(runlog.progress_line(record, c.steps, None))
         raise Diverged(step, loss, grad_norm)
