@@ -303,3 +303,18 @@ def test_fsdp_under_torchrun_trains_the_same_curve(runs, tmp_path):
   assert "resuming from the checkpoint of step 5" in one.stdout
   np.testing.assert_allclose(losses(tmp_path / "one"), losses(tmp / "torch"), rtol=1e-4)
   assert "n_devices 2 -> 1" in read_json(tmp_path / "one" / "summary.json")["timing_note"]
+  # And under DDP over the two processes.
+  shutil.copytree(tmp_path / "fsdp", tmp_path / "ddp")
+  shutil.rmtree(tmp_path / "ddp" / "checkpoints" / "10")
+  (tmp_path / "ddp" / "summary.json").unlink()
+  ddp = subprocess.run(
+      [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+       "-m", "jaxbench", "train", *TEN_STEPS, "--config.framework=torch", "--config.mesh.data=2",
+       f"--workdir={tmp_path / 'ddp'}", "--config.peak_tflops=0", "--config.checkpoint.every=5"],
+      cwd=str(tmp_path), env=cli_env(tmp_path, OMP_NUM_THREADS=1), capture_output=True, text=True,
+      timeout=600)
+  assert ddp.returncode == 0, ddp.stderr[-3000:]
+  assert "resuming from the checkpoint of step 5" in ddp.stdout
+  assert read_json(tmp_path / "ddp" / "run.json")["torch"]["parallel"] == "ddp"
+  np.testing.assert_allclose(losses(tmp_path / "ddp"), losses(tmp / "torch"), rtol=1e-4)
+  assert sorted(os.listdir(tmp_path / "ddp" / "checkpoints")) == ["10", "5"]
