@@ -19,9 +19,10 @@ Tokenizers:
     the first such place where the tokenizer's own normalizer and pre-tokenizer give the same
     pre-tokens around the cut, cut or not (GPT-2's takes a blank line's "\n\n" at a block's end as
     one piece, two within the document), so the ids of GPT-2 and Llama-3 style byte-level BPE
-    equal whole-document encoding (after 64 refused places in one block, the next is taken). Tokenizers whose pre-tokens never
-    end at line starts (that add a prefix to every input, SentencePiece's "▁", or have no
-    pre-tokenizer) are cut at the first line start and add that prefix once per block.
+    equal whole-document encoding (after 64 refused places in one block, the next is taken).
+    Tokenizers whose pre-tokens never end at line starts (that add a prefix to every input,
+    SentencePiece's "▁", or have no pre-tokenizer) are cut at the first line start and add that
+    prefix once per block.
     Blocks stay small because one `encode` call holds ~200 bytes per character (measured with
     tokenizers 0.23: +190 MB for 1 MiB of text). Special-token text inside documents (a literal
     "<|endoftext|>") is encoded as text, so the only EOD tokens are the separators we add.

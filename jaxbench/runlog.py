@@ -109,15 +109,15 @@ TIMING_ENV_PREFIXES = ("XLA_", "LIBTPU_", "TPU_", "MALLOC_", "NCCL_", "RCCL_", "
 
 def timing_context(run_info: dict) -> dict:
   """What decides a step's time, from run.json's contents: the software, the devices and their
-  mesh, the CPU, the timing-relevant environment and the config but for rundir.UNTIMED_KEYS. A resumed
-  run's segments with equal contexts are timed as one run."""
+  mesh, the CPU, the timing-relevant environment and the config but for rundir.UNTIMED_KEYS. A
+  resumed run's segments with equal contexts are timed as one run."""
   config = {k: v for k, v in (run_info.get("config") or {}).items()  # `mesh`: resolved, above
             if k not in rundir.UNTIMED_KEYS and k != "mesh"}
   if (config.get("data") or {}).get("path"):  # the same folder, however it was written
     config["data"] = {**config["data"], "path": os.path.realpath(config["data"]["path"])}
   env = {k: v for k, v in (run_info.get("env") or {}).items() if k.startswith(TIMING_ENV_PREFIXES)}
-  return {**{k: run_info.get(k) for k in TIMING_FIELDS}, "cpu": (run_info.get("host") or {}).get("cpu"),
-          "env": env, "config": config}
+  return {**{k: run_info.get(k) for k in TIMING_FIELDS},
+          "cpu": (run_info.get("host") or {}).get("cpu"), "env": env, "config": config}
 
 
 def timing_change(before: dict, after: dict, most: int = 3) -> str | None:

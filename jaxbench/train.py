@@ -285,14 +285,14 @@ def apply_host_allocator(c) -> dict:
 
 def _check_workdir(workdir: str | None, c) -> bool:
   """True when `workdir` holds a run to resume from its checkpoint. A run there without
-  checkpoints is started over (rundir.earlier_run), unless it finished: then the config must be
-  its own (ConfigError otherwise) and there is nothing to do."""
+  checkpoints is started over if unfinished, and has nothing to do if finished (rundir.earlier_run);
+  ConfigError when it is another framework's or config's run."""
   if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
     return False
   rundir_lib.check_framework(workdir, c.to_dict())  # the twin's checkpoints are not Orbax's
   if rundir_lib.has_checkpoint(workdir):
     return True
-  rundir_lib.earlier_run(workdir, c.to_dict())  # raises on a finished run of another config
+  rundir_lib.earlier_run(workdir, c.to_dict())  # raises on a run of another config
   return False
 
 

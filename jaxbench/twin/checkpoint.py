@@ -72,7 +72,8 @@ class TwinCheckpointer:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     model_state, optim_state = get_state_dict(module, optimizer)
-    tmp, final = os.path.join(self.directory, f"{step}.tmp"), os.path.join(self.directory, str(step))
+    tmp = os.path.join(self.directory, f"{step}.tmp")
+    final = os.path.join(self.directory, str(step))
 
     def prepare():
       os.makedirs(self.directory, exist_ok=True)
