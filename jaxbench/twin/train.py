@@ -458,7 +458,7 @@ def run(c, workdir: str | None = None) -> dict:
   say(f"  peak per device: {peak_text} ({peak.source}: {peak.detail})")
   out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
-  if earlier:  # an unfinished start (the twin keeps no checkpoints): this one replaces its files
+  if earlier:  # an unfinished start without checkpoints: this one replaces its files
     say(f"  the earlier start of this run got to step {earlier['steps']} ({earlier['status']}): "
         "starting again from step 0")
     out.truncate_metrics(0)
