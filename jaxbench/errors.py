@@ -20,3 +20,10 @@ class Diverged(RuntimeError):
   def __init__(self, step: int, loss: float, grad_norm: float):
     super().__init__(f"training diverged at step {step}: loss={loss}, grad_norm={grad_norm}")
     self.step = step
+
+
+def first_line(e: BaseException) -> str:
+  """An error's first line (at most 300 characters), or its type's name when it has no text: the
+  one line a report or a bad-input message shows."""
+  text = str(e).strip()
+  return (text.splitlines()[0] if text else type(e).__name__)[:300]

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from jaxbench import rundir as rundir_lib
-from jaxbench.errors import ConfigError
+from jaxbench.errors import ConfigError, first_line
 
 
 def architecture(config: dict) -> str:
@@ -167,9 +167,8 @@ def load_twin_state(workdir: str, step: int | None = None):
     dcp.load({"model": state}, checkpoint_id=os.path.join(checkpointer.directory, str(step)),
              no_dist=True)
   except Exception as e:  # corrupt, truncated or foreign files
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise ConfigError("--workdir", f"cannot read the checkpoint of step {step} in "
-                                   f"{checkpointer.directory}: {first}") from None
+                                   f"{checkpointer.directory}: {first_line(e)}") from None
   return cfg, {k: v.detach().float().numpy() for k, v in state.items()}, step
 
 

@@ -33,6 +33,7 @@ import sys
 import time
 
 from jaxbench import cli
+from jaxbench.errors import first_line
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
@@ -51,11 +52,6 @@ def module_report(text: str) -> dict:
   return {"custom_calls": dict(sorted(targets.items())),
           "sharding_annotations": len(_SHARDING.findall(text)),
           "module_bytes": len(text.encode())}
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 _NO_GUARANTEE = "Cannot serialize code with custom calls whose targets have no compatibility"
@@ -101,7 +97,7 @@ def lower_for(platform: str, setup, abstract_state, abstract_batch) -> dict:
       row["note"] = (f"{', '.join(allowed)}: custom calls without a compatibility guarantee in "
                      "jax.export (a module serialized with them runs only with a matching jaxlib)")
   except Exception as e:  # the error is the finding
-    row = {"platform": platform, "lowered": False, "error": f"{type(e).__name__}: {_first_line(e)}"}
+    row = {"platform": platform, "lowered": False, "error": f"{type(e).__name__}: {first_line(e)}"}
   row["seconds"] = time.perf_counter() - t0
   row["attention"] = setup.attention
   return row
@@ -166,7 +162,7 @@ def report(c, platforms) -> dict:
   except ConfigError:
     raise
   except Exception as e:
-    collectives = {"unavailable": _first_line(e)}
+    collectives = {"unavailable": first_line(e)}
   return {"config": {"family": c.family, "preset": c.preset, "dtype": c.dtype,
                      "attention_requested": attention_requested, "mesh": setup.mesh_shape,
                      "batch_size": c.batch_size, "microbatches": c.microbatches,
@@ -254,7 +250,7 @@ def _set_host_devices(n: int) -> None:
   try:
     jax.config.update("jax_num_cpu_devices", n)
   except Exception as e:  # backends already started (in-process callers)
-    raise ConfigError("--devices", f"cannot set the host device count now: {_first_line(e)}") from None
+    raise ConfigError("--devices", f"cannot set the host device count now: {first_line(e)}") from None
 
 
 if __name__ == "__main__":

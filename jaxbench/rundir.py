@@ -159,6 +159,12 @@ class RunDir:
       with contextlib.suppress(FileNotFoundError):
         os.unlink(self.file(name))
 
+  def start_over(self) -> None:
+    """An unfinished earlier start without checkpoints (earlier_run): its metrics, TensorBoard
+    events and summary go; this start replaces them."""
+    self.truncate_metrics(0)
+    self.remove("summary.json")
+
   def append_metrics(self, record: dict) -> None:
     if not self.writer:
       return
@@ -169,14 +175,14 @@ class RunDir:
     if self._scalars is not None:
       self._scalars.add(record)
 
-  def truncate_metrics(self, last_step: int) -> None:
+  def truncate_metrics(self, last_step: int) -> list[dict]:
     """On resume (or, with 0, a restart from the first step): keep the records up to the
-    checkpoint's step, so the steps trained again after it are neither duplicated nor missing.
-    With TensorBoard on, the event files of the earlier starts are replaced by the kept records
-    (TensorBoard would otherwise show the steps trained again twice; and with TensorBoard off
-    then, they hold the earlier steps all the same)."""
+    checkpoint's step, so the steps trained again after it are neither duplicated nor missing;
+    returns them ([] on the processes that do not write). With TensorBoard on, the event files of
+    the earlier starts are replaced by the kept records (TensorBoard would otherwise show the steps
+    trained again twice; and with TensorBoard off then, they hold the earlier steps all the same)."""
     if not self.writer:
-      return
+      return []
     kept = []
     if os.path.exists(self.file("metrics.jsonl")):
       kept = [r for r in read_metrics(self.file("metrics.jsonl")) if r.get("step", 0) <= last_step]
@@ -196,6 +202,7 @@ class RunDir:
       self._earlier_events = []
       if kept:  # the steps trained from here on: into the next file
         self._scalars = ScalarWriter(self.path)
+    return kept
 
   def close(self) -> None:
     if self._metrics is not None:
@@ -267,13 +274,11 @@ def check_resume(path: str, step: int, saved_config: dict, config: dict) -> dict
   # Finished, whatever its latest checkpoint (a run resumed with checkpoint.every=0 saves none).
   done = finished_summary(path, config["steps"])
   if done is not None:
-    # Its summary stands for this run only if nothing that decides a step's time changed either.
     try:
       finished_config = read_json(os.path.join(path, "run.json")).get("config") or saved_config
     except (OSError, ValueError):
       finished_config = saved_config
-    check_compatible(finished_config, config, what=f"the finished run in {path}",
-                     hint="use a new --workdir", keys=timed_keys(finished_config, config))
+    _check_finished(path, finished_config, config)
     return done
   if step >= config["steps"]:
     raise ConfigError("steps", f"the run in {path} already reached its last step ({step}); use a "
@@ -281,13 +286,33 @@ def check_resume(path: str, step: int, saved_config: dict, config: dict) -> dict
   return None
 
 
-def check_framework(path: str, config: dict) -> None:
+def _check_finished(path: str, finished_config: dict, config: dict) -> None:
+  """ConfigError unless `config` is the finished run's own but for UNTIMED_KEYS: its summary stands
+  for this run only if nothing that decides a step's time changed either."""
+  check_compatible(finished_config, config, what=f"the finished run in {path}",
+                   hint="use a new --workdir",
+                   keys=MUST_MATCH + timed_keys(finished_config, config))  # MUST_MATCH named first
+
+
+def resumable(path: str | None, config: dict) -> bool:
+  """Whether run directory `path` holds a run to resume from its checkpoint; ConfigError when it
+  holds another framework's run (neither reads the other's checkpoints)."""
+  if not path or not os.path.exists(os.path.join(path, "run.json")):
+    return False
+  check_framework(path, config)
+  return has_checkpoint(path)
+
+
+def check_framework(path: str, config: dict, saved_config: dict | None = None) -> None:
   """ConfigError when run directory `path` holds a run of another framework (JAX or the torch
-  twin): neither reads the other's checkpoints, and its results are kept."""
-  try:
-    saved = (read_json(os.path.join(path, "run.json")).get("config") or {}).get("framework", "jax")
-  except (OSError, ValueError):
-    return
+  twin): neither reads the other's checkpoints, and its results are kept. `saved_config`: its
+  run.json's config, where the caller has read it."""
+  if saved_config is None:
+    try:
+      saved_config = read_json(os.path.join(path, "run.json")).get("config") or {}
+    except (OSError, ValueError):
+      return
+  saved = saved_config.get("framework", "jax")
   if saved != config.get("framework", "jax"):
     raise ConfigError("framework", f"{path} holds a run with framework={saved!r}, this run has "
                                    f"{config.get('framework', 'jax')!r}; use a new --workdir")
@@ -297,7 +322,8 @@ def earlier_run(path: str, config: dict) -> dict | None:
   """What an earlier start without checkpoints left in run directory `path`, for a run of
   `config` (a dict): None when nothing; {"finished": its summary} when it finished a run of this
   config (ConfigError when it finished one of another framework or config: it is kept); else how
-  far it got (`status`, `steps`, `started_at`), for a start from step 0 that replaces its files."""
+  far it got, run.json's `restarted` (`earlier_status`, `earlier_steps`, `earlier_started_at`), for
+  a start from step 0 that replaces its files (RunDir.start_over)."""
   try:
     previous = read_json(os.path.join(path, "run.json"))
   except FileNotFoundError:
@@ -308,20 +334,18 @@ def earlier_run(path: str, config: dict) -> dict | None:
     summary = read_json(os.path.join(path, "summary.json"))
   except (OSError, ValueError):
     summary = {}
-  check_framework(path, config)
   saved = previous.get("config") or {}
+  check_framework(path, config, saved)
   if summary.get("status") == "finished":
-    # Its summary stands for this run only if nothing that decides a step's time changed either.
-    check_compatible(saved, config, what=f"the finished run in {path}", hint="use a new --workdir",
-                     keys=MUST_MATCH + timed_keys(saved, config))  # a MUST_MATCH key named first
+    _check_finished(path, saved, config)
     return {"finished": summary}
   check_compatible(saved, config, what=f"the unfinished run in {path}",
                    hint="start it with its own config to replace it, or use a new --workdir")
   metrics = os.path.join(path, "metrics.jsonl")
   records = read_metrics(metrics) if os.path.exists(metrics) else []
-  return {"status": summary.get("status", "ended without a summary (killed?)"),
-          "steps": max((r.get("step", 0) for r in records), default=0),
-          "started_at": previous.get("started_at")}
+  return {"earlier_status": summary.get("status", "ended without a summary (killed?)"),
+          "earlier_steps": max((r.get("step", 0) for r in records), default=0),
+          "earlier_started_at": previous.get("started_at")}
 
 
 def has_checkpoint(run_dir: str) -> bool:

@@ -162,9 +162,10 @@ def timing_since(previous: dict, run_info: dict, start_step: int) -> dict:
           "timing_note": f"timed over the steps after {start_step} only: at that restart {change}"}
 
 
-def resume(out, run_info: dict, start_step: int, p: Progress) -> None:
+def resume(out, run_info: dict, start_step: int, p: Progress, records: list[dict]) -> None:
   """A run resumed after `start_step` in run directory `out` (rundir.RunDir), before its run.json
-  is replaced: run.json's `resumed` entry, and the earlier segments' timed steps in `p`."""
+  is replaced: run.json's `resumed` entry, and in `p` the earlier segments' timed steps among
+  `records` (metrics.jsonl's lines up to start_step, RunDir.truncate_metrics's)."""
   try:
     previous = rundir.read_json(out.file("run.json"))
   except (OSError, ValueError):
@@ -175,10 +176,8 @@ def resume(out, run_info: dict, start_step: int, p: Progress) -> None:
                          "first_started_at": (previous.get("resumed") or {}).get(
                              "first_started_at", previous.get("started_at")),
                          **timing_since(previous, run_info, start_step)}
-  records = []
-  if out.writer and os.path.exists(out.file("metrics.jsonl")):
-    records = [r for r in rundir.read_metrics(out.file("metrics.jsonl"))
-               if run_info["resumed"]["timed_since_step"] < r.get("step", 0) <= start_step]
+  records = [r for r in records
+             if run_info["resumed"]["timed_since_step"] < r.get("step", 0) <= start_step]
   if any("timed" not in r for r in records):  # written before metrics lines said so
     run_info["resumed"].update(timed_since_step=start_step, timing_note=(
         f"timed over the steps after {start_step} only: the earlier steps' metrics lines do not "

@@ -283,19 +283,6 @@ def apply_host_allocator(c) -> dict:
   return hostalloc.configure(c.host_allocator, c.framework, jax.config.jax_platforms or "")
 
 
-def _check_workdir(workdir: str | None, c) -> bool:
-  """True when `workdir` holds a run to resume from its checkpoint. A run there without
-  checkpoints is started over if unfinished, and has nothing to do if finished (rundir.earlier_run);
-  ConfigError when it is another framework's or config's run."""
-  if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
-    return False
-  rundir_lib.check_framework(workdir, c.to_dict())  # the twin's checkpoints are not Orbax's
-  if rundir_lib.has_checkpoint(workdir):
-    return True
-  rundir_lib.earlier_run(workdir, c.to_dict())  # raises on a run of another config
-  return False
-
-
 def _default_workdir_all_processes(c, platform: str) -> str:
   """The default run directory, the same on every process (process 0's clock decides)."""
   if jax.process_count() == 1:
@@ -319,7 +306,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   is_writer = jax.process_index() == 0
   workdir = workdir or _default_workdir_all_processes(c, platform)
   if resuming is None:  # main() decides it before the processes meet; in-process callers here
-    resuming = _check_workdir(workdir, c)
+    resuming = rundir_lib.resumable(workdir, c.to_dict())
 
   m = c.model
   say = print if is_writer else (lambda *a, **k: None)
@@ -358,10 +345,10 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
   if earlier:  # an unfinished start without checkpoints: this one replaces its files
-    say(f"  the earlier start of this run got to step {earlier['steps']} ({earlier['status']}) "
-        "with no checkpoint to resume from: starting again from step 0")
-    out.truncate_metrics(0)
-    out.remove("summary.json")
+    say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
+        f"({earlier['earlier_status']}) with no checkpoint to resume from: starting again from "
+        "step 0")
+    out.start_over()
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
       **sysinfo.backend(devices), "distributed": cluster, "mesh": mesh_shape,
@@ -378,8 +365,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
       "host_allocator": hostalloc.describe(c.host_allocator),
   }
   if earlier:
-    run_info["restarted"] = {"earlier_status": earlier["status"], "earlier_steps": earlier["steps"],
-                             "earlier_started_at": earlier["started_at"]}
+    run_info["restarted"] = earlier
   run_info["data"] = (train_data.describe() if hasattr(train_data, "describe")
                       else {"synthetic": c.data.synthetic, "seed": c.seed})
   checkpointer = None
@@ -401,7 +387,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
     restored, _ = checkpointer.restore(start_step, abstract_state(setup))
   progress = runlog.Progress(steps=start_step)
   if resuming:
-    runlog.resume(out, run_info, start_step, progress)
+    runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
   out.write("run.json", run_info)
   with runlog.StopRequest() as stop:
     save_error = None
@@ -468,7 +454,6 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   t0 = time.perf_counter()
   if restored is not None:
     state = restored
-    out.truncate_metrics(start_step)
   else:
     state = init_state(setup)
   jax.block_until_ready(state)
@@ -713,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
       from jaxbench.twin import train as twin_train
       return twin_train.main(c, workdir, cluster)
     # Decided before the processes meet, so no process sees another's fresh run.json.
-    resuming = _check_workdir(workdir, c)
+    resuming = rundir_lib.resumable(workdir, c.to_dict())
     determinism = apply_determinism(c)  # before any backend starts
     run_info_cluster = distributed.initialize(*cluster)
     run(c, workdir, cluster=run_info_cluster, determinism=determinism, resuming=resuming)

@@ -17,7 +17,7 @@ import os
 import shutil
 import warnings
 
-from jaxbench.errors import ConfigError
+from jaxbench.errors import ConfigError, first_line
 
 META = "jaxbench_meta.json"
 
@@ -123,10 +123,9 @@ class TwinCheckpointer:
         dcp.load(state, checkpoint_id=os.path.join(self.directory, str(step)),
                  no_dist=self.world == 1)
     except Exception as e:  # corrupt, truncated or foreign files
-      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise ConfigError("checkpoint", f"cannot read the checkpoint of step {step} in "
-                                      f"{self.directory}: {first}; move it aside to resume from "
-                                      "an older one") from None
+                                      f"{self.directory}: {first_line(e)}; move it aside to resume "
+                                      "from an older one") from None
     set_state_dict(module, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
     for group, kernel in zip(optimizer.param_groups, kernels):

@@ -428,7 +428,7 @@ def run(c, workdir: str | None = None) -> dict:
   cpu_only_jax()
   # With a checkpoint in the run directory, the run resumes; without, an unfinished run there
   # starts over and a finished one has nothing to do (as jaxbench/train.py).
-  resuming = _check_workdir(workdir, c)
+  resuming = rundir_lib.resumable(workdir, c.to_dict())
   earlier = None if resuming or not workdir else rundir_lib.earlier_run(workdir, c.to_dict())
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
@@ -459,10 +459,9 @@ def run(c, workdir: str | None = None) -> dict:
   out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
   if earlier:  # an unfinished start without checkpoints: this one replaces its files
-    say(f"  the earlier start of this run got to step {earlier['steps']} ({earlier['status']}): "
-        "starting again from step 0")
-    out.truncate_metrics(0)
-    out.remove("summary.json")
+    say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
+        f"({earlier['earlier_status']}): starting again from step 0")
+    out.start_over()
   versions = sysinfo.versions()
   versions["torch"] = torch.__version__
   run_info = {
@@ -481,8 +480,7 @@ def run(c, workdir: str | None = None) -> dict:
       "host_allocator": hostalloc.describe(c.host_allocator),
   }
   if earlier:
-    run_info["restarted"] = {"earlier_status": earlier["status"], "earlier_steps": earlier["steps"],
-                             "earlier_started_at": earlier["started_at"]}
+    run_info["restarted"] = earlier
   checkpointer = None
   if c.checkpoint.every > 0 or resuming:
     from jaxbench.twin import checkpoint as twin_checkpoint
@@ -502,8 +500,7 @@ def run(c, workdir: str | None = None) -> dict:
     checkpointer.restore(start_step, s.module, s.optimizer)
   progress = runlog.Progress(steps=start_step)
   if resuming:
-    runlog.resume(out, run_info, start_step, progress)
-    out.truncate_metrics(start_step)
+    runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
   out.write("run.json", run_info)
 
   with runlog.StopRequest() as stop:
@@ -527,15 +524,6 @@ def run(c, workdir: str | None = None) -> dict:
   say(runlog.done_line(summary))
   say(f"run directory: {os.path.abspath(out.path)}")
   return summary
-
-
-def _check_workdir(workdir: str | None, c) -> bool:
-  """True when `workdir` holds a twin run to resume from its checkpoint; ConfigError when it holds
-  a JAX run (whose checkpoints the twin cannot read)."""
-  if not workdir or not os.path.exists(os.path.join(workdir, "run.json")):
-    return False
-  rundir_lib.check_framework(workdir, c.to_dict())
-  return rundir_lib.has_checkpoint(workdir)
 
 
 def _any_process(torch, s: Setup, flag: bool) -> bool:
