@@ -92,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.profile_steps = ""
   # Keep the compiled step's optimized HLO (and its StableHLO) in RUN_DIR/hlo/, named in run.json.
   c.dump_hlo = False
+  # Before allocating anything, compare the compiled step's memory (XLA's memory analysis) with
+  # what the device (a GPU's allocator pool) or the host (a CPU run: MemAvailable and any cgroup
+  # limit) has, and exit 2 with the figures when it does not fit; False: try anyway.
+  c.memory_check = True
 
   c.model = ml_collections.ConfigDict()
   m = c.model
@@ -199,13 +203,40 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path.py[:preset]` the way `--config` does, for tests and tools."""
-  path, _, arg = spec.partition(":")
+  """Loads `path.py[:preset]` the way `--config` does; ConfigError('--config') naming the file and
+  the fault when it is not a config file (not Python, a syntax or import error, no get_config, a
+  get_config that raises or returns something else, an empty preset)."""
+  from jaxbench.errors import first_line
+  path, sep, arg = spec.partition(":")
   path = resolve_config_path(path)
   module_spec = importlib.util.spec_from_file_location("jaxbench_config_file", path)
+  if module_spec is None or not path.endswith(".py"):
+    raise ConfigError("--config", f"{path} is not a Python file: a config file is a .py file "
+                                  "defining get_config() (see configs/mpt.py)")
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # whatever the file's own code raises: the file is at fault, not jaxbench
+    raise ConfigError("--config", f"cannot load {path}: {type(e).__name__}: {first_line(e)}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError("--config", f"{path} defines no get_config(); a config file defines "
+                                  "get_config(preset) returning an ml_collections.ConfigDict "
+                                  "(see configs/mpt.py)")
+  if sep and not arg:  # "file.py:" is a typo, not the default preset
+    get_config("")  # a shipped file names its presets here (ConfigError)
+    raise ConfigError("--config", f"{spec!r} names no preset after ':'")
+  try:
+    c = get_config(arg) if arg else get_config()
+  except ConfigError:
+    raise
+  except Exception as e:
+    raise ConfigError("--config", f"{path}: get_config({arg!r}) raised {type(e).__name__}: "
+                                  f"{first_line(e)}") from None
+  if not isinstance(c, ml_collections.ConfigDict):
+    raise ConfigError("--config", f"{path}: get_config({arg!r}) returned a {type(c).__name__}, not "
+                                  "an ml_collections.ConfigDict (start from base_config())")
+  return c
 
 
 def load_with_overrides(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
@@ -331,8 +362,9 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if not isinstance(c.loss_chunk_size, int) or c.loss_chunk_size < 0:
     raise ConfigError("loss_chunk_size", f"{c.loss_chunk_size!r} must be an integer >= 0 "
                                          "(0: the whole sequence at once)")
-  if not isinstance(c.dump_hlo, bool):
-    raise ConfigError("dump_hlo", f"{c.dump_hlo!r} must be True or False")
+  for key in ("dump_hlo", "memory_check"):
+    if not isinstance(c[key], bool):
+      raise ConfigError(key, f"{c[key]!r} must be True or False")
 
   m = c.model
   check_choice(c, "model.attention", ATTENTIONS)
@@ -413,6 +445,17 @@ def validate(c, n_devices: int) -> dict[str, int]:
   return shape
 
 
+def _key_error_text(e: BaseException) -> str:
+  """ml_collections' KeyError ("'stepz'\nDid you mean "steps" instead of "stepz"?") on one line,
+  as its text and not its repr (a KeyError's str() quotes and escapes it)."""
+  while e.args and isinstance(e.args[0], BaseException):  # an AttributeError around the KeyError
+    e = e.args[0]
+  text = str(e.args[0]) if e.args else str(e)
+  first, *rest = text.strip().splitlines() or [type(e).__name__]
+  hint = " ".join(" ".join(rest).split())
+  return first + (f" ({hint[0].lower() + hint[1:]})" if hint else "")
+
+
 def parse_flags(argv: list[str], define_extra=None):
   """absl flags with `--config=FILE[:PRESET]` and `--config.KEY=VALUE` overrides, for every command
   that trains or compiles the model. Returns (config, {name: value} of the extra flags that
@@ -445,7 +488,7 @@ def parse_flags(argv: list[str], define_extra=None):
   except ConfigError:
     raise
   except (KeyError, AttributeError) as e:
-    raise ConfigError("--config", f"unknown config key {str(e).strip(chr(34))}; the keys are in "
+    raise ConfigError("--config", f"unknown config key {_key_error_text(e)}; the keys are in "
                                   "jaxbench/config.py") from None
   except (flags.Error, ValueError, TypeError, OSError, ImportError, SyntaxError) as e:
     cause = e.__cause__ or e

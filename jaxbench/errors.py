@@ -27,3 +27,19 @@ def first_line(e: BaseException) -> str:
   one line a report or a bad-input message shows."""
   text = str(e).strip()
   return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def agreed(fn, any_process):
+  """fn()'s value, where several processes must take one path: when fn raised ConfigError on any
+  process, every process raises one (the others' names the key and sends the reader to the
+  process that said why), so none is left waiting in a collective for a process that has left.
+  `any_process(flag)`: the framework's "true on any process" reduction."""
+  error, value = None, None
+  try:
+    value = fn()
+  except ConfigError as e:
+    error = e
+  if any_process(error is not None):
+    raise error or ConfigError("another process of this run found bad input; its own message "
+                               "says which")
+  return value

@@ -172,8 +172,10 @@ def load_twin_state(workdir: str, step: int | None = None):
   return cfg, {k: v.detach().float().numpy() for k, v in state.items()}, step
 
 
-def export(workdir: str, out: str) -> dict:
-  """Writes the Hugging Face folder; returns what was written. ConfigError on bad input."""
+def export(workdir: str, out: str, overwrite: bool = False) -> dict:
+  """Writes the Hugging Face folder; returns what was written. ConfigError on bad input, before
+  anything is read: `out` must be a writable folder holding nothing yet, unless `overwrite`."""
+  rundir_lib.check_output_folder(out, "--out", replace=overwrite)
   run_json = os.path.join(workdir, "run.json")
   if not os.path.isfile(run_json):
     raise ConfigError("--workdir", f"{workdir} is not a run directory (no run.json)")
@@ -215,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
   parser = _Parser(prog="jaxbench export-hf", description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a run directory with checkpoints")
   parser.add_argument("--out", required=True, help="the Hugging Face model folder to write")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace model.safetensors and config.json in an --out that holds files")
   args = parser.parse_args(argv[1:])
   try:
-    result = export(args.workdir, args.out)
+    result = export(args.workdir, args.out, overwrite=args.overwrite)
   except ConfigError as e:
     print(f"jaxbench export-hf: bad input: {e}", file=sys.stderr)
     return 2

@@ -140,3 +140,28 @@ def xla_total(memory_analysis: dict) -> int | None:
   """xla_peak plus the generated code: the per-device total `jaxbench compile` reports."""
   peak = xla_peak(memory_analysis)
   return None if peak is None else peak + memory_analysis.get("generated_code_size_in_bytes", 0)
+
+
+def fit_problem(memory_analysis: dict, available: int | None, copies: int, where: str
+                ) -> str | None:
+  """Why the compiled step (XLA's memory analysis, per device) cannot run in `available` bytes
+  shared by `copies` devices' worth (a CPU's devices share the host: their count, times the
+  run's processes on it), with what would make it fit; None when it fits or nothing is known.
+  `where` names the memory ("each device", "this host")."""
+  total = xla_total(memory_analysis)
+  if total is None or not available:
+    return None
+  need = total * copies
+  if need <= available:
+    return None
+  state = memory_analysis["argument_size_in_bytes"] * copies
+  temps = memory_analysis["temp_size_in_bytes"] * copies
+  if state > available:
+    hint = ("the train state alone is larger: shard it over more devices (mesh.fsdp) or take a "
+            "smaller preset")
+  else:
+    hint = ("the temporaries are what does not fit: model.remat=full, more microbatches or a "
+            "smaller batch_size cut them")
+  return (f"the compiled step needs {need / GIB:.2f} GiB ({state / GIB:.2f} GiB of train state and "
+          f"batch, {temps / GIB:.2f} GiB of temporaries; XLA's memory analysis) where {where} has "
+          f"{available / GIB:.2f} GiB free; {hint}; --config.memory_check=False runs it anyway")

@@ -35,6 +35,8 @@ COMPILE_PATTERNS = [re.compile(p) for p in (
     r"[Cc]ompilation failed|[Ff]ailed to compile",
 )]
 COMPILE_STARTED = "compiling the train step"
+# `jaxbench train` exits 2 with this line when the compiled step cannot fit (train._check_fits).
+DOES_NOT_FIT = re.compile(r"bad input: memory_check: (the [^;]*? needs [\d.]+ GiB)")
 COMPILE_DONE = re.compile(r"^\s*compiled in ", re.M)
 
 
@@ -50,6 +52,9 @@ def classify(returncode: int | None, log: str, timed_out: bool = False,
       return "ok", "finished"
     return "crash", f"exit 0 but the run's status is {run_status or 'missing (no summary.json)'}"
   if returncode == 2:
+    does_not_fit = DOES_NOT_FIT.search(log)
+    if does_not_fit:  # `jaxbench train`'s memory check: an out-of-memory found before allocating
+      return "oom", f"does not fit ({does_not_fit.group(1)})"
     return "bad_config", "exit 2: bad input"
   if returncode == 3:
     return "diverged", "exit 3: non-finite loss"

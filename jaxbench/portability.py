@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                                        f"{', '.join(PLATFORMS)}")
     if extra["devices"] < 0:
       raise ConfigError("--devices", f"{extra['devices']} must be >= 0")
+    if extra["json"]:
+      from jaxbench import rundir as rundir_lib
+      rundir_lib.check_output_file(extra["json"], "--json")  # before the work, not after it
     if extra["devices"]:
       _set_host_devices(extra["devices"])
     r = report(c, platforms)

@@ -53,6 +53,7 @@ import time
 
 import numpy as np
 
+from jaxbench import tokenfile
 from jaxbench.errors import EXIT_BAD_INPUT, ConfigError
 
 FORMAT = "jaxbench-tokens-v1"
@@ -330,15 +331,22 @@ class TokenWriter:
     self.documents = [d for d in self.documents if d[1] < start]
     self.truncate(start)
 
-  def finish(self) -> str:
-    """Closes, moves into place; returns the sha256 (read back: truncates break a running hash)."""
+  def finish(self) -> tuple[str, dict]:
+    """Closes, moves into place; returns the sha256 (read back: truncates break a running hash)
+    and meta.json's token_scan entry (the largest id, with the file's size and time, which a run
+    then reads instead of scanning: tokenfile.max_token_id)."""
     self.file.close()
     digest = hashlib.sha256()
+    top = -1
     with open(self.path, "rb") as f:
       while block := f.read(CHUNK_BYTES):
         digest.update(block)
-    os.replace(self.path, os.path.join(os.path.dirname(self.path), self.name))
-    return digest.hexdigest()
+        ids = np.frombuffer(block[:len(block) - len(block) % self.dtype.itemsize], self.dtype)
+        if ids.size:
+          top = max(top, int(ids.max()))
+    final = os.path.join(os.path.dirname(self.path), self.name)
+    os.replace(self.path, final)
+    return digest.hexdigest(), {"max_id": top, **tokenfile.file_stamp(final)}
 
   def discard(self):
     self.file.close()
@@ -436,7 +444,9 @@ def prepare(inputs: list[str], output: str, tokenizer: str = "bytes", val_fracti
     if not writers["train"].documents and not writers["val"].documents:
       raise ConfigError("--input", f"no usable text: {_skipped_counts(skipped)}")
     split = _settle_split(writers["train"], writers["val"], val_fraction, seed)
-    digests = {w.name: w.finish() for w in writers.values()}
+    finished = {w.name: w.finish() for w in writers.values()}
+    digests = {name: digest for name, (digest, _) in finished.items()}
+    token_scan = {name: scan for name, (_, scan) in finished.items()}
   except BaseException:
     status.close()
     for w in writers.values():
@@ -461,6 +471,7 @@ def prepare(inputs: list[str], output: str, tokenizer: str = "bytes", val_fracti
                   "empty": sum(s["kind"] == "empty" for s in skipped),
                   "files": skipped},
       "sha256": digests,
+      "token_scan": token_scan,
       "input_bytes": status.bytes,
       "seconds": round(time.monotonic() - status.start, 3),
       "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

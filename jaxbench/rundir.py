@@ -8,15 +8,18 @@ run directory), whatever framework trains."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import glob
 import json
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
 
-from jaxbench.errors import ConfigError
+from jaxbench.errors import ConfigError, first_line
 
 # Config keys that must match between a checkpoint and the run resuming from it (and between a
 # finished run and one started again in its directory): they decide the shapes and meaning of the
@@ -240,7 +243,7 @@ def check_compatible(saved: dict, current: dict, what: str = "the checkpoint",
 # configs differ in these alone are timed as one run (runlog.timing_context), and a finished run
 # started again with such changes has nothing to do.
 UNTIMED_KEYS = ("preset", "log_every", "warmup_steps_excluded", "peak_tflops", "tensorboard",
-                "profile_steps", "dump_hlo", "eval", "checkpoint")
+                "profile_steps", "dump_hlo", "eval", "checkpoint", "memory_check")
 
 
 def timed_keys(*configs: dict) -> tuple:
@@ -292,6 +295,14 @@ def _check_finished(path: str, finished_config: dict, config: dict) -> None:
   check_compatible(finished_config, config, what=f"the finished run in {path}",
                    hint="use a new --workdir",
                    keys=MUST_MATCH + timed_keys(finished_config, config))  # MUST_MATCH named first
+
+
+def what_is_there(path: str, config: dict) -> tuple[bool, dict | None]:
+  """(resuming, earlier) for a run of `config` (a dict) starting in run directory `path`, read
+  once its lock is held: whether it resumes from a checkpoint there, else what an earlier start
+  without checkpoints left (earlier_run)."""
+  resuming = resumable(path, config)
+  return resuming, None if resuming else earlier_run(path, config)
 
 
 def resumable(path: str | None, config: dict) -> bool:
@@ -346,6 +357,215 @@ def earlier_run(path: str, config: dict) -> dict | None:
   return {"earlier_status": summary.get("status", "ended without a summary (killed?)"),
           "earlier_steps": max((r.get("step", 0) for r in records), default=0),
           "earlier_started_at": previous.get("started_at")}
+
+
+# --- whose run directory ------------------------------------------------------------------------
+
+LOCK_NAME = ".jaxbench.lock"
+# What a start may leave before its run.json exists: the lock, temporary files of atomic writes,
+# and the checkpoint folder the checkpointer creates (empty until the first save, which follows
+# run.json).
+_BEFORE_RUN_JSON = (LOCK_NAME, ".tmp-")
+
+
+def check_workdir(path: str, checkpoints: bool) -> None:
+  """ConfigError('--workdir') unless run directory `path` can hold this run: a folder (or none
+  yet, then created) that this process can write, with a writable `checkpoints/` folder when
+  `checkpoints`. Checked before anything compiles."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError("--workdir", f"{path} is a file, not a folder; use a new --workdir")
+  _check_writable(path, "--workdir", f"{path}")
+  ckpt = os.path.join(path, "checkpoints")
+  if os.path.exists(ckpt) and not os.path.isdir(ckpt):
+    raise ConfigError("--workdir", f"{ckpt} is a file, not a folder: move it aside or use a new "
+                                   "--workdir")
+  if checkpoints:
+    _check_writable(ckpt, "checkpoint.every", f"checkpoints need {ckpt}")
+
+
+def check_output_folder(path: str, flag: str, replace: bool = True) -> None:
+  """ConfigError naming `flag` unless folder `path` can be written: not a file, on a writable
+  filesystem (probed in it, or in the nearest folder above it that exists: nothing is created),
+  and, unless `replace`, not holding files already. Checked before the work whose results go
+  there."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(flag, f"{path} is a file, not a folder")
+  if not replace and os.path.isdir(path) and os.listdir(path):
+    raise ConfigError(flag, f"{path} holds files already; move them aside, or pass --overwrite "
+                            "to replace what it writes there")
+  existing = os.path.abspath(path)
+  while not os.path.isdir(existing):
+    parent = os.path.dirname(existing)
+    if os.path.exists(existing) or parent == existing:  # a file on the way: makedirs would fail
+      raise ConfigError(flag, f"{path} cannot be made: {existing} is not a folder")
+    existing = parent
+  try:
+    fd, probe = tempfile.mkstemp(dir=existing, prefix=".tmp-write-probe-")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise ConfigError(flag, f"cannot write {path} ({os_reason(e, existing)})") from None
+
+
+def check_output_file(path: str, flag: str) -> None:
+  """ConfigError naming `flag` unless file `path` can be written: its folder exists and takes a
+  file, and `path` is not a folder. Nothing is created."""
+  if os.path.isdir(path):
+    raise ConfigError(flag, f"{path} is a folder; give a file name")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ConfigError(flag, f"{folder} does not exist (make it first, or write elsewhere)")
+  try:
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-write-probe-")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise ConfigError(flag, f"cannot write in {folder} ({os_reason(e, folder)})") from None
+
+
+def _check_writable(path: str, key: str, what: str) -> None:
+  """Creates folder `path` if missing and writes a file into it: ConfigError naming `key` when the
+  filesystem refuses (read-only, no permission, full), with the OS's reason."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-write-probe-")
+    try:
+      os.write(fd, b"jaxbench")
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+      os.unlink(probe)
+  except OSError as e:
+    raise ConfigError(key, f"{what}: cannot write there ({os_reason(e, path)}); use a writable "
+                           "--workdir") from None
+
+
+def os_reason(e: OSError, path: str | None = None) -> str:
+  """An OSError in one line: its errno's name and text, and for a full disk the filesystem of
+  `path` (else of the error's file) with its free space."""
+  name = errno.errorcode.get(e.errno, "") if e.errno else ""
+  text = e.strerror or first_line(e)
+  where = path or e.filename
+  if e.errno == errno.ENOSPC and where:
+    text += f" on {filesystem_of(where)}"
+  return f"{name}: {text}" if name else text
+
+
+def filesystem_of(path: str) -> str:
+  """'the filesystem of /mount (N MiB free)': the mount point holding `path`, for a message."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path) and path != os.path.dirname(path):
+    path = os.path.dirname(path)
+  mount = path
+  while not os.path.ismount(mount):
+    mount = os.path.dirname(mount)
+  try:
+    st = os.statvfs(path)
+    return f"the filesystem mounted at {mount} ({st.f_bavail * st.f_frsize / 2**20:,.1f} MiB free)"
+  except OSError:
+    return f"the filesystem mounted at {mount}"
+
+
+def check_owned(path: str) -> None:
+  """ConfigError unless what run directory `path` holds is provably a jaxbench run's: a run.json
+  that reads as one (a summary.json beside it too), or, without run.json, nothing a start leaves
+  before writing it. Checkpoints, metrics or any other file with no run.json to say whose they are
+  are not deleted or appended to: the user moves them aside."""
+  if not os.path.isdir(path):
+    return
+  run_json = os.path.join(path, "run.json")
+  if os.path.exists(run_json):
+    try:
+      info = read_json(run_json)
+      if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise ValueError("no 'config' object in it")
+    except (OSError, ValueError) as e:
+      raise ConfigError("--workdir", f"{run_json} is not a jaxbench run.json ({first_line(e)}): "
+                                     "move it aside or use a new --workdir") from None
+    summary = os.path.join(path, "summary.json")
+    if os.path.exists(summary):
+      try:
+        if not isinstance(read_json(summary), dict):
+          raise ValueError("not a JSON object")
+      except (OSError, ValueError) as e:
+        raise ConfigError("--workdir", f"{summary} is not a jaxbench summary.json "
+                                       f"({first_line(e)}): move it aside or use a new "
+                                       "--workdir") from None
+    return
+  foreign = sorted(name for name in os.listdir(path)
+                   if not name.startswith(_BEFORE_RUN_JSON)
+                   and not (name == "checkpoints" and _empty_folder(os.path.join(path, name))))
+  if foreign:
+    shown = ", ".join(name + ("/" if os.path.isdir(os.path.join(path, name)) else "")
+                      for name in foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                                  if len(foreign) > 5 else "")
+    raise ConfigError("--workdir", f"{path} holds {shown} but no run.json, so nothing shows they "
+                                   "are this run's: move them aside or use a new --workdir")
+
+
+def _empty_folder(path: str) -> bool:
+  return os.path.isdir(path) and not os.listdir(path)
+
+
+class RunLock:
+  """One run at a time in a run directory: an exclusive flock on DIR/.jaxbench.lock, held by the
+  run's writing process (process 0) from before it reads the directory until it ends. The kernel
+  releases it however the process ends, so a lock left by a killed run never blocks its resume.
+  The file names its holder (host, pid, start) for the message a second start gets."""
+
+  def __init__(self, path: str):
+    self.path = os.path.join(path, LOCK_NAME)
+    self._file = None
+
+  def acquire(self) -> "RunLock":
+    try:
+      f = open(self.path, "a+")
+    except OSError as e:
+      raise ConfigError("--workdir", f"cannot create {self.path} ({os_reason(e)})") from None
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise ConfigError("--workdir", f"cannot lock {self.path} ({os_reason(e)})") from None
+      raise ConfigError("--workdir", f"{os.path.dirname(self.path)} is in use by another jaxbench "
+                                     f"run ({holder}): wait for it to end, or use a new "
+                                     "--workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    self._file = f
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      self._file.close()  # closing the file releases the lock
+      self._file = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def claim(path: str, writer: bool, checkpoints: bool) -> RunLock | None:
+  """Run directory `path` for this run: check_workdir on this process, the lock on the writing
+  process (None on the others), then check_owned (a directory is never appended to or cleared
+  on a guess). ConfigError when `path` cannot be this run's or another run is using it."""
+  check_workdir(path, checkpoints)
+  lock = RunLock(path).acquire() if writer else None
+  try:
+    check_owned(path)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  return lock
 
 
 def has_checkpoint(run_dir: str) -> bool:

@@ -66,6 +66,7 @@ from jaxbench import cli
 from jaxbench import config as config_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import timing
+from jaxbench.errors import ConfigError
 from jaxbench.outcome import STATUSES, classify, error_tail
 from jaxbench.sweepfile import BadInput, Point, Sweep, build, get_path, override_keys
 
@@ -629,6 +630,11 @@ def main(argv: list[str] | None = None) -> int:
   if args.dry_run:
     dry_run(sweep, results, args.retry)
     return 0
+  try:
+    rundir_lib.check_output_folder(args.out, "--out")
+  except ConfigError as e:
+    print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
+    return 2
   os.makedirs(args.out, exist_ok=True)
   lock = open(os.path.join(args.out, ".sweep.lock"), "w")
   try:  # held while the sweep runs; the kernel lets go of it however the process ends

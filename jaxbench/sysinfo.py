@@ -129,6 +129,34 @@ def memory_limit_per_device(devices) -> int | None:
   return min(limits) if limits else None
 
 
+def host_memory_available() -> int | None:
+  """Bytes this process can still take from the host: the kernel's MemAvailable, or less where a
+  cgroup limit (a container, a SLURM job) leaves less; None off Linux."""
+  available = None
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          available = int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                  "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    try:
+      with open(limit_file) as f:
+        limit = f.read().strip()
+      with open(usage_file) as f:
+        usage = int(f.read().strip())
+    except (OSError, ValueError):
+      continue
+    if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge number: no limit
+      left = max(0, int(limit) - usage)
+      available = left if available is None else min(available, left)
+    break
+  return available
+
+
 def peak_memory_per_device(devices) -> tuple[int | None, str]:
   """Peak bytes in use on the busiest local device, and where the figure comes from."""
   peaks = _local_allocator_stats(devices, "peak_bytes_in_use")

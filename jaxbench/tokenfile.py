@@ -7,14 +7,19 @@ replacement) by `np.random.default_rng([seed, 2, step])`; 2 keeps this stream ap
 synthetic data's [seed, 1, step]. Windows may cross end-of-document tokens, as in GPT-style packing.
 
 The token file is memory-mapped, never loaded: a batch reads only its own B * (seq_len + 1) tokens.
-Only sizes are checked at start-up; the sha256 in meta.json is for provenance (hashing a large
-file would delay every run), and `describe()` passes it on to run.json.
+At start-up the sizes are checked, and every token id against the model's vocabulary (an id the
+model has no row for would train on garbage or diverge, far from its cause): the largest id of each
+file is found by one pass over it (memory bandwidth: about a second per GB) and kept in meta.json's
+`token_scan` with the file's size and modification time, so a later run reads it instead; `jaxbench
+prepare` writes it. The sha256 in meta.json is for provenance (hashing a large file would delay
+every run), and `describe()` passes it on to run.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 
@@ -51,6 +56,74 @@ def read_meta(path: str) -> dict:
   return meta
 
 
+SCAN_CHUNK_TOKENS = 1 << 26  # ids read per pass of the scan (128 MiB of uint16)
+SCAN_NOTE_BYTES = 1 << 30  # files from this size say that they are being scanned
+
+
+def file_stamp(file: str) -> dict:
+  """What says a token file is the one a scan saw: its size and modification time."""
+  st = os.stat(file)
+  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def scan_max_id(file: str, dtype: np.dtype) -> int:
+  """The largest token id in `file` (-1 when empty), one chunked pass over the memory map."""
+  if not os.path.getsize(file):
+    return -1
+  array = np.memmap(file, dtype=dtype, mode="r")
+  return max(int(array[start:start + SCAN_CHUNK_TOKENS].max())
+             for start in range(0, len(array), SCAN_CHUNK_TOKENS))
+
+
+def first_at_or_above(file: str, dtype: np.dtype, limit: int) -> int:
+  """The index of the first token id >= `limit` in `file` (-1 when none), for the message."""
+  array = np.memmap(file, dtype=dtype, mode="r")
+  for start in range(0, len(array), SCAN_CHUNK_TOKENS):
+    hits = np.flatnonzero(array[start:start + SCAN_CHUNK_TOKENS] >= limit)
+    if hits.size:
+      return start + int(hits[0])
+  return -1
+
+
+def max_token_id(path: str, meta: dict, name: str, dtype: np.dtype) -> int:
+  """The largest id in data folder `path`'s token file `name`: meta.json's `token_scan` entry when
+  the file's size and modification time are still the ones it was taken with, else a scan, whose
+  result is written back to meta.json where the folder allows it (a read-only dataset is scanned
+  by each run)."""
+  file = os.path.join(path, name)
+  stamp = file_stamp(file)
+  cached = (meta.get("token_scan") or {}).get(name) or {}
+  if isinstance(cached.get("max_id"), int) and all(cached.get(k) == v for k, v in stamp.items()):
+    return cached["max_id"]
+  if stamp["size"] >= SCAN_NOTE_BYTES:
+    print(f"  checking the token ids of {file} ({stamp['size'] / 2**30:.1f} GiB) against the "
+          "vocabulary, once ...", flush=True)
+  top = scan_max_id(file, dtype)
+  _remember_scan(path, name, {"max_id": top, **stamp})
+  return top
+
+
+def _remember_scan(path: str, name: str, entry: dict) -> None:
+  """meta.json's token_scan[name] = entry, replaced atomically; quietly nothing when the folder or
+  meta.json cannot be written."""
+  meta_file = os.path.join(path, "meta.json")
+  try:
+    with open(meta_file) as f:
+      meta = json.load(f)
+    meta.setdefault("token_scan", {})[name] = entry
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-", suffix=".json")
+  except (OSError, ValueError, AttributeError):
+    return
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(meta, f, indent=1)
+      f.write("\n")
+    os.replace(tmp, meta_file)
+  except OSError:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
 class TokenFileData:
 
   def __init__(self, path: str, split: str, c):
@@ -79,6 +152,18 @@ class TokenFileData:
     if self.tokens < length:
       raise ConfigError("data.path", f"{file} holds {self.tokens} tokens, fewer than one sequence "
                         f"(seq_len + 1 = {length}); use more text or seq_len <= {self.tokens - 1}")
+    top = max_token_id(path, self.meta, f"{split}.bin", self.dtype)
+    if top >= c.model.vocab_size or top >= vocab:
+      limit = min(c.model.vocab_size, vocab)
+      at = first_at_or_above(file, self.dtype, limit)
+      if top >= c.model.vocab_size:
+        fix = (f"model.vocab_size={c.model.vocab_size} has no row for it (ids 0 .. "
+               f"{c.model.vocab_size - 1}); set --config.model.vocab_size={top + 1} or more")
+      else:
+        fix = (f"meta.json's vocab_size is {vocab}, so the file is not the one `jaxbench prepare` "
+               "wrote there; prepare the data again")
+      raise ConfigError("data.path", f"{file} holds token id {top} (the first id >= {limit} is "
+                        f"token {at:,} of the file): {fix}")
     self.file = file
     self.array = np.memmap(file, dtype=self.dtype, mode="r")
     # Row i of this view is the window starting at token i: no copy, and batch() is one gather.

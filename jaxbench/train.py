@@ -28,6 +28,7 @@ from jaxbench import checkpoint as checkpoint_lib
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
 from jaxbench import distributed
+from jaxbench import errors
 from jaxbench import flops as flops_lib
 from jaxbench import hlo
 from jaxbench import hostalloc
@@ -294,23 +295,36 @@ def _default_workdir_all_processes(c, platform: str) -> str:
 
 
 def run(c, workdir: str | None = None, cluster: str = "single process",
-        determinism: dict | None = None, resuming: bool | None = None) -> dict:
+        determinism: dict | None = None) -> dict:
   """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
-  on bad input, Diverged on a non-finite loss."""
+  on bad input (and before allocating the state when the compiled step does not fit), Diverged on
+  a non-finite loss."""
   setup = build(c)
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
+  workdir = workdir or _default_workdir_all_processes(c, setup.devices[0].platform)
+  # The run directory is this run's alone while it runs: checked and locked before it is read.
+  lock = errors.agreed(lambda: rundir_lib.claim(workdir, jax.process_index() == 0,
+                                                c.checkpoint.every > 0), _any_process)
+  try:
+    return _run(setup, workdir, train_data, eval_data, cluster, determinism)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism) -> dict:
+  c = setup.config
   devices, mesh_shape, attention = setup.devices, setup.mesh_shape, setup.attention
   platform = devices[0].platform
   n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
   is_writer = jax.process_index() == 0
-  workdir = workdir or _default_workdir_all_processes(c, platform)
-  if resuming is None:  # main() decides it before the processes meet; in-process callers here
-    resuming = rundir_lib.resumable(workdir, c.to_dict())
-
   m = c.model
   say = print if is_writer else (lambda *a, **k: None)
-  earlier = None if resuming else rundir_lib.earlier_run(workdir, c.to_dict())
+  # Read by every process once the lock is held; process 0's reading decides for all.
+  resuming, earlier = errors.agreed(lambda: rundir_lib.what_is_there(workdir, c.to_dict()),
+                                    _any_process)
+  resuming = _from_process_0(resuming)
   if _from_process_0(bool(earlier and "finished" in earlier)):
     say(f"jaxbench: the run in {workdir} already finished its {c.steps} steps (no checkpoints "
         "kept): nothing to do")
@@ -342,13 +356,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   if not tensor_local:
     say(f"  warning: mesh.tensor={mesh_shape['tensor']} spans hosts ({jax.local_device_count()} "
         "devices per host): tensor-parallel collectives will cross the slow links")
-  out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
-  if earlier:  # an unfinished start without checkpoints: this one replaces its files
-    say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
-        f"({earlier['earlier_status']}) with no checkpoint to resume from: starting again from "
-        "step 0")
-    out.start_over()
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
       **sysinfo.backend(devices), "distributed": cluster, "mesh": mesh_shape,
@@ -372,7 +380,7 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   if c.checkpoint.every > 0 or resuming:
     checkpointer = checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
                                                c.checkpoint.async_save)
-  start_step, restored = 0, None
+  start_step = 0
   if resuming:
     start_step = checkpointer.latest_step()
     # Checked and read before anything in the run directory changes.
@@ -380,20 +388,48 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
                                    checkpointer.read_meta(start_step)["config"], c.to_dict())
     if done is not None:  # e.g. a sweep stopped between the run's end and its record of it
       checkpointer.close()
-      out.close()
       say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
       return done
-    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
-    restored, _ = checkpointer.restore(start_step, abstract_state(setup))
   progress = runlog.Progress(steps=start_step)
-  if resuming:
-    runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
-  out.write("run.json", run_info)
+  out = None
+
+  def begin() -> rundir_lib.RunDir:
+    """The run directory becomes this start's: from here on, whatever happens, summary.json says
+    how it ended. Nothing in it changes before (a bad input, a step that does not fit or a corrupt
+    checkpoint leaves it as it was)."""
+    nonlocal out
+    out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
+    if earlier:  # an unfinished start without checkpoints: this one replaces its files
+      say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
+          f"({earlier['earlier_status']}) with no checkpoint to resume from: starting again from "
+          "step 0")
+      out.start_over()
+    if resuming:
+      runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
+    out.write("run.json", run_info)
+    return out
+
   with runlog.StopRequest() as stop:
+    crash = None
+    try:
+      step_fn = _compile(setup, progress, run_info, say)
+      state = _initial_state(setup, progress, checkpointer if resuming else None, start_step, say)
+    except ConfigError:  # the step does not fit, a corrupt checkpoint: the directory is as it was
+      if checkpointer is not None:
+        checkpointer.close()
+      raise
+    except BaseException as e:  # a crash while compiling or allocating: the run directory says so
+      crash = e
+    begin()
     save_error = None
     try:
+      if crash is not None:
+        raise crash
+      if c.dump_hlo and out.writer:
+        run_info["hlo"] = profiling.dump_hlo(out.path, step_fn.lowered, step_fn.compiled.as_text())
+        out.write("run.json", run_info)
       _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
-             start_step, restored)
+             start_step, state, step_fn)
     except BaseException as e:
       progress.fail(e)
       raise
@@ -405,11 +441,13 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
           save_error = e
           if progress.error is None:
             progress.fail(e)
+        # Only ever a complete checkpoint: a save that failed or was cut short is not one.
+        progress.last_checkpoint = (checkpointer.complete_steps() or [None])[-1]
       summary = runlog.summary(
           progress, tokens_per_step=c.batch_size * c.seq_len, n_devices=len(devices),
-          flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops, peak_source=peak.source,
-          peak_memory=sysinfo.peak_memory_per_device(devices), backend=run_info["backend"],
-          device_kind=devices[0].device_kind, n_params=n_params)
+          flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops,
+          peak_source=peak.source, peak_memory=sysinfo.peak_memory_per_device(devices),
+          backend=run_info["backend"], device_kind=devices[0].device_kind, n_params=n_params)
       if resuming:
         summary["resumed_from_step"] = start_step
       out.write("summary.json", summary)
@@ -437,33 +475,25 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
-def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.StopRequest", say,
-           train_data, eval_data=None, checkpointer=None, start_step: int = 0,
-           restored=None) -> None:
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+  """The compiled train step and how the loop runs it."""
+  compiled: Any
+  lowered: Any
+  queue_ahead: bool  # the next step may be queued while one runs (queue_ahead)
+  runs_inline: bool  # a dispatch runs the step to its end (JAX's CPU steps under host_allocator)
+
+
+def _compile(setup: Setup, p: runlog.Progress, run_info: dict, say) -> CompiledStep:
+  """Lowers and compiles the step for the run's abstract state, before anything is allocated, and
+  checks that it fits (memory_check): ConfigError naming the figures when it does not."""
   c, flops = setup.config, setup.flops
-  tokens_per_step = c.batch_size * c.seq_len
-
-  def put(batch: np.ndarray):
-    """The global batch onto the mesh; with several processes each transfers only the rows its
-    own devices hold (every process computes the same global batch: a cheap pure function)."""
-    if jax.process_count() == 1:
-      return jax.device_put(batch, setup.batch_sharding)
-    return jax.make_array_from_callback(batch.shape, setup.batch_sharding, lambda index: batch[index])
-
-  p.status = "initializing"
-  t0 = time.perf_counter()
-  if restored is not None:
-    state = restored
-  else:
-    state = init_state(setup)
-  jax.block_until_ready(state)
-  p.init_s = time.perf_counter() - t0
-
-  batch = put(train_data.batch(start_step))
   say("  compiling the train step ...", flush=True)
   p.status = "compiling"
+  batch = jax.ShapeDtypeStruct((c.microbatches, c.batch_size // c.microbatches, c.seq_len + 1),
+                               jax.numpy.int32, sharding=setup.batch_sharding)
   t0 = time.perf_counter()
-  lowered = lower_step(setup, state, batch)
+  lowered = lower_step(setup, abstract_state(setup), batch)
   p.lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   compiled = lowered.compile()
@@ -480,30 +510,78 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
     collectives = hlo.collectives(compiled.as_text())
   except Exception as e:  # a backend without HLO text: say so rather than report no traffic
     collectives = {"unavailable": f"{type(e).__name__}: {e}"}
-  if c.dump_hlo and out.writer:
-    run_info["hlo"] = profiling.dump_hlo(out.path, lowered, compiled.as_text())
   runs_inline = setup.devices[0].platform == "cpu" and not hostalloc.cpu_dispatch_async()
   ahead, ahead_reason = queue_ahead(memory, sysinfo.memory_limit_per_device(setup.devices),
                                     runs_inline)
   run_info["queue_ahead"] = ahead_reason
-  run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,
+  run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s,
                          "xla_cost_analysis": cost, "xla_memory_analysis": memory,
                          "xla_cost_analysis_note": loops_note,
                          "collectives": collectives,
                          "xla_flops_per_step_per_device": None if loops_note else cost.get("flops"),
-                         "model_flops_per_step": flops["flops_per_token"] * tokens_per_step}
-  out.write("run.json", run_info)
+                         "model_flops_per_step": flops["flops_per_token"] * c.batch_size * c.seq_len}
   say(f"  compiled in {p.lower_s + p.compile_s:.1f}s (lower {p.lower_s:.1f}s + compile "
       f"{p.compile_s:.1f}s)", flush=True)
+  if c.memory_check:
+    errors.agreed(lambda: _check_fits(setup, memory), _any_process)
   if not ahead:
     say(f"  queueing the next step {ahead_reason}", flush=True)
+  return CompiledStep(compiled=compiled, lowered=lowered, queue_ahead=ahead, runs_inline=runs_inline)
+
+
+def _check_fits(setup: Setup, memory_analysis: dict) -> None:
+  """ConfigError('memory_check') when the compiled step needs more than the device's allocator
+  pool, or, on a CPU, than the host has free for all its devices and the run's processes on it."""
+  if setup.devices[0].platform == "cpu":
+    copies = jax.local_device_count() * distributed.processes_on_this_host()
+    available, where = sysinfo.host_memory_available(), (
+        "this host" + (f" ({copies} CPU devices' worth)" if copies > 1 else ""))
+  else:
+    copies, available, where = 1, sysinfo.memory_limit_per_device(setup.devices), "each device"
+  problem = memory_lib.fit_problem(memory_analysis, available, copies, where)
+  if problem:
+    raise ConfigError("memory_check", problem)
+
+
+def _initial_state(setup: Setup, p: runlog.Progress, checkpointer, start_step: int, say):
+  """The train state: restored from the checkpoint of `start_step` (its arrays checked against
+  the digest written when it was saved) when `checkpointer` is given, else initialized."""
+  p.status = "initializing"
+  t0 = time.perf_counter()
+  if checkpointer is not None:
+    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
+    state, meta = checkpointer.restore(start_step, abstract_state(setup))
+    if not meta["verified"]:
+      say("  (saved before checkpoints had digests: its arrays could not be verified)")
+  else:
+    state = init_state(setup)
+  jax.block_until_ready(state)
+  p.init_s = time.perf_counter() - t0
+  return state
+
+
+def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.StopRequest", say,
+           train_data, eval_data, checkpointer, start_step: int, state, step: CompiledStep) -> None:
+  c = setup.config
+  run_info["compile"]["init_s"] = p.init_s
+  out.write("run.json", run_info)
+
+  def put(batch: np.ndarray):
+    """The global batch onto the mesh; with several processes each transfers only the rows its
+    own devices hold (every process computes the same global batch: a cheap pure function)."""
+    if jax.process_count() == 1:
+      return jax.device_put(batch, setup.batch_sharding)
+    return jax.make_array_from_callback(batch.shape, setup.batch_sharding, lambda index: batch[index])
+
   if _any_process(stop.signal_name is not None):
     p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
     return
 
+  batch = put(train_data.batch(start_step))
   p.status = "training"
   saving = checkpointer is not None and checkpointer.enabled
   evaluate = _evaluator(setup, eval_data, put) if eval_data is not None else None
+  ahead = step.queue_ahead
   # With steps queued ahead the prefetcher also transfers batches, overlapping the device's work.
   # One step at a time, it makes them on the host and the loop transfers each once the step
   # before is done: a batch put on the device while a step runs lands past that step's
@@ -513,8 +591,8 @@ def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.
   prefetch = data_lib.Prefetcher(make, start_step + 1, c.steps)
   trace = profiling.StepTrace(out.path, config_lib.profile_steps(c, start_step))
   try:
-    _loop(setup, peak, out, p, stop, say, compiled, state, batch, prefetch, evaluate,
-          checkpointer if saving else None, start_step, trace, ahead, put, inline=runs_inline)
+    _loop(setup, peak, out, p, stop, say, step.compiled, state, batch, prefetch, evaluate,
+          checkpointer if saving else None, start_step, trace, ahead, put, inline=step.runs_inline)
   finally:
     prefetch.close()
     trace.stop()
@@ -597,7 +675,7 @@ def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, stat
       t_save = time.perf_counter()
       checkpointer.save(step, state, config_dict)
       save_s = time.perf_counter() - t_save
-      p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
+      p.checkpoint_s += save_s
     record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
                                 tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
     record["data_wait_s"] = data_wait_s
@@ -697,11 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     if c.framework == "torch":  # the PyTorch twin: same config, run directory and exit codes
       from jaxbench.twin import train as twin_train
       return twin_train.main(c, workdir, cluster)
-    # Decided before the processes meet, so no process sees another's fresh run.json.
-    resuming = rundir_lib.resumable(workdir, c.to_dict())
     determinism = apply_determinism(c)  # before any backend starts
     run_info_cluster = distributed.initialize(*cluster)
-    run(c, workdir, cluster=run_info_cluster, determinism=determinism, resuming=resuming)
+    run(c, workdir, cluster=run_info_cluster, determinism=determinism)
   except ConfigError as e:
     return _bad_input(str(e))
   except Diverged as e:

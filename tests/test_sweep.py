@@ -204,6 +204,14 @@ def get_sweep():
     (1, "Traceback (most recent call last):\nMemoryError", False, None, "oom"),
     (-6, "terminate called after throwing an instance of 'std::bad_alloc'", False, None, "oom"),
     (1, "OSError: [Errno 12] Cannot allocate memory", False, None, "oom"),
+    # jaxbench train's memory check: out of memory found before allocating (exit 2), so the
+    # max_batch search bounds on it; any other exit 2 is bad input.
+    (2, "  compiled in 9.1s\njaxbench train: bad input: memory_check: the compiled step needs "
+        "95.20 GiB (3.1 GiB of train state and batch, 92.0 GiB of temporaries; XLA's memory "
+        "analysis) where each device has 79.10 GiB free; ...", False, None, "oom"),
+    (2, "jaxbench train: bad input: memory_check: the train state alone needs 99.20 GiB (float32 "
+        "params, ...", False, None, "oom"),
+    (2, "jaxbench train: bad input: model.remat: 'x' is not allowed", False, None, "bad_config"),
     # Compilation failed (XLA, torch.compile), not memory.
     (1, "  compiling the train step ...\nTraceback ...\nXlaRuntimeError: INTERNAL: ptxas fatal",
      False, None, "compile_error"),

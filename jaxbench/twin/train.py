@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
+from jaxbench import errors
 from jaxbench import hostalloc
 from jaxbench import rundir as rundir_lib
 from jaxbench import runlog
@@ -195,6 +197,8 @@ def build(c, device=None) -> Setup:
   parallel = resolve_parallel(c, world, mesh_shape)
   if device is None:
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+  if c.memory_check:
+    _check_state_fits(torch, c, mesh_shape, device)
   if c.model.attention == "cudnn" and device.type != "cuda":
     raise ConfigError("model.attention", f"cudnn needs a CUDA GPU, the twin runs on {device.type}; "
                                          "allowed here: auto, xla, jax")
@@ -259,6 +263,29 @@ def build(c, device=None) -> Setup:
                parallel=parallel, model_cfg=cfg, module=module, model=model, loss_fn=loss_fn,
                optimizer=optimizer, params=params, lr_values=lr_values(c), n_params=n_params,
                param_counts=counts, flops=flops_lib.flops_per_token(cfg, c.seq_len), info=info)
+
+
+def _check_state_fits(torch, c, mesh_shape: dict, device) -> None:
+  """ConfigError('memory_check') when the train state alone (float32 params, gradients and AdamW's
+  two moments, per process as the mesh shards them: memory.predict's floor) is more than the GPU
+  has, or on a CPU than the host has free for the run's processes on it, before any of it is made
+  (the twin has no compiler's memory analysis to ask; the activations come on top)."""
+  from jaxbench import memory as memory_lib
+  from jaxbench import sysinfo
+  floor = memory_lib.predict(c, mesh_shape)["floor_state"]
+  if device.type == "cuda":
+    copies, available, where = 1, torch.cuda.mem_get_info(device)[1], "the GPU"
+  else:
+    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    available = sysinfo.host_memory_available()
+    where = "this host" + (f" ({copies} processes' worth)" if copies > 1 else "")
+  if available and floor * copies > available:
+    gib = 2 ** 30
+    raise ConfigError("memory_check", f"the train state alone needs {floor * copies / gib:.2f} GiB "
+                      "(float32 params, gradients and AdamW's two moments) where "
+                      f"{where} has {available / gib:.2f} GiB free; shard it over more processes "
+                      "(mesh.fsdp) or take a smaller preset; --config.memory_check=False runs "
+                      "it anyway")
 
 
 def _device_names(torch, device, world: int) -> list[str]:
@@ -426,19 +453,33 @@ def run(c, workdir: str | None = None) -> dict:
   """Trains per config `c` with the twin; returns summary.json's contents. ConfigError before
   anything runs on bad input, Diverged on a non-finite loss."""
   cpu_only_jax()
-  # With a checkpoint in the run directory, the run resumes; without, an unfinished run there
-  # starts over and a finished one has nothing to do (as jaxbench/train.py).
-  resuming = rundir_lib.resumable(workdir, c.to_dict())
-  earlier = None if resuming or not workdir else rundir_lib.earlier_run(workdir, c.to_dict())
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
   s = build(c)
   torch = import_torch()
-  from jaxbench import sysinfo
-  is_writer = s.rank == 0
-  say = print if is_writer else (lambda *a, **k: None)
   backend = _backend(torch, s)
   workdir = workdir or _default_workdir(torch, c, backend["platform"], s.world)
+  any_process = functools.partial(_any_process, torch, s)
+  # The run directory is this run's alone while it runs: checked and locked before it is read.
+  lock = errors.agreed(lambda: rundir_lib.claim(workdir, s.rank == 0, c.checkpoint.every > 0),
+                       any_process)
+  try:
+    # With a checkpoint in the run directory, the run resumes; without, an unfinished run there
+    # starts over and a finished one has nothing to do (as jaxbench/train.py).
+    resuming, earlier = errors.agreed(lambda: rundir_lib.what_is_there(workdir, c.to_dict()),
+                                      any_process)
+    return _run(s, torch, workdir, backend, resuming, earlier, train_data, eval_data)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(s: Setup, torch, workdir: str, backend: dict, resuming: bool, earlier: dict | None,
+         train_data, eval_data) -> dict:
+  from jaxbench import sysinfo
+  c = s.config
+  is_writer = s.rank == 0
+  say = print if is_writer else (lambda *a, **k: None)
   if _any_process(torch, s, bool(earlier and "finished" in earlier)):
     say(f"jaxbench (torch twin): the run in {workdir} already finished its {c.steps} steps: "
         "nothing to do")
@@ -456,12 +497,7 @@ def run(c, workdir: str | None = None) -> dict:
   peak = _peak(torch, s)
   peak_text = f"{peak.tflops:.4g} TFLOP/s" if peak.tflops is not None else "unknown"
   say(f"  peak per device: {peak_text} ({peak.source}: {peak.detail})")
-  out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
-  if earlier:  # an unfinished start without checkpoints: this one replaces its files
-    say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
-        f"({earlier['earlier_status']}): starting again from step 0")
-    out.start_over()
   versions = sysinfo.versions()
   versions["torch"] = torch.__version__
   run_info = {
@@ -493,11 +529,16 @@ def run(c, workdir: str | None = None) -> dict:
     done = rundir_lib.check_resume(workdir, start_step,
                                    checkpointer.read_meta(start_step)["config"], c.to_dict())
     if done is not None:
-      out.close()
       say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
       return done
     say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
-    checkpointer.restore(start_step, s.module, s.optimizer)
+    checkpointer.restore(start_step, s.module, s.optimizer)  # ConfigError when corrupt
+  # Nothing in the run directory changes before this point.
+  out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
+  if earlier:  # an unfinished start without checkpoints: this one replaces its files
+    say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
+        f"({earlier['earlier_status']}): starting again from step 0")
+    out.start_over()
   progress = runlog.Progress(steps=start_step)
   if resuming:
     runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
@@ -591,7 +632,7 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
         t_save = time.perf_counter()  # recorded apart, in no step's time
         checkpointer.save(step, s.module, s.optimizer, config_dict)
         save_s = time.perf_counter() - t_save
-        p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s
+        p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s  # synchronous: complete
       # The next step's time starts here: fetching its batch and writing this record are in it,
       # as in the JAX loop.
       t_prev = time.perf_counter()
