@@ -4,8 +4,9 @@ changed: the long cases of issue #25 (the short ones are tests/test_faults.py).
   python benchmarks/faults.py [--kills=20] [--steps=300] [--every=10] [--seed=0] [--out=DIR]
 
 1. kill -9 at random moments: one run of --steps steps, checkpointed every --every, is killed
-   --kills times (at a random time after each start: while importing, compiling, training or
-   saving) and started again with the same command each time, then left to finish. Its metrics
+   --kills times (just after a random step ahead: while training, saving or writing a line;
+   or, one time in five, at a random moment of the start-up) and started again with the
+   same command each time, then left to finish. Its metrics
    must equal an uninterrupted run's bitwise, every step exactly once.
 2. two starts at once on one --workdir: exactly one may train; the other must exit 2.
 3. a corrupted checkpoint (one flipped bit in the latest one's largest file) under a killed run:
@@ -82,7 +83,20 @@ def kill_at_random(tmp: str, reference: list, args) -> dict:
 
   for i in range(args.kills):
     proc, before = start()
-    time.sleep(rng.uniform(args.min_s, args.max_s))
+    # Where to kill: a random step ahead (the run then dies while training, saving or writing a
+    # line, a moment after that step's line), or, one time in five, at a random moment of the
+    # start-up (importing, compiling, restoring).
+    if rng.random() < 0.2 or before >= args.steps:  # (metrics at the end: until a resume cuts them)
+      target, moment = None, f"{rng.uniform(0.5, 8.0):.1f} s after the start"
+      deadline = time.time() + float(moment.split()[0])
+    else:  # spread over the run: about 2 * steps / kills steps after where it stood
+      target = min(args.steps, before + rng.randint(1, max(1, 2 * args.steps // args.kills)))
+      moment, deadline = f"after step {target}", time.time() + 1800
+    while proc.poll() is None and time.time() < deadline:
+      if target is not None and max((s for s, _ in records(workdir)), default=0) >= target:
+        time.sleep(rng.uniform(0.0, 0.05))
+        break
+      time.sleep(0.01)
     if proc.poll() is not None:  # it finished first: nothing left to kill
       proc.communicate()
       print(f"  start {i + 1}: ended by itself (exit {proc.returncode})", flush=True)
@@ -94,7 +108,7 @@ def kill_at_random(tmp: str, reference: list, args) -> dict:
     took_up = start_step(out)
     resumes += bool(took_up)
     again += max(0, before - took_up) if took_up is not None else 0
-    print(f"  kill {kills}: at step {reached}; this start took up at "
+    print(f"  kill {kills} ({moment}): at step {reached}; this start took up at "
           f"{'step ' + str(took_up) if took_up is not None else '(killed before it decided)'}",
           flush=True)
   proc, before = start()
@@ -104,7 +118,7 @@ def kill_at_random(tmp: str, reference: list, args) -> dict:
   again += max(0, before - took_up) if took_up is not None else 0
   got = records(workdir)
   summary = rundir.read_json(os.path.join(workdir, "summary.json"))
-  return {"case": f"kill -9 at random ({args.min_s:g}-{args.max_s:g} s after each start)",
+  return {"case": "kill -9 at random (a random step, or one time in five during start-up)",
           "faults": kills, "resumed": resumes, "trained_again": again, "exit": proc.returncode,
           "status": summary.get("status"), "steps": len(got),
           "silent_differences": differences(got, reference) + (proc.returncode != 0)}
@@ -162,8 +176,6 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--every", type=int, default=10)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--min_s", type=float, default=1.0, help="earliest kill after a start")
-  parser.add_argument("--max_s", type=float, default=14.0, help="latest kill after a start")
   parser.add_argument("--out", default=None, help="keep the run directories here")
   args = parser.parse_args()
   print(common.header("faults: kill -9, concurrent starts, corrupted checkpoints"), flush=True)

@@ -33,12 +33,38 @@ def usage() -> str:
   lines = ["usage: jaxbench <command> [flags]   (jaxbench <command> --help for its flags)", "",
            "commands:"]
   lines += [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
+  lines += [f"  {'help':<11} help COMMAND: its flags; help keys [PATTERN]: the config keys"]
   return "\n".join(lines)
+
+
+def help_keys(patterns: list[str]) -> int:
+  """`jaxbench help keys [PATTERN ...]`: the config keys whose name or meaning holds a pattern
+  (all without one), with their whole text."""
+  from jaxbench import config as config_lib
+  docs = config_lib.key_docs()
+  wanted = [p.lower() for p in patterns]
+  found = [d for d in docs
+           if not wanted or any(p in d["key"].lower() or p in d["meaning"].lower() for p in wanted)]
+  if not found:
+    print(f"jaxbench help: no config key matches {' '.join(patterns)!r}", file=sys.stderr)
+    return 2
+  print(config_lib.format_key_docs(found, full=True))
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+  if len(argv) < 2:
+    print(usage(), file=sys.stderr)
+    return 2  # a command is needed: usage, not success
+  if argv[1] in ("-h", "--help"):
+    print(usage())
+    return 0
+  if argv[1] == "help":
+    if argv[2:3] == ["keys"]:
+      return help_keys(argv[3:])
+    if len(argv) > 2 and argv[2] in COMMANDS:
+      return main([argv[0], argv[2], "--help"])
     print(usage())
     return 0
   name = argv[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 
 import ml_collections
 
@@ -99,13 +100,18 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   m = c.model
+  # Transformer blocks.
   m.n_layers = 4
+  # Width of the residual stream (the embedding size).
   m.d_model = 128
+  # Attention heads; must divide d_model (head dim = d_model / n_heads).
   m.n_heads = 4
   # Key/value heads for grouped-query attention; must divide n_heads (= n_heads: plain MHA).
   m.n_kv_heads = 4
   # Hidden width of the MLP.
   m.d_ff = 512
+  # Token ids 0 .. vocab_size - 1 (the embedding's rows); with data.path, the data's own unless
+  # given on the command line.
   m.vocab_size = 512
   # Longest sequence the model supports (size of the learned position table).
   m.max_seq_len = 2048
@@ -113,7 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.position = "learned"
   # Rotary base frequency (rope only).
   m.rope_theta = 10000.0
+  # Normalization: layernorm (MPT/GPT) or rmsnorm (Llama).
   m.norm = "layernorm"
+  # The normalization's epsilon.
   m.norm_eps = 1e-5
   # MLP: gelu (exact GELU, MPT) or swiglu (Llama).
   m.mlp = "gelu"
@@ -137,13 +145,19 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   o = c.optimizer
+  # AdamW with linear warm-up then cosine decay: the peak learning rate.
   o.lr = 3e-3
+  # Steps of linear warm-up from 0 to lr.
   o.warmup_steps = 10
   # Cosine decay ends at lr * min_lr_ratio at the last step.
   o.min_lr_ratio = 0.1
+  # AdamW's decay rate of the first moment.
   o.b1 = 0.9
+  # AdamW's decay rate of the second moment.
   o.b2 = 0.95
+  # AdamW's epsilon, added outside the square root (Optax's convention).
   o.eps = 1e-8
+  # Decoupled weight decay (lr * weight_decay * param), on matrices only.
   o.weight_decay = 0.1
   # Apply weight decay to embeddings too (norm scales and biases are never decayed).
   o.decay_embeddings = False
@@ -156,6 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Synthetic tokens: markov (a fixed random successor table, learnable: loss falls towards
   # ln(markov_branching)) or uniform (i.i.d. tokens, for pure throughput).
   c.data.synthetic = "markov"
+  # Successors of each token in the markov data (the loss floor is ln of this).
   c.data.markov_branching = 4
 
   c.eval = ml_collections.ConfigDict()
@@ -196,10 +211,78 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh axes; the product must equal the device count. One axis may be -1: the rest.
+  # Data parallelism: replicas, each with its share of the batch.
   c.mesh.data = -1
+  # Parameters, gradients and optimizer state sharded over this many devices (FSDP / ZeRO-3).
   c.mesh.fsdp = 1
+  # Tensor parallelism: heads, MLP and vocabulary split over this many devices.
   c.mesh.tensor = 1
   return c
+
+
+# Which values a key takes, where it is one of a list (validate() checks them).
+ALLOWED = {"framework": FRAMEWORKS, "family": FAMILIES, "dtype": DTYPES,
+           "host_allocator": hostalloc.MODES, "model.attention": ATTENTIONS,
+           "model.remat": REMAT_POLICIES, "model.position": POSITIONS, "model.norm": NORMS,
+           "model.mlp": MLPS, "data.synthetic": SYNTHETIC, "torch.parallel": TORCH_PARALLEL,
+           "torch.init": TORCH_INITS, "torch.float32_matmul_precision": TORCH_MATMUL_PRECISIONS}
+# The groups of the top-level keys in `jaxbench train --help` (the rest: run).
+_TOP_GROUPS = {"batch": ("batch_size", "microbatches", "seq_len", "dtype", "loss_chunk_size"),
+               "measurement": ("warmup_steps_excluded", "peak_tflops", "log_every", "tensorboard",
+                               "profile_steps", "dump_hlo")}
+_ASSIGNMENT = re.compile(r"^\s*(c|m|o)((?:\.\w+)+) = (?!ml_collections)")
+
+
+def key_docs() -> list[dict]:
+  """Every config key with its default, the values it allows and its meaning: the comment above
+  its line in base_config() (keys on consecutive lines share one), read from this file's source,
+  so the help cannot drift from it. In group order."""
+  import inspect
+  prefixes = {"c": "", "m": "model.", "o": "optimizer."}
+  defaults = base_config()
+  docs, comment = [], []
+  for line in inspect.getsource(base_config).splitlines():
+    text = line.strip()
+    if text.startswith("#"):
+      comment = [] if comment is None else comment
+      comment.append(text.lstrip("# ").strip())
+      continue
+    match = _ASSIGNMENT.match(line)
+    if match:
+      key = prefixes[match.group(1)] + match.group(2)[1:]
+      top = key.split(".")[0]
+      group = (top if "." in key else
+               next((g for g, keys in _TOP_GROUPS.items() if key in keys), "run"))
+      meaning = " ".join(comment) if comment else (docs[-1]["meaning"] if docs else "")
+      docs.append({"key": key, "group": group, "default": _get(defaults, key),
+                   "allowed": ALLOWED.get(key), "meaning": meaning})
+    comment = None if match else []  # a blank or other line ends a shared comment
+  order = ["run", "batch", "measurement", "model", "optimizer", "data", "eval", "checkpoint",
+           "mesh", "torch"]
+  return sorted(docs, key=lambda d: order.index(d["group"]) if d["group"] in order else len(order))
+
+
+def first_sentence(text: str, width: int = 92) -> str:
+  """A meaning's first sentence (not cut at "e.g."), at most `width` characters."""
+  first = re.split(r"(?<!e\.g)(?<!i\.e)(?<![.\s])\.\s", text, maxsplit=1)[0].rstrip(".")
+  return first if len(first) <= width else first[:width - 3].rstrip() + "..."
+
+
+def format_key_docs(docs: list[dict], full: bool = False) -> str:
+  """The keys by group: `--config.KEY=DEFAULT  [allowed]` and the first sentence of the meaning
+  (`full`: all of it, wrapped)."""
+  import textwrap
+  lines, group = [], None
+  for d in docs:
+    if d["group"] != group:
+      group = d["group"]
+      lines.append(f"\n{group}:")
+    allowed = f"  [{' | '.join(map(str, d['allowed']))}]" if d["allowed"] else ""
+    lines.append(f"  --config.{d['key']}={d['default']!r}{allowed}")
+    meaning = d["meaning"] or "(undocumented)"
+    lines += (textwrap.wrap(meaning, 96, initial_indent="      ", subsequent_indent="      ")
+              if full else ["      " + first_sentence(meaning)])
+  return "\n".join(lines).lstrip("\n")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -496,4 +579,7 @@ def parse_flags(argv: list[str], define_extra=None):
     raise ConfigError("flags", " ".join(text.split())[:400]) from None
   if len(rest) > 1:
     raise ConfigError("flags", f"unexpected arguments {rest[1:]}")
+  if c.data.path and not any(a.startswith("--config.model.vocab_size") for a in argv):
+    from jaxbench import tokenfile
+    c.model.vocab_size = int(tokenfile.read_meta(c.data.path)["vocab_size"])  # the data's own
   return c, {name: holder.value for name, holder in holders.items()}

@@ -61,6 +61,17 @@ def make(c, split: str = "train"):
   return SyntheticData(c, stream=1 if split == "train" else 3)
 
 
+def vocab_note(c, data) -> str | None:
+  """A line for a model whose vocabulary is larger than its token files' (given on the command
+  line; otherwise it is the data's own: config.parse_flags): rows no token uses."""
+  meta = getattr(data, "meta", None)
+  if not meta or meta["vocab_size"] >= c.model.vocab_size:
+    return None
+  return (f"model.vocab_size={c.model.vocab_size} is larger than data.path's vocabulary "
+          f"({meta['vocab_size']}): {c.model.vocab_size - meta['vocab_size']} embedding rows no "
+          "token uses")
+
+
 class Prefetcher:
   """Makes the batches of steps first .. last-1 in a background thread, `depth` steps ahead, so
   reading and transferring data overlaps the device's work. `get` says how long it waited."""

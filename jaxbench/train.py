@@ -342,6 +342,8 @@ def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism
     say(f"  attention in {blocks} (the FLOPs count keeps them all)")
   say(f"  batch {c.batch_size} x {c.seq_len} tokens in {c.microbatches} microbatch(es), "
       f"{c.steps} steps, first {c.warmup_steps_excluded} not timed")
+  if note := data_lib.vocab_note(c, train_data):
+    say(f"  {note}")
 
   host_processes = distributed.processes_on_this_host() if platform == "cpu" else 1
   if (platform == "cpu" and c.peak_tflops == 0 and host_processes == 1
@@ -390,6 +392,7 @@ def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism
       checkpointer.close()
       say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
       return done
+    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
   progress = runlog.Progress(steps=start_step)
   out = None
 
@@ -549,7 +552,6 @@ def _initial_state(setup: Setup, p: runlog.Progress, checkpointer, start_step: i
   p.status = "initializing"
   t0 = time.perf_counter()
   if checkpointer is not None:
-    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
     state, meta = checkpointer.restore(start_step, abstract_state(setup))
     if not meta["verified"]:
       say("  (saved before checkpoints had digests: its arrays could not be verified)")
@@ -745,6 +747,26 @@ def _bad_input(message: str) -> int:
   return 2
 
 
+FLAGS_HELP = (
+    ("--config=FILE[:PRESET]", "config file and preset (default configs/mpt.py:tiny); presets: "
+     "configs/mpt.py nano tiny small 125m 350m 760m 1b 3b 7b 13b 30b 70b, configs/llama.py"),
+    ("--config.KEY=VALUE", "override a config key (below)"),
+    ("--workdir=DIR", "the run directory (default runs/<time>-<family>-<preset>-<platform>); the "
+     "same command resumes a run there"),
+    ("--coordinator_address=HOST:PORT", "several processes: process 0's address (launch.sh sets "
+     "it; SLURM and Open MPI are detected)"),
+    ("--num_processes=N, --process_id=I", "several processes: their count and this one's index"),
+)
+
+
+def help_text() -> str:
+  """`jaxbench train --help`: usage, the flags, and every config key (config.key_docs)."""
+  flags_text = "\n".join(f"  {flag}\n      {text}" for flag, text in FLAGS_HELP)
+  return (f"{__doc__.strip()}\n\nflags:\n{flags_text}\n\nconfig keys (default, allowed values; "
+          "`jaxbench help keys PATTERN` prints a key's whole text):\n\n"
+          + config_lib.format_key_docs(config_lib.key_docs()))
+
+
 def parse_args(argv: list[str]):
   """argv -> (config, workdir, (coordinator, num_processes, process_id)); ConfigError if bad."""
   def define(fv):
@@ -766,8 +788,7 @@ def parse_args(argv: list[str]):
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if cli.asks_for_help(argv):
-    print(__doc__.strip())
-    print("\nConfig keys and their meaning: jaxbench/config.py; presets: configs/mpt.py, configs/llama.py")
+    print(help_text())
     return 0
   try:
     c, workdir, cluster = parse_args(argv)

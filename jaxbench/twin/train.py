@@ -490,6 +490,8 @@ def _run(s: Setup, torch, workdir: str, backend: dict, resuming: bool, earlier: 
       f"seq_len={c.seq_len}")
   say(f"  params {s.n_params:,} ({s.n_params / 1e6:.1f}M)  FLOPs/token "
       f"{flops['flops_per_token']:,} ({flops['formula']})")
+  if note := data_lib.vocab_note(c, train_data):
+    say(f"  {note}")
   say(f"  {s.world} x {backend['device_kind']} ({s.device.type}), torch {torch.__version__}, "
       f"parallel {s.parallel}, dtype {c.dtype}, {s.info['compile']}, AdamW {s.info['adamw']}")
   attention = _sdpa_backend(torch, c, s.model_cfg, s.device)
