@@ -146,8 +146,8 @@ def save_error_reason(e: BaseException, directory: str) -> str:
   else:
     match = re.search(r"os_error_code='?(\d+)", str(e))
     code = int(match.group(1)) if match else None
-  if code is None:
-    return _reason(e)
+  if code is None:  # a library's own words (DCP: "unexpected pos ..."): the disk's state beside them
+    return f"{type(e).__name__}: {_reason(e)}; {rundir_lib.filesystem_of(directory)}"
   text = f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
   if code == errno.ENOSPC:
     text += f" on {rundir_lib.filesystem_of(directory)}"

@@ -218,6 +218,18 @@ class RunDir:
       self._scalars = None
 
 
+def write_summary(out: RunDir, summary: dict, failing: bool) -> None:
+  """summary.json, then the run directory closed. When the run is already `failing` and the disk
+  refuses the summary too (the full disk that failed a save), the run's own error is the one
+  reported, not the summary's."""
+  try:
+    out.write("summary.json", summary)
+    out.close()
+  except OSError:
+    if not failing:
+      raise
+
+
 def check_compatible(saved: dict, current: dict, what: str = "the checkpoint",
                      hint: str = "resume with the same value or use a new --workdir",
                      keys: tuple = MUST_MATCH) -> None:

@@ -453,8 +453,7 @@ def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism
           backend=run_info["backend"], device_kind=devices[0].device_kind, n_params=n_params)
       if resuming:
         summary["resumed_from_step"] = start_step
-      out.write("summary.json", summary)
-      out.close()
+      rundir_lib.write_summary(out, summary, failing=progress.error is not None)
     if save_error is not None:
       raise save_error
   say(runlog.done_line(summary))

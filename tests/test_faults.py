@@ -412,3 +412,15 @@ def test_the_twins_state_that_cannot_fit_the_host_exits_2_before_it_is_made(tmp_
                    "--workdir=run"], tmp_path)
   one_line(proc, "memory_check", "the train state alone needs 99.20 GiB", "mesh.fsdp")
   assert time.time() - t0 < 120 and not (tmp_path / "run").exists()
+
+
+@needs_mounts
+def test_the_twins_save_on_a_full_disk_is_one_line(tmp_path):
+  pytest.importorskip("torch")
+  os.makedirs(tmp_path / "disk")
+  proc = in_namespace(
+      f"mount -t tmpfs -o size=2m tmpfs disk && {PY} --config.framework=torch --config.steps=12 "
+      "--config.checkpoint.every=5 --workdir=disk/run; echo rc=$?", tmp_path)
+  err = proc.stderr.strip().splitlines()
+  assert "rc=2" in proc.stdout and len(err) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "could not be written" in err[0] and "MiB free" in err[0], err[0]

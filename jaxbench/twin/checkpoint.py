@@ -155,12 +155,28 @@ class TwinCheckpointer:
       for old in self.steps()[:-self.keep] if self.keep > 0 else []:
         shutil.rmtree(os.path.join(self.directory, str(old)), ignore_errors=True)
 
-    self._from_rank_0(prepare)
-    with _single_process_quiet(self.world):
-      dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp,
-               no_dist=self.world == 1)
-    self._barrier()  # every process's part is written
-    self._from_rank_0(complete)
+    try:
+      self._from_rank_0(prepare)
+      with _single_process_quiet(self.world):
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp,
+                 no_dist=self.world == 1)
+      self._barrier()  # every process's part is written
+      self._from_rank_0(complete)
+    except (KeyboardInterrupt, SystemExit):
+      raise
+    except BaseException as e:  # a full or read-only disk: one line, as the JAX checkpointer says
+      # it. DCP's CheckpointException (a BaseException) holds each rank's own error.
+      from jaxbench.checkpoint import save_error_reason
+      failures = getattr(e, "failures", None)
+      if failures:
+        e = next(iter(failures.values()))
+        e = e[0] if isinstance(e, tuple) else e
+      steps = self.steps()
+      then = (f"rerun the same command to resume from step {steps[-1]}" if steps
+              else "rerun the same command to start again")
+      raise ConfigError("--workdir", f"the checkpoint of step {step} could not be written in "
+                                     f"{self.directory} ({save_error_reason(e, self.directory)}); "
+                                     f"free space there or make it writable, then {then}") from None
 
   def read_meta(self, step: int) -> dict:
     path = os.path.join(self.directory, str(step), META)

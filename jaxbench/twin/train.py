@@ -562,8 +562,7 @@ def _run(s: Setup, torch, workdir: str, backend: dict, resuming: bool, earlier: 
       summary["framework"] = "torch"
       if resuming:
         summary["resumed_from_step"] = start_step
-      out.write("summary.json", summary)
-      out.close()
+      rundir_lib.write_summary(out, summary, failing=progress.error is not None)
   say(runlog.done_line(summary))
   say(f"run directory: {os.path.abspath(out.path)}")
   return summary
