@@ -1,13 +1,14 @@
 """`jaxbench compile`: the full train step compiled for a GPU that is not here.
 
-  jaxbench compile [--config=...] [--config.KEY=VALUE ...] --target=h100|a100|mi300x|PATH.txtpb
-                   [--topology=PxHxD] [--dump=DIR] [--json] [--report=PATH]
+  jaxbench compile [--config=...] [--config.KEY=VALUE ...] [--topology=PxHxD] [--dump=DIR]
+                   --target=h100|a100|a100-40|mi300x|mi250x|mi250|PATH.txtpb [--json] [--report=PATH]
   jaxbench compile --describe_local[=PATH] [--device_index=0]
 
 XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
 attached: the same jitted step `jaxbench train` runs (forward, backward, AdamW, accumulation, the
-configured mesh) goes through the GPU compiler, Triton and ptxas, and the report answers the first
-questions of a study before anyone rents the hardware:
+configured mesh) goes through the GPU compiler, Triton and ptxas (or, for AMD, LLVM's AMDGPU
+backend and lld), and the report answers the first questions of a study before anyone rents the
+hardware:
 
 - does it compile, and how long does that take;
 - per-device memory (arguments, outputs, temporaries, code, from XLA's buffer assignment) against
@@ -21,9 +22,12 @@ questions of a study before anyone rents the hardware:
 
 The topology is PARTITIONS x HOSTS-PER-PARTITION x DEVICES-PER-HOST (XLA's GPU topology string);
 its device count must equal the mesh's (default: one host with as many devices as the mesh needs,
-or one device). Needs the `cuda-aot` extra (the CUDA PJRT plugin, ptxas, libdevice, cuDNN); nothing
-runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler rejected
-the step, 2 on bad input.
+or one device). NVIDIA targets need the `cuda-aot` extra (the CUDA PJRT plugin, ptxas, libdevice,
+cuDNN); AMD targets the `rocm-aot` extra (the ROCm PJRT plugin) and a C compiler: the plugin runs
+in a child process, with link-only stand-ins for the ROCm libraries where ROCm is not installed,
+and its code objects are checked to be for the requested gfx architecture (jaxbench/rocm_aot.py).
+Nothing runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler
+rejected the step, 2 on bad input.
 
 `--describe_local` runs on a machine with an NVIDIA GPU instead: it writes that card's own
 description (from the CUDA driver; see jaxbench/gpu_target.py) to PATH (default: named after the
@@ -47,7 +51,9 @@ from jaxbench import plugin_installed
 from jaxbench.errors import ConfigError
 
 TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
-TARGETS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb", "mi300x": "mi300.txtpb"}
+TARGETS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb", "a100-80": "a100_sxm_80.txtpb",
+           "a100-40": "a100_sxm_40.txtpb", "mi300x": "mi300.txtpb", "mi250x": "mi250x.txtpb",
+           "mi250": "mi250.txtpb"}
 AOT_EXTRA = ("the `cuda-aot` extra: pip install -e \".[cuda-aot]\" (the CUDA PJRT plugin matching "
              "jax, plus nvidia-cuda-nvcc and nvidia-nvvm for ptxas and libdevice, and cuDNN for the "
              "fused attention)")
@@ -104,18 +110,47 @@ def resolve_target_path(target: str) -> tuple[str, str]:
                                 "nor a GpuTargetConfigProto text file")
 
 
+def description_problem(text: str) -> str | None:
+  """What a description lacks that XLA needs (it crashes on some: no compute units divides by
+  zero), or None. Syntax is left to XLA's own parser, which names the line."""
+  if not re.search(r"^\s*gpu_device_info\s*{", text, re.MULTILINE):
+    return "not a GpuTargetConfigProto: no gpu_device_info { ... } block"
+  cores = _field(text, "core_count")
+  if cores is None or (cores.isdigit() and int(cores) == 0):
+    return "gpu_device_info needs core_count (the SMs or compute units), > 0"
+  if not re.search(r"(cuda|rocm)_compute_capability\s*{", text):
+    return "gpu_device_info needs cuda_compute_capability { ... } or rocm_compute_capability { ... }"
+  return None
+
+
+def _numbers(text: str, path: str, *names: str) -> list[float | None]:
+  out = []
+  for name in names:
+    value = _field(text, name)
+    try:
+      out.append(None if value is None else float(value))
+    except ValueError:
+      raise ConfigError("--target", f"{path}: {name}: expected a number, got {value!r}") from None
+  return out
+
+
 def read_target(target: str) -> Target:
   name, path = resolve_target_path(target)
   with open(path) as f:
     text = f.read()
-  platform = (_field(text, "platform_name") or "CUDA").lower()
+  problem = description_problem(text)
+  if problem:
+    raise ConfigError("--target", f"{path}: {problem}")
+  rocm = re.search(r"rocm_compute_capability\s*{", text) is not None
+  platform = (_field(text, "platform_name") or ("ROCM" if rocm else "CUDA")).lower()
   platform = "rocm" if platform in ("rocm", "rocm_gpu") else "cuda"
-  memory = _field(text, "device_memory_size")
-  bandwidth = _field(text, "memory_bandwidth")
+  if rocm != (platform == "rocm"):
+    raise ConfigError("--target", f"{path}: platform_name {platform.upper()} does not go with its "
+                                  f"{'rocm' if rocm else 'cuda'}_compute_capability")
+  memory, bandwidth = _numbers(text, path, "device_memory_size", "memory_bandwidth")
   device_name = (_field(text, "device_description_str") or _field(text, "name") or name)
   return Target(name=name, path=path, text=text, platform=platform, device_name=device_name,
-                memory_bytes=int(memory) if memory else None,
-                bandwidth_bytes_per_s=float(bandwidth) if bandwidth else None)
+                memory_bytes=int(memory) if memory else None, bandwidth_bytes_per_s=bandwidth)
 
 
 @contextlib.contextmanager
@@ -177,6 +212,7 @@ def topology(target: Target, topology_name: str, warn) -> tuple[object, Target]:
       raise ConfigError("--topology", f"{topology_name!r}: expected PARTITIONSxHOSTSxDEVICES, "
                                       "e.g. 1x1x8 or 1x2x4")
     detail = log["text"].strip().splitlines()[-1] if log["text"].strip() else message
+    detail = re.sub(r"^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] ", "", detail)  # XLA's log prefix
     raise ConfigError("--target", f"{target.path}: XLA could not use this description: {detail}")
   raise ConfigError("--target", f"{target.path}: too many unknown fields")
 
@@ -184,10 +220,10 @@ def topology(target: Target, topology_name: str, warn) -> tuple[object, Target]:
 def plugin_problem(platform: str) -> str | None:
   """Why a deviceless compile for `platform` cannot run in this environment, or None."""
   if platform == "rocm":
+    from jaxbench import rocm_aot
     if not plugin_installed("xla_rocm7"):
-      return ("AMD targets need the ROCm PJRT plugin with the ROCm runtime libraries installed "
-              "(`pip install -e \".[rocm]\"` on a machine with ROCm 7); they are not here")
-    return None
+      return f"AMD targets need the ROCm PJRT plugin, not installed: {rocm_aot.EXTRA}"
+    return rocm_aot.version_problem(rocm_aot.installed_versions())
   if not (plugin_installed("xla_cuda13") or plugin_installed("xla_cuda12")):
     return f"compiling for an NVIDIA GPU without one needs {AOT_EXTRA}"
   return None
@@ -347,6 +383,14 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
     compiled, error = None, f"{type(e).__name__}: {str(e).strip()[:2000]}"
   compile_s = time.perf_counter() - t0
   device_kind = devices[0].device_kind
+  rocm = None
+  if target.platform == "rocm":  # (only ever in rocm_aot's compiling child)
+    from jaxbench import rocm_aot
+    rocm = rocm_aot.findings(target.text)
+    if error is None and not rocm["code_objects"]["ok"]:
+      objects = rocm["code_objects"]
+      error = (f"not an AMD compile: the compiler's code objects are {objects['found'] or 'none'}, "
+               f"not {objects['requested']}")
   report = {
       "target": {"name": target.name, "path": target.path, "device": device_kind,
                  "platform": target.platform, "memory_bytes": target.memory_bytes,
@@ -363,6 +407,8 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
       "jax": jax.__version__, "lower_s": lower_s, "compile_s": compile_s,
       "compiled": error is None,
   }
+  if rocm is not None:
+    report["rocm"] = rocm
   if error is not None:
     report["error"] = error
     return report
@@ -393,6 +439,27 @@ def _gib(n: float | None) -> str:
   return "?" if n is None else f"{n / GIB:.2f} GiB"
 
 
+def rocm_lines(rocm: dict) -> list[str]:
+  """What an AMD compile ran on: the plugin, the libraries it loaded, the code objects it wrote."""
+  plugin = rocm.get("plugin", {}).get("jax-rocm7-plugin")
+  standins = rocm.get("standins") or []
+  libraries = (f"link-only stand-ins for {len(standins)} missing ROCm libraries"
+               if standins else "ROCm's own libraries")
+  if standins and rocm.get("real_rocm_libraries"):
+    libraries = (f"ROCm's own libraries and link-only stand-ins for {len(standins)} missing ones")
+  unexpected = rocm.get("unexpected_standin_calls") or {}
+  called = ("" if not standins else
+            f"; the compile called into them: {', '.join(unexpected)} (results may be wrong)"
+            if unexpected else "; nothing but the plugin's load-time registrations called them")
+  lines = [f"  ROCm plugin {plugin} with {libraries}{called}"]
+  objects = rocm.get("code_objects") or {}
+  if objects.get("ok"):
+    lines.append(f"  code objects: {objects['count']} for {objects['requested']} (ELF headers checked); "
+                 "no autotuning without the GPU: kernel choices and temporaries can differ from a "
+                 "compile on the card")
+  return lines
+
+
 def format_report(r: dict) -> str:
   from jaxbench import model
   c, t = r["config"], r["target"]
@@ -406,6 +473,8 @@ def format_report(r: dict) -> str:
            + (f"; {blocks}" if (blocks := model.attention_blocks_text(r["attention"])) else "")]
   if t["dropped_fields"]:
     lines.append(f"  description fields this XLA does not know, dropped: {', '.join(t['dropped_fields'])}")
+  if r.get("rocm"):
+    lines += rocm_lines(r["rocm"])
   if not r["compiled"]:
     lines.append(f"  did NOT compile after {r['compile_s']:.1f}s: {r['error'].splitlines()[0]}")
     return "\n".join(lines)
@@ -458,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 
   def define(fv):
     return {
-        "target": flags.DEFINE_string("target", "h100", "h100, a100, mi300x or a "
+        "target": flags.DEFINE_string("target", "h100", f"{', '.join(TARGETS)} or a "
                                       "GpuTargetConfigProto .txtpb file.", flag_values=fv),
         "topology": flags.DEFINE_string("topology", None, "PARTITIONSxHOSTSxDEVICES (default: "
                                         "1x1x<devices the mesh names>).", flag_values=fv),
@@ -493,6 +562,16 @@ def main(argv: list[str] | None = None) -> int:
     problem = plugin_problem(target.platform)
     if problem:
       raise ConfigError("--target", f"{target.name}: {problem}")
+    if target.platform == "rocm":
+      from jaxbench import rocm_aot
+      problem = rocm_aot.arch_problem(rocm_aot.gcn_arch(target.text)[0])
+      if problem:
+        raise ConfigError("--target", f"{target.path}: {problem}")
+      if not rocm_aot.in_child():
+        # The ROCm plugin loads (with stand-ins, where ROCm is not installed) only in a child.
+        r = rocm_aot.compile_in_child(argv, target.path, warn)
+        return _finish(r, extra)
+      rocm_aot.start_deviceless()
     if extra["dump"]:
       # XLA writes its own dumps (per-pass HLO, PTX) when its backend compiles; read once.
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to="
@@ -502,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"jaxbench compile: bad input: {e}", file=sys.stderr)
     return 2
+  return _finish(r, extra)
+
+
+def _finish(r: dict, extra: dict) -> int:
   if extra["report"]:
     from jaxbench import rundir
     rundir.write_json(extra["report"], r)
