@@ -75,6 +75,7 @@ class Target:
   memory_bytes: int | None
   bandwidth_bytes_per_s: float | None
   dropped_fields: tuple[str, ...] = ()
+  arch: str = ""  # what the compiler builds for: sm_90a, gfx942, ...
 
 
 def _field(text: str, name: str) -> str | None:
@@ -150,7 +151,23 @@ def read_target(target: str) -> Target:
   memory, bandwidth = _numbers(text, path, "device_memory_size", "memory_bandwidth")
   device_name = (_field(text, "device_description_str") or _field(text, "name") or name)
   return Target(name=name, path=path, text=text, platform=platform, device_name=device_name,
-                memory_bytes=int(memory) if memory else None, bandwidth_bytes_per_s=bandwidth)
+                memory_bytes=int(memory) if memory else None, bandwidth_bytes_per_s=bandwidth,
+                arch=_arch(text))
+
+
+def _arch(text: str) -> str:
+  """sm_90a / sm_80 from a CUDA description's compute capability, gfx942 from a ROCm one's."""
+  rocm = re.search(r'gcn_arch_name\s*:\s*"([^":]*)', text)
+  if rocm:
+    return rocm.group(1)
+  cc = re.search(r"cuda_compute_capability\s*{([^}]*)}", text)
+  if not cc:
+    return "?"
+  major = re.search(r"major\s*:\s*(\d+)", cc.group(1))
+  minor = re.search(r"minor\s*:\s*(\d+)", cc.group(1))
+  accelerated = "ACCELERATED" in cc.group(1)
+  return f"sm_{major.group(1) if major else '?'}{minor.group(1) if minor else 0}" + (
+      "a" if accelerated else "")
 
 
 @contextlib.contextmanager
@@ -393,7 +410,8 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
                f"not {objects['requested']}")
   report = {
       "target": {"name": target.name, "path": target.path, "device": device_kind,
-                 "platform": target.platform, "memory_bytes": target.memory_bytes,
+                 "platform": target.platform, "arch": target.arch,
+                 "memory_bytes": target.memory_bytes,
                  "bandwidth_bytes_per_s": target.bandwidth_bytes_per_s,
                  "dropped_fields": list(target.dropped_fields)},
       "topology": topology_name, "n_devices": len(devices),
@@ -516,6 +534,103 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
+_KERNEL_GROUPS = (("Triton GEMM fusion", "Triton GEMM"), ("Triton fusion", "Triton"),
+                  ("vendor BLAS GEMM", "library GEMM"), ("cuDNN attention", "cuDNN attention"),
+                  ("custom call", "custom call"), ("fusion", "other fusion"))
+
+
+def kernel_summary(kernels: dict) -> str:
+  """kernel_report's kinds in a few words: "Triton GEMM 26, cuDNN attention 3, ..."."""
+  groups: dict[str, int] = {}
+  for kind, n in kernels.items():
+    label = next((short for prefix, short in _KERNEL_GROUPS if kind.startswith(prefix)), kind)
+    groups[label] = groups.get(label, 0) + n
+  return ", ".join(f"{k} {v}" for k, v in groups.items()) or "none"
+
+
+def _verdict(m: dict) -> str:
+  if m.get("fits") is None:
+    return "?"
+  if not m["fits"]:
+    return f"NO: short {m['short_by_bytes'] / GIB:.1f} GiB"
+  return "TIGHT" if m.get("fits_with_next_step") is False else "FITS"
+
+
+def format_table(reports: list[dict]) -> str:
+  """Several targets' reports of the same step as one table, then what sets the rows apart."""
+  from jaxbench import model
+  r0 = reports[0]
+  c = r0["config"]
+  mesh = " x ".join(f"{k}={v}" for k, v in c["mesh"].items())
+  lines = [f"jaxbench compile: {c['family']}:{c['preset']} ({r0['n_params'] / 1e6:,.1f}M params) "
+           f"{c['dtype']}, batch {c['batch_size']} x {c['seq_len']} in {c['microbatches']} "
+           f"microbatch(es), remat {c['remat']}, scan {c['scan_layers']}; mesh {mesh}, topology "
+           f"{r0['topology']} ({r0['n_devices']} devices); jax {r0['jax']}; nothing run", ""]
+  head = (f"{'target':<9} {'device':<26} {'code':<7} {'attention':<9} {'compile':>8} "
+          f"{'memory/device':>13} {'pool':>10}  {'fits':<18} {'step >=':>10} {'MFU <=':>7}")
+  lines += [head, "-" * len(head)]
+  for r in reports:
+    t = r["target"]
+    row = (f"{t['name']:<9} {t['device'][:26]:<26} {t.get('arch', '?'):<7} "
+           f"{r['attention']['implementation']:<9} {r['lower_s'] + r['compile_s']:>7.1f}s ")
+    if not r["compiled"]:
+      lines.append(row + f"did NOT compile: {r['error'].splitlines()[0][:90]}")
+      continue
+    m, rf = r["memory"], r["roofline"]
+    bound = rf["step_time_lower_bound_s"]
+    mfu = rf["mfu_upper_bound"]
+    lines.append(row + f"{m['total_bytes'] / GIB:>9.2f} GiB {_gib(m['pool_bytes']):>10}  "
+                 f"{_verdict(m):<18} "
+                 + (f"{bound * 1e3:>7.2f} ms {mfu:>7.1%}" if bound and mfu is not None
+                    else f"{'?':>10} {'?':>7}"))
+  lines.append("")
+  width = max(len(r["target"]["name"]) for r in reports)
+  lines.append("kernels:")
+  lines += [f"  {r['target']['name']:<{width}}  {kernel_summary(r['kernels'])}"
+            for r in reports if r["compiled"]]
+  lines.append("collectives (count, MiB per device):")
+  for r in reports:
+    if r["compiled"]:
+      found = ", ".join(f"{k} {v['count']} ({v['bytes'] / 2**20:,.0f})"
+                        for k, v in r["collectives"].items() if v["count"]) or "none"
+      lines.append(f"  {r['target']['name']:<{width}}  {found}")
+  notes = []
+  implementations = {r["attention"]["implementation"] for r in reports}
+  for r in reports:
+    a, name = r["attention"], r["target"]["name"]
+    if len(implementations) > 1:
+      blocks = model.attention_blocks_text(a)
+      reason = a["reason"]
+      if r["target"]["platform"] == "rocm" and "needs an NVIDIA GPU" in reason:
+        reason = "cuDNN's fused kernel is NVIDIA-only: XLA's attention, its scores materialized"
+      notes.append(f"{name}: attention {a['implementation']} ({reason})"
+                   + (f"; {blocks}" if blocks else ""))
+    if r.get("rocm"):
+      rocm = r["rocm"]
+      objects = rocm.get("code_objects") or {}
+      notes.append(f"{name}: ROCm plugin {rocm.get('plugin', {}).get('jax-rocm7-plugin')}, "
+                   f"{rocm.get('libraries')}; "
+                   + (f"{objects['count']} code objects for {objects['requested']}, checked"
+                      if objects.get("ok") else "code objects NOT checked"))
+      if rocm.get("unexpected_standin_calls"):
+        notes.append(f"{name}: the compile called into stand-ins: "
+                     f"{', '.join(rocm['unexpected_standin_calls'])} (results may be wrong)")
+    if r["target"].get("dropped_fields"):
+      notes.append(f"{name}: description fields this XLA does not know, dropped: "
+                   f"{', '.join(r['target']['dropped_fields'])}")
+    if r["compiled"] and r["peak"].get("tflops") is None:
+      notes.append(f"{name}: no peak for the roofline: {r['peak']['detail']}")
+  notes.append("every row is compiled without its GPU, so without autotuning: kernel choices and "
+               "temporaries can differ from a compile on the card (for an H200 the memory was "
+               "within 0.7%: benchmarks/RESULTS.md)")
+  notes.append("pool: JAX's allocator's share of the device (XLA_PYTHON_CLIENT_MEM_FRACTION, "
+               "default 75%); TIGHT: fits once, not with the next step's temporaries beside it; "
+               "step >=: roofline lower bound per device, MFU <= the MFU it allows")
+  lines.append("notes:")
+  lines += [f"  {n}" for n in notes]
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if cli.asks_for_help(argv):
@@ -554,42 +669,76 @@ def main(argv: list[str] | None = None) -> int:
     c, extra = config_lib.parse_flags(argv, define)
     if extra["describe_local"] is not None:
       return _describe_local(extra["describe_local"] or None, extra["device_index"])
-    target = read_target(extra["target"])
+    targets = [read_target(name) for name in target_names(extra["target"])]
     topology_name = extra["topology"] or default_topology(c)
     if not re.fullmatch(r"\d+x\d+x\d+", topology_name):
       raise ConfigError("--topology", f"{topology_name!r}: expected PARTITIONSxHOSTSxDEVICES, "
                                       "e.g. 1x1x8 or 1x2x4")
-    problem = plugin_problem(target.platform)
-    if problem:
-      raise ConfigError("--target", f"{target.name}: {problem}")
-    if target.platform == "rocm":
-      from jaxbench import rocm_aot
-      problem = rocm_aot.arch_problem(rocm_aot.gcn_arch(target.text)[0])
-      if problem:
-        raise ConfigError("--target", f"{target.path}: {problem}")
-      if not rocm_aot.in_child():
-        # The ROCm plugin loads (with stand-ins, where ROCm is not installed) only in a child.
-        r = rocm_aot.compile_in_child(argv, target.path, warn)
-        return _finish(r, extra)
-      rocm_aot.start_deviceless()
+    for target in targets:  # every target checked before anything compiles
+      check_target(target)
     if extra["dump"]:
       # XLA writes its own dumps (per-pass HLO, PTX) when its backend compiles; read once.
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to="
                                  f"{os.path.abspath(extra['dump'])}").strip()
     _compile_only_environment()
-    r = compile_report(c, target, topology_name, extra["dump"], warn)
+    reports = []
+    for target in targets:
+      dump = extra["dump"] and (os.path.join(extra["dump"], target.name) if len(targets) > 1
+                                else extra["dump"])
+      reports.append(compile_for(c, argv, target, topology_name, dump, warn))
   except ConfigError as e:
     print(f"jaxbench compile: bad input: {e}", file=sys.stderr)
     return 2
-  return _finish(r, extra)
+  return _finish(reports, extra)
 
 
-def _finish(r: dict, extra: dict) -> int:
+def target_names(value: str) -> list[str]:
+  """--target: one name or path, or several separated by commas (one table)."""
+  names = [t.strip() for t in value.split(",") if t.strip()]
+  if not names:
+    raise ConfigError("--target", f"no target in {value!r}; shipped: {', '.join(TARGETS)}")
+  if len({n.lower() for n in names}) < len(names):
+    raise ConfigError("--target", f"{value!r} names a target twice")
+  return names
+
+
+def check_target(target: Target) -> None:
+  """ConfigError when this environment cannot compile for `target`."""
+  problem = plugin_problem(target.platform)
+  if problem:
+    raise ConfigError("--target", f"{target.name}: {problem}")
+  if target.platform == "rocm":
+    from jaxbench import rocm_aot
+    problem = rocm_aot.arch_problem(rocm_aot.gcn_arch(target.text)[0])
+    if problem:
+      raise ConfigError("--target", f"{target.path}: {problem}")
+
+
+def compile_for(c, argv: list[str], target: Target, topology_name: str, dump: str | None,
+                warn) -> dict:
+  """compile_report for `target`: here for NVIDIA targets, in a child process for AMD ones (the
+  ROCm plugin loads there, with stand-ins where ROCm is not installed; rocm_aot)."""
+  if target.platform == "rocm":
+    from jaxbench import rocm_aot
+    if not rocm_aot.in_child():
+      report = rocm_aot.compile_in_child(argv, target.path, warn, dump=dump)
+      report["target"]["name"] = target.name  # the child knows the file, not the name asked for
+      return report
+    rocm_aot.start_deviceless()
+  return compile_report(c, target, topology_name, dump, warn)
+
+
+def _finish(reports: list[dict], extra: dict) -> int:
+  """One target: its report; several: one table (JSON: {"targets": [report, ...]})."""
+  out = reports[0] if len(reports) == 1 else {"targets": reports}
   if extra["report"]:
     from jaxbench import rundir
-    rundir.write_json(extra["report"], r)
-  print(json.dumps(r, indent=2) if extra["json"] else format_report(r))
-  return 0 if r["compiled"] else 1
+    rundir.write_json(extra["report"], out)
+  if extra["json"]:
+    print(json.dumps(out, indent=2))
+  else:
+    print(format_report(reports[0]) if len(reports) == 1 else format_table(reports))
+  return 0 if all(r["compiled"] for r in reports) else 1
 
 
 def _describe_local(path: str | None, index: int) -> int:

@@ -585,7 +585,8 @@ def standin_calls(path: str | None) -> dict[str, int]:
   return dict(sorted(calls.items()))
 
 
-def compile_in_child(argv: list[str], target_path: str, warn, timeout_s: float | None = None) -> dict:
+def compile_in_child(argv: list[str], target_path: str, warn, dump: str | None = None,
+                     timeout_s: float | None = None) -> dict:
   """`jaxbench compile` for one AMD target in a child process that may load the stand-ins; returns
   its report with the libraries it loaded. The child's bad input is this process's (ConfigError)."""
   libs = prepare(warn)
@@ -593,7 +594,7 @@ def compile_in_child(argv: list[str], target_path: str, warn, timeout_s: float |
   try:
     report_path = os.path.join(folder, "report.json")
     cmd = [sys.executable, "-m", "jaxbench.compile", *child_argv(argv), f"--target={target_path}",
-           f"--report={report_path}"]
+           f"--report={report_path}"] + ([f"--dump={os.path.abspath(dump)}"] if dump else [])
     proc = subprocess.run(cmd, env=child_env(libs, folder), capture_output=True, text=True,
                           timeout=timeout_s)
     for line in proc.stderr.splitlines():
@@ -620,7 +621,7 @@ def compile_in_child(argv: list[str], target_path: str, warn, timeout_s: float |
 
 
 # Flags of `jaxbench compile` that the parent decides for each child.
-_PARENT_FLAGS = ("target", "report", "json", "nojson", "describe_local", "device_index")
+_PARENT_FLAGS = ("target", "report", "dump", "json", "nojson")
 
 
 def child_argv(argv: list[str]) -> list[str]:
@@ -631,9 +632,9 @@ def child_argv(argv: list[str]) -> list[str]:
     if skip:
       skip = False
       continue
-    name = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
-    if arg.startswith("--") and name in _PARENT_FLAGS:
-      skip = "=" not in arg and name not in ("json", "nojson") and name != "describe_local"
+    name = arg.lstrip("-").split("=", 1)[0]
+    if arg.startswith("-") and name in _PARENT_FLAGS:
+      skip = "=" not in arg and name not in ("json", "nojson")
       continue
     out.append(arg)
   return out

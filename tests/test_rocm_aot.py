@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_env
+from conftest import cli_env, read_json
 from jaxbench import compile as compile_lib
 from jaxbench import config as config_lib
 from jaxbench import rocm_aot
@@ -44,12 +44,15 @@ def reports(tmp_path_factory):
   fsdp = ["--config=configs/mpt.py:tiny", "--config.mesh.data=1", "--config.mesh.fsdp=2",
           "--topology=1x1x2"]
   out = {}
-  for name, args in (("mi300x_fsdp2", [*fsdp, "--target=mi300x"]),
-                     ("mi250x", ["--config=configs/mpt.py:tiny", "--target=mi250x"])):
-    proc = _compile(tmp, *args, "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out[name] = json.loads(proc.stdout)
-    out[name + "_stderr"] = proc.stderr
+  proc = _compile(tmp, *fsdp, "--target=mi300x", "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out["mi300x_fsdp2"] = json.loads(proc.stdout)
+  # Two vendors in one command, one table (its JSON: --report).
+  proc = _compile(tmp, "--config=configs/mpt.py:tiny", "--config.dtype=bfloat16",
+                  "--target=mi250x,a100-40", f"--report={tmp / 'table.json'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out["table_text"] = proc.stdout
+  out["mi250x"], out["a100_40"] = read_json(tmp / "table.json")["targets"]
   if HAVE_CUDA_AOT:
     c, _ = config_lib.parse_flags(["test", *fsdp[:-1]])
     out["h100_fsdp2"] = compile_lib.compile_report(c, compile_lib.read_target("h100"), "1x1x2",
@@ -100,10 +103,36 @@ def test_an_mi250x_gcd_compiles_for_gfx90a_against_its_own_peak(reports):
   assert r["compiled"], r.get("error")
   assert r["rocm"]["code_objects"]["ok"]
   assert set(r["rocm"]["code_objects"]["found"]) == {"gfx90a:sramecc+:xnack-"}
-  assert r["target"]["device"] == "AMD Instinct MI250X/MI250"
+  assert r["target"]["device"] == "AMD Instinct MI250X/MI250" and r["target"]["name"] == "mi250x"
   # One GCD: 64 GB HBM2e, its 110 compute units tell it from an MI250's, half the card's peak.
   assert r["target"]["memory_bytes"] == 68702699520
-  assert r["peak"]["tflops"] == 47.85 and "110 compute units" in r["peak"]["detail"]
+  assert r["peak"]["tflops"] == 191.5 and "110 compute units" in r["peak"]["detail"]
+  assert r["attention"]["implementation"] == "xla"  # cuDNN is NVIDIA-only
+
+
+@needs_rocm
+def test_several_targets_make_one_table_across_vendors(reports):
+  amd, nvidia = reports["mi250x"], reports["a100_40"]
+  assert nvidia["compiled"] and nvidia["target"]["device"] == "NVIDIA A100-SXM4-40GB"
+  assert nvidia["target"]["arch"] == "sm_80" and amd["target"]["arch"] == "gfx90a"
+  assert nvidia["memory"]["pool_bytes"] == int(42505273344 * 0.75)
+  rows = {line.split()[0]: line for line in reports["table_text"].splitlines()
+          if line.startswith(("mi250x ", "a100-40 "))}  # the table's rows, not the details
+  assert "gfx90a" in rows["mi250x"] and "xla" in rows["mi250x"] and "FITS" in rows["mi250x"]
+  assert "sm_80" in rows["a100-40"] and "FITS" in rows["a100-40"]
+  text = reports["table_text"]
+  # What sets the rows apart is said: the attention each ran, the code objects, no autotuning.
+  if nvidia["attention"]["implementation"] == "cudnn":
+    assert "mi250x: attention xla (cuDNN's fused kernel is NVIDIA-only" in text
+    assert "cuDNN attention" in text
+  assert "code objects for gfx90a:sramecc+:xnack-, checked" in text and "autotuning" in text
+
+
+def test_a_bad_target_among_several_stops_before_anything_compiles(tmp_path):
+  proc = _compile(tmp_path, "--config=configs/mpt.py:nano", "--target=h100,b200")
+  _one_line(proc, "'b200' is neither a shipped target")
+  proc = _compile(tmp_path, "--config=configs/mpt.py:nano", "--target=h100,H100")
+  _one_line(proc, "names a target twice")
 
 
 @needs_rocm
