@@ -567,7 +567,7 @@ def format_table(reports: list[dict]) -> str:
            f"microbatch(es), remat {c['remat']}, scan {c['scan_layers']}; mesh {mesh}, topology "
            f"{r0['topology']} ({r0['n_devices']} devices); jax {r0['jax']}; nothing run", ""]
   head = (f"{'target':<9} {'device':<26} {'code':<7} {'attention':<9} {'compile':>8} "
-          f"{'memory/device':>13} {'pool':>10}  {'fits':<18} {'step >=':>10} {'MFU <=':>7}")
+          f"{'memory/device':>13} {'pool':>10}  {'fits':<18} {'step >=':>10}  bound")
   lines += [head, "-" * len(head)]
   for r in reports:
     t = r["target"]
@@ -578,11 +578,12 @@ def format_table(reports: list[dict]) -> str:
       continue
     m, rf = r["memory"], r["roofline"]
     bound = rf["step_time_lower_bound_s"]
-    mfu = rf["mfu_upper_bound"]
+    by = rf["bound_by"] or "?"
+    if by == "memory" and rf["mfu_upper_bound"] is not None:
+      by += f", MFU <= {rf['mfu_upper_bound']:.0%}"
     lines.append(row + f"{m['total_bytes'] / GIB:>9.2f} GiB {_gib(m['pool_bytes']):>10}  "
-                 f"{_verdict(m):<18} "
-                 + (f"{bound * 1e3:>7.2f} ms {mfu:>7.1%}" if bound and mfu is not None
-                    else f"{'?':>10} {'?':>7}"))
+                 f"{_verdict(m):<18} " + (f"{bound * 1e3:>7.1f} ms  {by}" if bound else
+                                          f"{'?':>10}  (no peak)"))
   lines.append("")
   width = max(len(r["target"]["name"]) for r in reports)
   lines.append("kernels:")
@@ -625,7 +626,8 @@ def format_table(reports: list[dict]) -> str:
                "within 0.7%: benchmarks/RESULTS.md)")
   notes.append("pool: JAX's allocator's share of the device (XLA_PYTHON_CLIENT_MEM_FRACTION, "
                "default 75%); TIGHT: fits once, not with the next step's temporaries beside it; "
-               "step >=: roofline lower bound per device, MFU <= the MFU it allows")
+               "step >=: roofline lower bound per device (compute: model FLOPs at the datasheet "
+               "peak; memory: bytes at the bandwidth, and the MFU that leaves)")
   lines.append("notes:")
   lines += [f"  {n}" for n in notes]
   return "\n".join(lines)

@@ -272,3 +272,23 @@ def test_shipped_amd_targets_state_their_facts():
     assert rocm_aot.gcn_arch(t.text) == ("gfx90a", {"sramecc": "+", "xnack": "-"})
   a100_40 = compile_lib.read_target("a100-40")
   assert a100_40.device_name == "NVIDIA A100-SXM4-40GB" and a100_40.memory_bytes == 42505273344
+
+
+@needs_rocm
+def test_a_compile_only_sweep_finds_the_largest_batch_for_an_mi250x_gcd(tmp_path):
+  """`jaxbench sweep --compile_only=mi250x --max_batch`: every probe is the step compiled for one
+  MI250X GCD by the ROCm compiler (two here: 1x and 2x of batch 4, the limit)."""
+  path = tmp_path / "aot.py"
+  path.write_text('def get_sweep():\n  return {"base": "configs/mpt.py:nano", "axes": '
+                  '{"batch_size": [4]}, "max_batch": {"limit": 2}}\n')
+  env = cli_env(tmp_path, JAXBENCH_CACHE_DIR=CACHE.setdefault("dir", str(tmp_path / "cache")))
+  proc = subprocess.run([sys.executable, "-m", "jaxbench", "sweep", f"--sweep={path}",
+                         f"--out={tmp_path / 'out'}", "--compile_only=mi250x", "--max_batch"],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  (result,) = [json.loads(line) for line in open(tmp_path / "out" / "results.jsonl")]
+  assert result["status"] == "ok", result
+  assert result["compile_only"]["target"] == "mi250x" and result["backend"] == "rocm"
+  assert result["device_kind"] == "AMD Instinct MI250X/MI250" and result["fits"] is True
+  assert result["max_batch"]["batch_size"] == 8
+  assert "nothing ran" in result["peak_memory_source"]
