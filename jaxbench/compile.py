@@ -1,7 +1,8 @@
 """`jaxbench compile`: the full train step compiled for a GPU that is not here.
 
   jaxbench compile [--config=...] [--config.KEY=VALUE ...] [--topology=PxHxD] [--dump=DIR]
-                   --target=h100|a100|a100-40|mi300x|mi250x|mi250|PATH.txtpb [--json] [--report=PATH]
+                   --target=h100|a100|a100-40|mi300x|mi250x|mi250|PATH.txtpb[,...] [--json]
+                   [--report=PATH]
   jaxbench compile --describe_local[=PATH] [--device_index=0]
 
 XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
@@ -120,7 +121,8 @@ def description_problem(text: str) -> str | None:
   if cores is None or (cores.isdigit() and int(cores) == 0):
     return "gpu_device_info needs core_count (the SMs or compute units), > 0"
   if not re.search(r"(cuda|rocm)_compute_capability\s*{", text):
-    return "gpu_device_info needs cuda_compute_capability { ... } or rocm_compute_capability { ... }"
+    return ("gpu_device_info needs cuda_compute_capability { ... } or "
+            "rocm_compute_capability { ... }")
   return None
 
 
@@ -472,8 +474,8 @@ def rocm_lines(rocm: dict) -> list[str]:
   lines = [f"  ROCm plugin {plugin} with {libraries}{called}"]
   objects = rocm.get("code_objects") or {}
   if objects.get("ok"):
-    lines.append(f"  code objects: {objects['count']} for {objects['requested']} (ELF headers checked); "
-                 "no autotuning without the GPU: kernel choices and temporaries can differ from a "
+    lines.append(f"  code objects: {objects['count']} for {objects['requested']} (ELF headers "
+                 "checked); no autotuning without the GPU: kernel choices and temporaries can differ from a "
                  "compile on the card")
   return lines
 

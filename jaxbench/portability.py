@@ -235,10 +235,11 @@ def format_table(r: dict) -> str:
     if compiled and compiled["compiled"]:
       found = ", ".join(f"{k} x{v['count']}" for k, v in compiled["collectives"].items()
                         if v["count"]) or "no collectives"
+      memory = compiled["memory_per_device_bytes"] / 2**30
       lines.append(f"{'':<9} compiled for {compiled['device']} ({compiled['arch']}) in "
                    f"{compiled['seconds']:.1f}s: {compiled['code_objects']} code objects for "
-                   f"{compiled['code_object_target']} (checked), {compiled['memory_per_device_bytes'] / 2**30:.2f} "
-                   f"GiB per device, {found}; kernels: {compiled['kernels']}")
+                   f"{compiled['code_object_target']} (checked), {memory:.2f} GiB per device, "
+                   f"{found}; kernels: {compiled['kernels']}")
     elif compiled:
       lines.append(f"{'':<9} did NOT compile for {compiled['device']} ({compiled['arch']}): "
                    f"{compiled['error']}")

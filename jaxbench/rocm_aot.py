@@ -37,6 +37,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -118,8 +119,10 @@ def plugin_binaries() -> list[str]:
 
 
 def _tool(name: str, env_var: str | None = None) -> str | None:
+  """The path of `name` (or of the program $env_var names, e.g. CC="gcc -m64"), None if absent."""
   command = (os.environ.get(env_var) if env_var else None) or name
-  return shutil.which(command)
+  words = shlex.split(command)
+  return shutil.which(words[0]) if words else None
 
 
 def _run(args: list[str], env: dict | None = None) -> str:
@@ -128,7 +131,8 @@ def _run(args: list[str], env: dict | None = None) -> str:
 
 def needed(binary: str) -> list[str]:
   """The sonames `binary` names as NEEDED, in order."""
-  return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", _run(["readelf", "-d", "-W", binary]))
+  dynamic = _run(["readelf", "-d", "-W", binary])
+  return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic)
 
 
 def resolve(binary: str, env: dict | None = None) -> dict[str, str | None]:
@@ -181,8 +185,9 @@ def defined_symbols(readelf_syms: str) -> set[str]:
 
 # Where the ELF does not say which library an unversioned symbol comes from: by name, as the ROCm
 # libraries name their APIs. The loader does not care which stand-in defines it, only the reader.
-_PREFIXES = (("rocprofiler_", "librocprofiler-sdk"), ("nccl", "librccl"), ("hipblasLt", "libhipblaslt"),
-             ("_ZN13hipblaslt_ext", "libhipblaslt"), ("_ZNK13hipblaslt_ext", "libhipblaslt"),
+_PREFIXES = (("rocprofiler_", "librocprofiler-sdk"), ("nccl", "librccl"),
+             ("hipblasLt", "libhipblaslt"), ("_ZN13hipblaslt_ext", "libhipblaslt"),
+             ("_ZNK13hipblaslt_ext", "libhipblaslt"),
              ("hipfft", "libhipfft"), ("hipsolver", "libhipsolver"), ("hipsparse", "libhipsparse"),
              ("hipblas", "libhipblas"), ("rocsolver", "librocsolver"), ("rocblas", "librocblas"),
              ("rsmi_", "librocm_smi64"), ("amdsmi_", "libamd_smi"), ("miopen", "libMIOpen"),
@@ -207,7 +212,7 @@ class Requirements:
   real: dict[str, str]  # soname -> path of the libraries that resolved (ROCm's own, where any)
 
 
-def requirements(binaries: list[str], provided: set[str] | None = None) -> Requirements:
+def requirements(binaries: list[str]) -> Requirements:
   """For every library one of `binaries` needs and the loader cannot find, the symbols it must
   define. Unversioned symbols that a library that is here defines (libstdc++'s typeinfo), or this
   interpreter does (an extension module's Py* calls), are not stood in for: a stand-in earlier in
@@ -226,7 +231,7 @@ def requirements(binaries: list[str], provided: set[str] | None = None) -> Requi
     if not missing:
       continue
     files = version_files(_run(["readelf", "-V", "-W", binary]))
-    here = set(provided or ())
+    here: set[str] = set()
     for soname in direct:
       path = resolved.get(soname)
       if path:
@@ -310,8 +315,9 @@ def toolchain_problem() -> str | None:
                                    ("readelf and ldd", _tool("readelf") and _tool("ldd")))
              if not ok]
   if missing:
-    return (f"building the ROCm plugin's link-only stand-in libraries needs {' and '.join(missing)}, "
-            "not found: install gcc and binutils (e.g. apt-get install gcc binutils), or ROCm itself")
+    return (f"building the ROCm plugin's link-only stand-in libraries needs "
+            f"{' and '.join(missing)}, not found: install gcc and binutils (e.g. apt-get install "
+            "gcc binutils), or ROCm itself")
   return None
 
 
@@ -320,14 +326,14 @@ def build_standins(req: Requirements, folder: str) -> dict:
   every binary then resolves; returns the manifest written beside them."""
   tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(folder))
   try:
-    cc = _tool("cc", "CC")
+    cc = [_tool("cc", "CC"), *shlex.split(os.environ.get("CC") or "cc")[1:]]
     built = {}
     for soname, by_version in sorted(req.symbols.items()):
       source, script = standin_source(soname, by_version)
       c_path = os.path.join(tmp, soname + ".c")
       with open(c_path, "w") as f:
         f.write(source)
-      args = [cc, "-shared", "-fPIC", "-O1", "-o", os.path.join(tmp, soname), c_path,
+      args = [*cc, "-shared", "-fPIC", "-O1", "-o", os.path.join(tmp, soname), c_path,
               f"-Wl,-soname,{soname}"]
       if script:
         with open(os.path.join(tmp, soname + ".map"), "w") as f:
@@ -418,7 +424,8 @@ def prepare(warn=None) -> Libraries:
     raise ConfigError("--target", problem)
   binaries = plugin_binaries()
   if not binaries:
-    raise ConfigError("--target", f"the ROCm plugin's shared objects are missing: reinstall {EXTRA}")
+    raise ConfigError("--target", f"the ROCm plugin's shared objects are missing: reinstall "
+                                  f"{EXTRA}")
   if not (_tool("readelf") and _tool("ldd")):
     raise ConfigError("--target", toolchain_problem())
   first = resolve(binaries[0])
@@ -427,9 +434,9 @@ def prepare(warn=None) -> Libraries:
   if amd_gpu_visible():
     missing = sorted(s for s, p in first.items() if p is None)
     raise ConfigError("--target", "this machine has an AMD GPU but the ROCm libraries the plugin "
-                      f"links are missing ({', '.join(missing) or 'undefined symbols'}): install ROCm "
-                      "7 (https://rocm.docs.amd.com); jaxbench stands in for them only where no "
-                      "AMD GPU could be reached")
+                      f"links are missing ({', '.join(missing) or 'undefined symbols'}): install "
+                      "ROCm 7 (https://rocm.docs.amd.com); jaxbench stands in for them only where "
+                      "no AMD GPU could be reached")
   folder = os.path.join(cache_root(), _cache_key(versions, binaries))
   built_now = False
   if not os.path.isfile(os.path.join(folder, "manifest.json")):
@@ -512,8 +519,8 @@ def gcn_arch(target_text: str) -> tuple[str, dict[str, str]]:
   {'sramecc': '+', 'xnack': '-'} for "gfx90a:sramecc+:xnack-"."""
   m = re.search(r'gcn_arch_name\s*:\s*"([^"]*)"', target_text)
   if not m:
-    raise ConfigError("--target", "an AMD description needs rocm_compute_capability { gcn_arch_name: "
-                                  '"gfx..." }')
+    raise ConfigError("--target", "an AMD description needs rocm_compute_capability "
+                                  '{ gcn_arch_name: "gfx..." }')
   arch, *features = m.group(1).split(":")
   return arch, {f[:-1]: f[-1] for f in features if f[-1:] in "+-" and len(f) > 1}
 
@@ -570,8 +577,8 @@ def findings(target_text: str) -> dict:
   """In the child, after compiling: the libraries it was given and the code objects the compiler
   wrote (the calls into the stand-ins are counted as it exits: compile_in_child adds them)."""
   arch, features = gcn_arch(target_text)
-  return {**child_libraries(),
-          "code_objects": code_object_check(os.environ.get("TF_XLA_HSACO_CACHE_DIR"), arch, features)}
+  folder = os.environ.get("TF_XLA_HSACO_CACHE_DIR")
+  return {**child_libraries(), "code_objects": code_object_check(folder, arch, features)}
 
 
 def standin_calls(path: str | None) -> dict[str, int]:
@@ -596,7 +603,7 @@ def compile_in_child(argv: list[str], target_path: str, warn, dump: str | None =
     cmd = [sys.executable, "-m", "jaxbench.compile", *child_argv(argv), f"--target={target_path}",
            f"--report={report_path}"] + ([f"--dump={os.path.abspath(dump)}"] if dump else [])
     proc = subprocess.run(cmd, env=child_env(libs, folder), capture_output=True, text=True,
-                          timeout=timeout_s)
+                          timeout=timeout_s, preexec_fn=_die_with_parent)
     for line in proc.stderr.splitlines():
       if line.startswith("warning:"):
         warn(line)
@@ -618,6 +625,17 @@ def compile_in_child(argv: list[str], target_path: str, warn, dump: str | None =
     return report
   finally:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+  """In the child before exec: the kernel ends it if the parent dies (kill -9 included), so no
+  compile outlives the command that asked for it."""
+  import ctypes
+  import signal
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
 
 
 # Flags of `jaxbench compile` that the parent decides for each child.
