@@ -295,6 +295,8 @@ def kernel_report(hlo_text: str) -> dict:
       add(f"vendor BLAS GEMM ({name})")
     elif "cudnn" in low and ("fmha" in low or "attention" in low):
       add(f"cuDNN attention ({name})")
+    elif name == "__gpu$xla.gpu.triton":  # a Pallas kernel (Triton), e.g. model.attention=pallas
+      add(f"Pallas Triton kernel ({name})")
     else:
       add(f"custom call {name}")
   for kind in _FUSION_KIND.findall(hlo_text):
@@ -474,7 +476,7 @@ def rocm_lines(rocm: dict) -> list[str]:
   lines = [f"  ROCm plugin {plugin} with {libraries}{called}"]
   objects = rocm.get("code_objects") or {}
   if objects.get("ok"):
-    lines.append(f"  code objects: {objects['count']} for {objects['requested']} (ELF headers "
+    lines.append(f"  code objects: {objects['count']} for {', '.join(objects['found'])} (ELF headers "
                  "checked); no autotuning without the GPU: kernel choices and temporaries can differ from a "
                  "compile on the card")
   return lines
@@ -538,6 +540,7 @@ def format_report(r: dict) -> str:
 
 _KERNEL_GROUPS = (("Triton GEMM fusion", "Triton GEMM"), ("Triton fusion", "Triton"),
                   ("vendor BLAS GEMM", "library GEMM"), ("cuDNN attention", "cuDNN attention"),
+                  ("Pallas Triton kernel", "Pallas kernel"),
                   ("custom call", "custom call"), ("fusion", "other fusion"))
 
 
@@ -613,7 +616,8 @@ def format_table(reports: list[dict]) -> str:
       objects = rocm.get("code_objects") or {}
       notes.append(f"{name}: ROCm plugin {rocm.get('plugin', {}).get('jax-rocm7-plugin')}, "
                    f"{rocm.get('libraries')}; "
-                   + (f"{objects['count']} code objects for {objects['requested']}, checked"
+                   + (f"{objects['count']} code objects for {', '.join(objects['found'])}, "
+                      "checked"
                       if objects.get("ok") else "code objects NOT checked"))
       if rocm.get("unexpected_standin_calls"):
         notes.append(f"{name}: the compile called into stand-ins: "

@@ -165,7 +165,7 @@ def rocm_compile(argv: list[str], target: str, n_devices: int, attention: str) -
   if not r["compiled"]:
     return {**out, "error": first_line(RuntimeError(r.get("error", "")))}
   objects = r["rocm"]["code_objects"]
-  return {**out, "code_objects": objects["count"], "code_object_target": objects["requested"],
+  return {**out, "code_objects": objects["count"], "code_object_target": ", ".join(objects["found"]),
           "libraries": r["rocm"]["libraries"],
           "memory_per_device_bytes": r["memory"]["total_bytes"], "fits": r["memory"]["fits"],
           "collectives": r["collectives"], "kernels": compile_lib.kernel_summary(r["kernels"])}

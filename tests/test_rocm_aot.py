@@ -173,6 +173,10 @@ def test_code_objects_are_told_apart_by_their_elf_header(tmp_path):
   check = rocm_aot.code_object_check(str(objects), "gfx90a", {"sramecc": "+"})
   assert check["ok"] and check["found"] == {"gfx90a:sramecc+:xnack-": 1}
   assert not rocm_aot.code_object_check(str(objects), "gfx942", {})["ok"]
+  assert not rocm_aot.code_object_check(str(objects), "gfx90a", {"xnack": "+"})["ok"]
+  (objects / "c.hsaco").write_bytes(elf(224, 0x3F))  # gfx90a, features "any": runs either way
+  check = rocm_aot.code_object_check(str(objects), "gfx90a", {"sramecc": "+", "xnack": "-"})
+  assert check["ok"] and check["found"] == {"gfx90a:sramecc+:xnack-": 1, "gfx90a": 1}
   (objects / "b.o").write_bytes(elf(62, 0))  # an x86-64 object: never a ROCm compile
   assert not rocm_aot.code_object_check(str(objects), "gfx90a", {})["ok"]
   assert not rocm_aot.code_object_check(str(tmp_path / "none"), "gfx90a", {})["ok"]
