@@ -114,16 +114,20 @@ def _cudnn_would_run(c) -> bool:
           and head_dim % 8 == 0 and c.model.position != "alibi")
 
 
-def _cudnn_row(c, setup, abstract_state, abstract_batch) -> dict:
-  """The CUDA row with the cuDNN attention a GPU would run; if it cannot be lowered here (no CUDA:
-  "cuDNN is not detected"), the XLA-path row with the reason."""
+def _with_attention(c, setup, attention: str):
+  """`setup` with the model built for another attention implementation."""
   import dataclasses
 
   from jaxbench import model as model_lib
-  cudnn = model_lib.ModelConfig.from_config(c, "cudnn")
-  cudnn_setup = dataclasses.replace(setup, model_cfg=cudnn, model=model_lib.Transformer(cudnn),
-                                    attention="cudnn")
-  row = lower_for("cuda", cudnn_setup, abstract_state, abstract_batch)
+  cfg = model_lib.ModelConfig.from_config(c, attention)
+  return dataclasses.replace(setup, model_cfg=cfg, model=model_lib.Transformer(cfg),
+                             attention=attention)
+
+
+def _cudnn_row(c, setup, abstract_state, abstract_batch) -> dict:
+  """The CUDA row with the cuDNN attention a GPU would run; if it cannot be lowered here (no CUDA:
+  "cuDNN is not detected"), the XLA-path row with the reason."""
+  row = lower_for("cuda", _with_attention(c, setup, "cudnn"), abstract_state, abstract_batch)
   if row["lowered"]:
     return row
   fallback = lower_for("cuda", setup, abstract_state, abstract_batch)
@@ -192,10 +196,15 @@ def report(c, platforms) -> dict:
   for platform in platforms:
     if platform == "cuda" and setup.attention != "cudnn" and _cudnn_would_run(c):
       row = _cudnn_row(c, setup, abstract_state, abstract_batch)
+    elif platform in ("cuda", "rocm") and setup.attention == "pallas-interpret":
+      # The Pallas kernel a GPU runs (Triton), not the interpreted one this CPU runs.
+      row = lower_for(platform, _with_attention(c, setup, "pallas"), abstract_state, abstract_batch)
     else:
       row = lower_for(platform, setup, abstract_state, abstract_batch)
     if platform in ("rocm", "cpu", "tpu") and attention_requested == "cudnn":
       row["note"] = "cudnn attention is CUDA-only: lowered the XLA attention path"
+    if platform == "tpu" and attention_requested == "pallas":
+      row["note"] = "Pallas's Triton attention is for GPUs: lowered its interpreted form"
     rows.append(row)
   # The collectives exist only after SPMD partitioning: compile once, for this machine.
   try:
@@ -217,17 +226,18 @@ def report(c, platforms) -> dict:
 def format_table(r: dict) -> str:
   c = r["config"]
   mesh = " x ".join(f"{k}={v}" for k, v in c["mesh"].items())
+  w = max([10] + [len(row["attention"]) + 1 for row in r["platforms"]])  # the attention column
   lines = [f"jaxbench portability: {c['family']}:{c['preset']} {c['dtype']}, mesh {mesh} over "
            f"{r['n_devices']} {r['local_platform']} device(s), jax {r['jax']}", "",
-           f"{'platform':<9} {'lowered':<8} {'attention':<10} {'module KiB':>10} {'shardings':>9}  "
+           f"{'platform':<9} {'lowered':<8} {'attention':<{w}} {'module KiB':>10} {'shardings':>9}  "
            "custom calls / error"]
   for row in r["platforms"]:
     if row["lowered"]:
       calls = ", ".join(f"{k} x{v}" for k, v in row["custom_calls"].items()) or "none (pure XLA)"
-      lines.append(f"{row['platform']:<9} {'yes':<8} {row['attention']:<10} "
+      lines.append(f"{row['platform']:<9} {'yes':<8} {row['attention']:<{w}} "
                    f"{row['module_bytes'] / 1024:>10.0f} {row['sharding_annotations']:>9}  {calls}")
     else:
-      lines.append(f"{row['platform']:<9} {'NO':<8} {row['attention']:<10} {'':>10} {'':>9}  "
+      lines.append(f"{row['platform']:<9} {'NO':<8} {row['attention']:<{w}} {'':>10} {'':>9}  "
                    f"{row['error']}")
     if row.get("note"):
       lines.append(f"{'':<9} note: {row['note']}")

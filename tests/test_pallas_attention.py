@@ -67,3 +67,16 @@ def test_the_step_with_pallas_attention_compiles_for_both_vendors(tmp_path):
     assert r["collectives"] == reports[0]["collectives"]
   for r in reports[1:]:
     assert r["rocm"]["code_objects"]["ok"]
+
+
+def test_portability_lowers_the_gpu_kernel_for_cuda_and_rocm(tmp_path):
+  """On this CPU the step runs Pallas's interpreter; the CUDA and ROCm rows lower the Triton kernel
+  a GPU runs (and say that jax.export gives its custom call no compatibility guarantee)."""
+  from conftest import run_cli
+  proc = run_cli(["portability", "--config=configs/mpt.py:nano", "--config.model.attention=pallas",
+                  "--platforms=cpu,cuda,rocm", "--rocm_target=none", "--json=r.json"], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  cpu, cuda, rocm = json.loads((tmp_path / "r.json").read_text())["platforms"]
+  assert cpu["attention"] == "pallas-interpret" and cpu["custom_calls"] == {}
+  for row in (cuda, rocm):
+    assert row["attention"] == "pallas" and row["custom_calls"] == {"__gpu$xla.gpu.triton": 3}
