@@ -206,11 +206,7 @@ def _library_for(symbol: str, candidates: list[str]) -> str:
   return candidates[0]
 
 
-@dataclasses.dataclass
-class Requirements:
-  """What the plugin needs from libraries that are not here: {soname: {version or None: names}}."""
-  symbols: dict[str, dict[str | None, set[str]]]
-  real: dict[str, str]  # soname -> path of the libraries that resolved (ROCm's own, where any)
+Requirements = dict[str, dict[str | None, set[str]]]  # {soname: {symbol version or None: names}}
 
 
 def requirements(binaries: list[str]) -> Requirements:
@@ -222,13 +218,11 @@ def requirements(binaries: list[str]) -> Requirements:
   interpreter = ctypes.CDLL(None)
   symbols: dict[str, dict[str | None, set[str]]] = collections.defaultdict(
       lambda: collections.defaultdict(set))
-  real: dict[str, str] = {}
   defined_cache: dict[str, set[str]] = {}
   for binary in binaries:
     resolved = resolve(binary)
     direct = needed(binary)
     missing = [s for s, p in resolved.items() if p is None]  # what ldd says it cannot find
-    real.update({s: p for s, p in resolved.items() if p and s in direct})
     if not missing:
       continue
     files = version_files(_run(["readelf", "-V", "-W", binary]))
@@ -254,8 +248,7 @@ def requirements(binaries: list[str]) -> Requirements:
     versioned = set().union(*(names for v, names in by_version.items() if v))
     if None in by_version:
       by_version[None] -= versioned
-  return Requirements(symbols={s: dict(v) for s, v in symbols.items()},
-                      real={s: p for s, p in real.items() if s not in symbols})
+  return {s: dict(v) for s, v in symbols.items()}
 
 
 def standin_source(soname: str, by_version: dict[str | None, set[str]]) -> tuple[str, str | None]:
@@ -329,7 +322,7 @@ def build_standins(req: Requirements, folder: str) -> dict:
   try:
     cc = [_tool("cc", "CC"), *shlex.split(os.environ.get("CC") or "cc")[1:]]
     built = {}
-    for soname, by_version in sorted(req.symbols.items()):
+    for soname, by_version in sorted(req.items()):
       source, script = standin_source(soname, by_version)
       c_path = os.path.join(tmp, soname + ".c")
       with open(c_path, "w") as f:
