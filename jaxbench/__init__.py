@@ -33,12 +33,27 @@ def _gpu_plugins_without_gpus() -> str | None:
   return ",".join(idle) or None
 
 
+def _quiet_idle_rocm_plugin() -> None:
+  """The ROCm plugin's initialize() raises "No AMD GPUs were found" on a machine without one (the
+  `rocm-aot` extra on a laptop), whatever JAX_PLATFORMS says, and JAX logs it with its traceback at
+  every start. That one record is dropped; any other plugin error is still logged."""
+  import logging
+
+  def keep(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (record.args and record.args[0] == "jax_plugins.xla_rocm7"
+                and "No AMD GPUs were found" in str(error))
+
+  logging.getLogger("jax._src.xla_bridge").addFilter(keep)
+
+
 # Set before any JAX backend starts (importing jaxbench comes first in every jaxbench command);
 # a user's own JAX_PLATFORMS always wins. Recorded in run.json with the rest of the JAX_ env.
-if "JAX_PLATFORMS" not in os.environ:
-  _idle = _gpu_plugins_without_gpus()
-  if _idle:
-    _tpu = importlib.util.find_spec("libtpu") is not None
-    os.environ["JAX_PLATFORMS"] = "tpu,cpu" if _tpu else "cpu"
-    os.environ["JAXBENCH_PLATFORMS_NOTE"] = (f"JAX_PLATFORMS set by jaxbench: the {_idle} plugin is "
-                                             "installed but this machine has no such GPU")
+_idle = _gpu_plugins_without_gpus()
+if _idle and "rocm" in _idle.split(","):
+  _quiet_idle_rocm_plugin()
+if _idle and "JAX_PLATFORMS" not in os.environ:
+  _tpu = importlib.util.find_spec("libtpu") is not None
+  os.environ["JAX_PLATFORMS"] = "tpu,cpu" if _tpu else "cpu"
+  os.environ["JAXBENCH_PLATFORMS_NOTE"] = (f"JAX_PLATFORMS set by jaxbench: the {_idle} plugin is "
+                                           "installed but this machine has no such GPU")

@@ -1,13 +1,15 @@
 """`jaxbench compile`: the full train step compiled for a GPU that is not here.
 
-  jaxbench compile [--config=...] [--config.KEY=VALUE ...] --target=h100|a100|mi300x|PATH.txtpb
-                   [--topology=PxHxD] [--dump=DIR] [--json] [--report=PATH]
+  jaxbench compile [--config=...] [--config.KEY=VALUE ...] [--topology=PxHxD] [--dump=DIR]
+                   --target=h100|a100|a100-40|mi300x|mi250x|mi250|PATH.txtpb[,...] [--json]
+                   [--report=PATH]
   jaxbench compile --describe_local[=PATH] [--device_index=0]
 
 XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
 attached: the same jitted step `jaxbench train` runs (forward, backward, AdamW, accumulation, the
-configured mesh) goes through the GPU compiler, Triton and ptxas, and the report answers the first
-questions of a study before anyone rents the hardware:
+configured mesh) goes through the GPU compiler, Triton and ptxas (or, for AMD, LLVM's AMDGPU
+backend and lld), and the report answers the first questions of a study before anyone rents the
+hardware:
 
 - does it compile, and how long does that take;
 - per-device memory (arguments, outputs, temporaries, code, from XLA's buffer assignment) against
@@ -21,9 +23,12 @@ questions of a study before anyone rents the hardware:
 
 The topology is PARTITIONS x HOSTS-PER-PARTITION x DEVICES-PER-HOST (XLA's GPU topology string);
 its device count must equal the mesh's (default: one host with as many devices as the mesh needs,
-or one device). Needs the `cuda-aot` extra (the CUDA PJRT plugin, ptxas, libdevice, cuDNN); nothing
-runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler rejected
-the step, 2 on bad input.
+or one device). NVIDIA targets need the `cuda-aot` extra (the CUDA PJRT plugin, ptxas, libdevice,
+cuDNN); AMD targets the `rocm-aot` extra (the ROCm PJRT plugin) and a C compiler: the plugin runs
+in a child process, with link-only stand-ins for the ROCm libraries where ROCm is not installed,
+and its code objects are checked to be for the requested gfx architecture (jaxbench/rocm_aot.py).
+Nothing runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler
+rejected the step, 2 on bad input.
 
 `--describe_local` runs on a machine with an NVIDIA GPU instead: it writes that card's own
 description (from the CUDA driver; see jaxbench/gpu_target.py) to PATH (default: named after the
@@ -47,7 +52,9 @@ from jaxbench import plugin_installed
 from jaxbench.errors import ConfigError
 
 TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
-TARGETS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb", "mi300x": "mi300.txtpb"}
+TARGETS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb", "a100-80": "a100_sxm_80.txtpb",
+           "a100-40": "a100_sxm_40.txtpb", "mi300x": "mi300.txtpb", "mi250x": "mi250x.txtpb",
+           "mi250": "mi250.txtpb"}
 AOT_EXTRA = ("the `cuda-aot` extra: pip install -e \".[cuda-aot]\" (the CUDA PJRT plugin matching "
              "jax, plus nvidia-cuda-nvcc and nvidia-nvvm for ptxas and libdevice, and cuDNN for the "
              "fused attention)")
@@ -69,6 +76,7 @@ class Target:
   memory_bytes: int | None
   bandwidth_bytes_per_s: float | None
   dropped_fields: tuple[str, ...] = ()
+  arch: str = ""  # what the compiler builds for: sm_90a, gfx942, ...
 
 
 def _field(text: str, name: str) -> str | None:
@@ -104,18 +112,64 @@ def resolve_target_path(target: str) -> tuple[str, str]:
                                 "nor a GpuTargetConfigProto text file")
 
 
+def description_problem(text: str) -> str | None:
+  """What a description lacks that XLA needs (it crashes on some: no compute units divides by
+  zero), or None. Syntax is left to XLA's own parser, which names the line."""
+  if not re.search(r"^\s*gpu_device_info\s*{", text, re.MULTILINE):
+    return "not a GpuTargetConfigProto: no gpu_device_info { ... } block"
+  cores = _field(text, "core_count")
+  if cores is None or (cores.isdigit() and int(cores) == 0):
+    return "gpu_device_info needs core_count (the SMs or compute units), > 0"
+  if not re.search(r"(cuda|rocm)_compute_capability\s*{", text):
+    return ("gpu_device_info needs cuda_compute_capability { ... } or "
+            "rocm_compute_capability { ... }")
+  return None
+
+
+def _numbers(text: str, path: str, *names: str) -> list[float | None]:
+  out = []
+  for name in names:
+    value = _field(text, name)
+    try:
+      out.append(None if value is None else float(value))
+    except ValueError:
+      raise ConfigError("--target", f"{path}: {name}: expected a number, got {value!r}") from None
+  return out
+
+
 def read_target(target: str) -> Target:
   name, path = resolve_target_path(target)
   with open(path) as f:
     text = f.read()
-  platform = (_field(text, "platform_name") or "CUDA").lower()
+  problem = description_problem(text)
+  if problem:
+    raise ConfigError("--target", f"{path}: {problem}")
+  rocm = re.search(r"rocm_compute_capability\s*{", text) is not None
+  platform = (_field(text, "platform_name") or ("ROCM" if rocm else "CUDA")).lower()
   platform = "rocm" if platform in ("rocm", "rocm_gpu") else "cuda"
-  memory = _field(text, "device_memory_size")
-  bandwidth = _field(text, "memory_bandwidth")
+  if rocm != (platform == "rocm"):
+    raise ConfigError("--target", f"{path}: platform_name {platform.upper()} does not go with its "
+                                  f"{'rocm' if rocm else 'cuda'}_compute_capability")
+  memory, bandwidth = _numbers(text, path, "device_memory_size", "memory_bandwidth")
   device_name = (_field(text, "device_description_str") or _field(text, "name") or name)
   return Target(name=name, path=path, text=text, platform=platform, device_name=device_name,
-                memory_bytes=int(memory) if memory else None,
-                bandwidth_bytes_per_s=float(bandwidth) if bandwidth else None)
+                memory_bytes=int(memory) if memory else None, bandwidth_bytes_per_s=bandwidth,
+                arch=_arch(text))
+
+
+def _arch(text: str) -> str:
+  """sm_90a / sm_80 from a CUDA description's compute capability, gfx942 from a ROCm one's."""
+  rocm = re.search(r'gcn_arch_name\s*:\s*"([^":]*)', text)
+  if rocm:
+    return rocm.group(1)
+  cc = re.search(r"cuda_compute_capability\s*{([^}]*)}", text)
+  if not cc:
+    return "?"
+  major = re.search(r"major\s*:\s*(\d+)", cc.group(1))
+  minor = re.search(r"minor\s*:\s*(\d+)", cc.group(1))
+  accelerated = "ACCELERATED" in cc.group(1)
+  return f"sm_{major.group(1) if major else '?'}{minor.group(1) if minor else 0}" + (
+      "a" if accelerated else "")
 
 
 @contextlib.contextmanager
@@ -177,6 +231,7 @@ def topology(target: Target, topology_name: str, warn) -> tuple[object, Target]:
       raise ConfigError("--topology", f"{topology_name!r}: expected PARTITIONSxHOSTSxDEVICES, "
                                       "e.g. 1x1x8 or 1x2x4")
     detail = log["text"].strip().splitlines()[-1] if log["text"].strip() else message
+    detail = re.sub(r"^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] ", "", detail)  # XLA's log prefix
     raise ConfigError("--target", f"{target.path}: XLA could not use this description: {detail}")
   raise ConfigError("--target", f"{target.path}: too many unknown fields")
 
@@ -184,10 +239,10 @@ def topology(target: Target, topology_name: str, warn) -> tuple[object, Target]:
 def plugin_problem(platform: str) -> str | None:
   """Why a deviceless compile for `platform` cannot run in this environment, or None."""
   if platform == "rocm":
+    from jaxbench import rocm_aot
     if not plugin_installed("xla_rocm7"):
-      return ("AMD targets need the ROCm PJRT plugin with the ROCm runtime libraries installed "
-              "(`pip install -e \".[rocm]\"` on a machine with ROCm 7); they are not here")
-    return None
+      return f"AMD targets need the ROCm PJRT plugin, not installed: {rocm_aot.EXTRA}"
+    return rocm_aot.version_problem(rocm_aot.installed_versions())
   if not (plugin_installed("xla_cuda13") or plugin_installed("xla_cuda12")):
     return f"compiling for an NVIDIA GPU without one needs {AOT_EXTRA}"
   return None
@@ -240,6 +295,8 @@ def kernel_report(hlo_text: str) -> dict:
       add(f"vendor BLAS GEMM ({name})")
     elif "cudnn" in low and ("fmha" in low or "attention" in low):
       add(f"cuDNN attention ({name})")
+    elif name == "__gpu$xla.gpu.triton":  # a Pallas kernel (Triton), e.g. model.attention=pallas
+      add(f"Pallas Triton kernel ({name})")
     else:
       add(f"custom call {name}")
   for kind in _FUSION_KIND.findall(hlo_text):
@@ -347,9 +404,18 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
     compiled, error = None, f"{type(e).__name__}: {str(e).strip()[:2000]}"
   compile_s = time.perf_counter() - t0
   device_kind = devices[0].device_kind
+  rocm = None
+  if target.platform == "rocm":  # (only ever in rocm_aot's compiling child)
+    from jaxbench import rocm_aot
+    rocm = rocm_aot.findings(target.text)
+    if error is None and not rocm["code_objects"]["ok"]:
+      objects = rocm["code_objects"]
+      error = (f"not an AMD compile: the compiler's code objects are {objects['found'] or 'none'}, "
+               f"not {objects['requested']}")
   report = {
       "target": {"name": target.name, "path": target.path, "device": device_kind,
-                 "platform": target.platform, "memory_bytes": target.memory_bytes,
+                 "platform": target.platform, "arch": target.arch,
+                 "memory_bytes": target.memory_bytes,
                  "bandwidth_bytes_per_s": target.bandwidth_bytes_per_s,
                  "dropped_fields": list(target.dropped_fields)},
       "topology": topology_name, "n_devices": len(devices),
@@ -363,6 +429,8 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
       "jax": jax.__version__, "lower_s": lower_s, "compile_s": compile_s,
       "compiled": error is None,
   }
+  if rocm is not None:
+    report["rocm"] = rocm
   if error is not None:
     report["error"] = error
     return report
@@ -393,6 +461,27 @@ def _gib(n: float | None) -> str:
   return "?" if n is None else f"{n / GIB:.2f} GiB"
 
 
+def rocm_lines(rocm: dict) -> list[str]:
+  """What an AMD compile ran on: the plugin, the libraries it loaded, the code objects it wrote."""
+  plugin = rocm.get("plugin", {}).get("jax-rocm7-plugin")
+  standins = rocm.get("standins") or []
+  libraries = (f"link-only stand-ins for {len(standins)} missing ROCm libraries"
+               if standins else "ROCm's own libraries")
+  if standins and rocm.get("real_rocm_libraries"):
+    libraries = (f"ROCm's own libraries and link-only stand-ins for {len(standins)} missing ones")
+  unexpected = rocm.get("unexpected_standin_calls") or {}
+  called = ("" if not standins else
+            f"; the compile called into them: {', '.join(unexpected)} (results may be wrong)"
+            if unexpected else "; nothing but the plugin's load-time registrations called them")
+  lines = [f"  ROCm plugin {plugin} with {libraries}{called}"]
+  objects = rocm.get("code_objects") or {}
+  if objects.get("ok"):
+    lines.append(f"  code objects: {objects['count']} for {', '.join(objects['found'])} (ELF headers "
+                 "checked); no autotuning without the GPU: kernel choices and temporaries can differ from a "
+                 "compile on the card")
+  return lines
+
+
 def format_report(r: dict) -> str:
   from jaxbench import model
   c, t = r["config"], r["target"]
@@ -406,6 +495,8 @@ def format_report(r: dict) -> str:
            + (f"; {blocks}" if (blocks := model.attention_blocks_text(r["attention"])) else "")]
   if t["dropped_fields"]:
     lines.append(f"  description fields this XLA does not know, dropped: {', '.join(t['dropped_fields'])}")
+  if r.get("rocm"):
+    lines += rocm_lines(r["rocm"])
   if not r["compiled"]:
     lines.append(f"  did NOT compile after {r['compile_s']:.1f}s: {r['error'].splitlines()[0]}")
     return "\n".join(lines)
@@ -447,6 +538,107 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
+_KERNEL_GROUPS = (("Triton GEMM fusion", "Triton GEMM"), ("Triton fusion", "Triton"),
+                  ("vendor BLAS GEMM", "library GEMM"), ("cuDNN attention", "cuDNN attention"),
+                  ("Pallas Triton kernel", "Pallas kernel"),
+                  ("custom call", "custom call"), ("fusion", "other fusion"))
+
+
+def kernel_summary(kernels: dict) -> str:
+  """kernel_report's kinds in a few words: "Triton GEMM 26, cuDNN attention 3, ..."."""
+  groups: dict[str, int] = {}
+  for kind, n in kernels.items():
+    label = next((short for prefix, short in _KERNEL_GROUPS if kind.startswith(prefix)), kind)
+    groups[label] = groups.get(label, 0) + n
+  return ", ".join(f"{k} {v}" for k, v in groups.items()) or "none"
+
+
+def _verdict(m: dict) -> str:
+  if m.get("fits") is None:
+    return "?"
+  if not m["fits"]:
+    return f"NO: short {m['short_by_bytes'] / GIB:.1f} GiB"
+  return "TIGHT" if m.get("fits_with_next_step") is False else "FITS"
+
+
+def format_table(reports: list[dict]) -> str:
+  """Several targets' reports of the same step as one table, then what sets the rows apart."""
+  from jaxbench import model
+  r0 = reports[0]
+  c = r0["config"]
+  mesh = " x ".join(f"{k}={v}" for k, v in c["mesh"].items())
+  lines = [f"jaxbench compile: {c['family']}:{c['preset']} ({r0['n_params'] / 1e6:,.1f}M params) "
+           f"{c['dtype']}, batch {c['batch_size']} x {c['seq_len']} in {c['microbatches']} "
+           f"microbatch(es), remat {c['remat']}, scan {c['scan_layers']}; mesh {mesh}, topology "
+           f"{r0['topology']} ({r0['n_devices']} devices); jax {r0['jax']}; nothing run", ""]
+  head = (f"{'target':<9} {'device':<26} {'code':<7} {'attention':<9} {'compile':>8} "
+          f"{'memory/device':>13} {'pool':>10}  {'fits':<18} {'step >=':>10}  bound")
+  lines += [head, "-" * len(head)]
+  for r in reports:
+    t = r["target"]
+    row = (f"{t['name']:<9} {t['device'][:26]:<26} {t.get('arch', '?'):<7} "
+           f"{r['attention']['implementation']:<9} {r['lower_s'] + r['compile_s']:>7.1f}s ")
+    if not r["compiled"]:
+      lines.append(row + f"did NOT compile: {r['error'].splitlines()[0][:90]}")
+      continue
+    m, rf = r["memory"], r["roofline"]
+    bound = rf["step_time_lower_bound_s"]
+    by = rf["bound_by"] or "?"
+    if by == "memory" and rf["mfu_upper_bound"] is not None:
+      by += f", MFU <= {rf['mfu_upper_bound']:.0%}"
+    lines.append(row + f"{m['total_bytes'] / GIB:>9.2f} GiB {_gib(m['pool_bytes']):>10}  "
+                 f"{_verdict(m):<18} " + (f"{bound * 1e3:>7.1f} ms  {by}" if bound else
+                                          f"{'?':>10}  (no peak)"))
+  lines.append("")
+  width = max(len(r["target"]["name"]) for r in reports)
+  lines.append("kernels:")
+  lines += [f"  {r['target']['name']:<{width}}  {kernel_summary(r['kernels'])}"
+            for r in reports if r["compiled"]]
+  lines.append("collectives (count, MiB per device):")
+  for r in reports:
+    if r["compiled"]:
+      found = ", ".join(f"{k} {v['count']} ({v['bytes'] / 2**20:,.0f})"
+                        for k, v in r["collectives"].items() if v["count"]) or "none"
+      lines.append(f"  {r['target']['name']:<{width}}  {found}")
+  notes = []
+  implementations = {r["attention"]["implementation"] for r in reports}
+  for r in reports:
+    a, name = r["attention"], r["target"]["name"]
+    if len(implementations) > 1:
+      blocks = model.attention_blocks_text(a)
+      reason = a["reason"]
+      if r["target"]["platform"] == "rocm" and "needs an NVIDIA GPU" in reason:
+        reason = "cuDNN's fused kernel is NVIDIA-only: XLA's attention, its scores materialized"
+      notes.append(f"{name}: attention {a['implementation']} ({reason})"
+                   + (f"; {blocks}" if blocks else ""))
+    if r.get("rocm"):
+      rocm = r["rocm"]
+      objects = rocm.get("code_objects") or {}
+      notes.append(f"{name}: ROCm plugin {rocm.get('plugin', {}).get('jax-rocm7-plugin')}, "
+                   f"{rocm.get('libraries')}; "
+                   + (f"{objects['count']} code objects for {', '.join(objects['found'])}, "
+                      "checked"
+                      if objects.get("ok") else "code objects NOT checked"))
+      if rocm.get("unexpected_standin_calls"):
+        notes.append(f"{name}: the compile called into stand-ins: "
+                     f"{', '.join(rocm['unexpected_standin_calls'])} (results may be wrong)")
+    if r["target"].get("dropped_fields"):
+      notes.append(f"{name}: description fields this XLA does not know, dropped: "
+                   f"{', '.join(r['target']['dropped_fields'])}")
+    if r["compiled"] and r["peak"].get("tflops") is None:
+      notes.append(f"{name}: no peak for the roofline: {r['peak']['detail']}")
+  notes.append("every row is compiled without its GPU, so without autotuning: kernel choices and "
+               "temporaries can differ from a compile on the card (for an H200 the memory was "
+               "within 0.7%: benchmarks/RESULTS.md)")
+  notes.append("pool: JAX's allocator's share of the device (XLA_PYTHON_CLIENT_MEM_FRACTION, "
+               "default 75%); TIGHT: fits once, not with the next step's temporaries beside it; "
+               "step >=: roofline lower bound per device (compute: model FLOPs at the datasheet "
+               "peak; memory: bytes at the bandwidth, and the MFU that leaves)")
+  lines.append("notes:")
+  lines += [f"  {n}" for n in notes]
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if cli.asks_for_help(argv):
@@ -458,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
 
   def define(fv):
     return {
-        "target": flags.DEFINE_string("target", "h100", "h100, a100, mi300x or a "
+        "target": flags.DEFINE_string("target", "h100", f"{', '.join(TARGETS)} or a "
                                       "GpuTargetConfigProto .txtpb file.", flag_values=fv),
         "topology": flags.DEFINE_string("topology", None, "PARTITIONSxHOSTSxDEVICES (default: "
                                         "1x1x<devices the mesh names>).", flag_values=fv),
@@ -485,28 +677,76 @@ def main(argv: list[str] | None = None) -> int:
     c, extra = config_lib.parse_flags(argv, define)
     if extra["describe_local"] is not None:
       return _describe_local(extra["describe_local"] or None, extra["device_index"])
-    target = read_target(extra["target"])
+    targets = [read_target(name) for name in target_names(extra["target"])]
     topology_name = extra["topology"] or default_topology(c)
     if not re.fullmatch(r"\d+x\d+x\d+", topology_name):
       raise ConfigError("--topology", f"{topology_name!r}: expected PARTITIONSxHOSTSxDEVICES, "
                                       "e.g. 1x1x8 or 1x2x4")
-    problem = plugin_problem(target.platform)
-    if problem:
-      raise ConfigError("--target", f"{target.name}: {problem}")
+    for target in targets:  # every target checked before anything compiles
+      check_target(target)
     if extra["dump"]:
       # XLA writes its own dumps (per-pass HLO, PTX) when its backend compiles; read once.
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to="
                                  f"{os.path.abspath(extra['dump'])}").strip()
     _compile_only_environment()
-    r = compile_report(c, target, topology_name, extra["dump"], warn)
+    reports = []
+    for target in targets:
+      dump = extra["dump"] and (os.path.join(extra["dump"], target.name) if len(targets) > 1
+                                else extra["dump"])
+      reports.append(compile_for(c, argv, target, topology_name, dump, warn))
   except ConfigError as e:
     print(f"jaxbench compile: bad input: {e}", file=sys.stderr)
     return 2
+  return _finish(reports, extra)
+
+
+def target_names(value: str) -> list[str]:
+  """--target: one name or path, or several separated by commas (one table)."""
+  names = [t.strip() for t in value.split(",") if t.strip()]
+  if not names:
+    raise ConfigError("--target", f"no target in {value!r}; shipped: {', '.join(TARGETS)}")
+  if len({n.lower() for n in names}) < len(names):
+    raise ConfigError("--target", f"{value!r} names a target twice")
+  return names
+
+
+def check_target(target: Target) -> None:
+  """ConfigError when this environment cannot compile for `target`."""
+  problem = plugin_problem(target.platform)
+  if problem:
+    raise ConfigError("--target", f"{target.name}: {problem}")
+  if target.platform == "rocm":
+    from jaxbench import rocm_aot
+    problem = rocm_aot.arch_problem(rocm_aot.gcn_arch(target.text)[0])
+    if problem:
+      raise ConfigError("--target", f"{target.path}: {problem}")
+
+
+def compile_for(c, argv: list[str], target: Target, topology_name: str, dump: str | None,
+                warn) -> dict:
+  """compile_report for `target`: here for NVIDIA targets, in a child process for AMD ones (the
+  ROCm plugin loads there, with stand-ins where ROCm is not installed; rocm_aot)."""
+  if target.platform == "rocm":
+    from jaxbench import rocm_aot
+    if not rocm_aot.in_child():
+      report = rocm_aot.compile_in_child(argv, target.path, warn, dump=dump)
+      report["target"]["name"] = target.name  # the child knows the file, not the name asked for
+      return report
+    rocm_aot.start_deviceless()
+  return compile_report(c, target, topology_name, dump, warn)
+
+
+def _finish(reports: list[dict], extra: dict) -> int:
+  """One target: its report; several: one table (JSON: {"targets": [report, ...]})."""
+  out = reports[0] if len(reports) == 1 else {"targets": reports}
   if extra["report"]:
     from jaxbench import rundir
-    rundir.write_json(extra["report"], r)
-  print(json.dumps(r, indent=2) if extra["json"] else format_report(r))
-  return 0 if r["compiled"] else 1
+    rundir.write_json(extra["report"], out)
+  if extra["json"]:
+    print(json.dumps(out, indent=2))
+  else:
+    print(format_report(reports[0]) if len(reports) == 1 else format_table(reports))
+  return 0 if all(r["compiled"] for r in reports) else 1
 
 
 def _describe_local(path: str | None, index: int) -> int:

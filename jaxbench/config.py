@@ -24,7 +24,7 @@ TORCH_PARALLEL = ("auto", "none", "ddp", "fsdp")
 TORCH_INITS = ("jax", "torch")
 TORCH_MATMUL_PRECISIONS = ("highest", "high", "medium")
 DTYPES = ("bfloat16", "float32")
-ATTENTIONS = ("auto", "xla", "jax", "cudnn")
+ATTENTIONS = ("auto", "xla", "jax", "cudnn", "pallas")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 POSITIONS = ("learned", "alibi", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -132,7 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Std of the normal init; residual output projections are scaled by 1/sqrt(2 n_layers).
   m.init_std = 0.02
   # Attention implementation: auto (best available on the backend), xla (einsum + softmax),
-  # jax (jax.nn.dot_product_attention, XLA path), cudnn (cuDNN fused attention, CUDA only).
+  # jax (jax.nn.dot_product_attention, XLA path), cudnn (cuDNN fused attention, CUDA only),
+  # pallas (Pallas's Triton flash attention: one fused kernel for NVIDIA and AMD GPUs; interpreted,
+  # slowly, on the CPU).
   m.attention = "auto"
   # Query rows per block of the xla attention, which skips the blocks above the causal diagonal:
   # 0 picks (64 rows, or seq_len / 8 where more); >= seq_len computes the whole [S, S] scores.

@@ -102,8 +102,8 @@ def predict(c, mesh_shape: dict[str, int], attention: str | None = None) -> dict
   batch_per_device = c.batch_size // (mesh_shape["data"] * mesh_shape["fsdp"] * c.microbatches)
   tokens = batch_per_device * c.seq_len
   attention = attention or m.attention
-  kept, full_set = _activation_bytes_per_token(c, m.remat, tensor, attention == "cudnn",
-                                               cfg.attention_block)
+  fused = attention in ("cudnn", "pallas", "pallas-interpret")  # no scores kept
+  kept, full_set = _activation_bytes_per_token(c, m.remat, tensor, fused, cfg.attention_block)
   a = DTYPE_BYTES[c.dtype]
   # The output layer's matmul writes the logits in the compute dtype (model.logits; the loss widens
   # them to float32 as it reads them), and the backward pass holds them and their gradient, also

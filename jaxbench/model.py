@@ -68,7 +68,7 @@ class ModelConfig:
   norm_eps: float
   rope_theta: float
   init_std: float
-  attention: str  # xla | jax | cudnn (auto is resolved before the model is built)
+  attention: str  # xla | jax | cudnn | pallas | pallas-interpret (auto is resolved before)
   remat: str
   scan_layers: bool
   dtype: Any = jnp.float32
@@ -418,10 +418,48 @@ def dot_product_attention(q, k, v, bias=None, implementation="xla"):
                                       implementation=implementation)
 
 
+def pallas_attention(q, k, v, bias=None, interpret: bool = False):
+  """Pallas's Triton flash attention (jax.experimental.pallas.ops.gpu.attention.mha) with its own
+  backward kernels: one fused kernel that Triton compiles for NVIDIA and AMD GPUs alike, as the
+  Triton FlashAttention of MosaicML's MI250-against-A100 study ran on both. The scores stay in the
+  kernel's blocks; the backward keeps the log-normalizer. Grouped-query heads are repeated to the
+  query heads (the kernel takes one head count). `interpret`: Pallas's interpreter (the CPU)."""
+  from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+  if bias is not None:
+    raise ValueError("the Pallas attention takes no bias (ALiBi)")
+  groups = q.shape[2] // k.shape[2]
+  if groups > 1:
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  blocks = pallas_gpu.BlockSizes(block_q=PALLAS_BLOCK, block_k=PALLAS_BLOCK, block_q_dkv=32,
+                                 block_kv_dkv=32, block_q_dq=32, block_kv_dq=32)
+  return pallas_gpu.mha(q, k, v, None, sm_scale=q.shape[-1] ** -0.5, causal=True,
+                        block_sizes=blocks, interpret=interpret)
+
+
+# Rows per block of the Pallas attention's forward kernel (its backward: 32). Pallas's default, 128,
+# does not fit an AMD workgroup's 64 KiB of LDS at head_dim 128 (the ROCm compiler, gfx90a and
+# gfx942: "Shared memory size limit exceeded: requested 98304, available: 65536"); 64 fits, and
+# NVIDIA runs the same blocks, so both vendors run the same kernel.
+PALLAS_BLOCK = 64
+
+
+def pallas_problem(seq_len: int, position: str) -> str | None:
+  """Why the Pallas attention cannot take this config (its blocks), or None."""
+  if position == "alibi":
+    return "ALiBi's bias is not taken by the Pallas kernel"
+  if seq_len % 32 or (seq_len > PALLAS_BLOCK and seq_len % PALLAS_BLOCK):
+    return (f"seq_len {seq_len} must be a multiple of 32, and of {PALLAS_BLOCK} above "
+            f"{PALLAS_BLOCK} (its blocks)")
+  return None
+
+
 ATTENTION_KERNELS = {
     "xla": xla_attention,
     "jax": functools.partial(dot_product_attention, implementation="xla"),
     "cudnn": functools.partial(dot_product_attention, implementation="cudnn"),
+    "pallas": pallas_attention,
+    # The same kernel run by Pallas's interpreter: what `pallas` runs on a CPU.
+    "pallas-interpret": functools.partial(pallas_attention, interpret=True),
 }
 
 
@@ -521,7 +559,16 @@ class Attention(nn.Module):
     attend = ATTENTION_KERNELS[c.attention]
     if c.attention == "xla":
       attend = functools.partial(attend, block=c.attention_block)
-    out = attend(q, k, v, bias)
+    if c.attention.startswith("pallas"):
+      # One opaque kernel that XLA's partitioner cannot split: each device runs it on its shard.
+      attend = sharding.per_shard(
+          lambda q, k, v: ATTENTION_KERNELS[c.attention](q, k, v),
+          [("activation_batch", "activation_length", heads, None)
+           for heads in ("activation_heads", "activation_kv_heads", "activation_kv_heads")],
+          ("activation_batch", "activation_length", "activation_heads", None))
+      out = attend(q, k, v)
+    else:
+      out = attend(q, k, v, bias)
     out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
     kernel, out_bias = Projection((c.n_heads, c.head_dim), (c.d_model,), c.bias, c.dtype,
                                   _init(c.init_std / math.sqrt(2 * c.n_layers),

@@ -1,7 +1,7 @@
 """`jaxbench portability`: lowers the whole train step for each XLA platform, without the hardware.
 
   jaxbench portability [--config=...] [--config.KEY=VALUE ...] [--platforms=cpu,cuda,rocm,tpu]
-                       [--devices=N] [--json=PATH]
+                       [--devices=N] [--json=PATH] [--rocm_target=mi300x|mi250x|mi250|PATH|none]
 
 For each platform, jax.export lowers the full step (forward, backward, AdamW update, the
 configured accumulation and mesh) to StableHLO for that platform, and the report lists: lowered or
@@ -19,10 +19,14 @@ What cannot be checked is said, not faked:
   ("cuDNN is not detected") the row says why it failed and lowers the XLA attention path;
   `jaxbench compile --target=h100` builds the cuDNN path without a GPU (the `cuda-aot` extra).
 - Lowering is not compiling: a platform's compiler may still reject or slow down what lowered.
+  Where the `rocm-aot` extra is installed, the ROCm row is also compiled, by JAX's ROCm compiler,
+  for an AMD GPU (`--rocm_target`, default mi300x; `none` only lowers): the gfx code objects it
+  produced (checked), its memory per device and its collectives (`jaxbench compile` in a child
+  process; see jaxbench/rocm_aot.py). `jaxbench compile --target=h100` does the same for CUDA.
 
 `--devices=N` gives this machine N host devices (before JAX starts), so a sharded mesh can be
-lowered on a laptop. Exit 0 when every requested platform lowered, 1 when one did not, 2 on bad
-input.
+lowered on a laptop. Exit 0 when every requested platform lowered (and the ROCm row compiled, where
+it was compiled), 1 when one did not, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -110,16 +114,20 @@ def _cudnn_would_run(c) -> bool:
           and head_dim % 8 == 0 and c.model.position != "alibi")
 
 
-def _cudnn_row(c, setup, abstract_state, abstract_batch) -> dict:
-  """The CUDA row with the cuDNN attention a GPU would run; if it cannot be lowered here (no CUDA:
-  "cuDNN is not detected"), the XLA-path row with the reason."""
+def _with_attention(c, setup, attention: str):
+  """`setup` with the model built for another attention implementation."""
   import dataclasses
 
   from jaxbench import model as model_lib
-  cudnn = model_lib.ModelConfig.from_config(c, "cudnn")
-  cudnn_setup = dataclasses.replace(setup, model_cfg=cudnn, model=model_lib.Transformer(cudnn),
-                                    attention="cudnn")
-  row = lower_for("cuda", cudnn_setup, abstract_state, abstract_batch)
+  cfg = model_lib.ModelConfig.from_config(c, attention)
+  return dataclasses.replace(setup, model_cfg=cfg, model=model_lib.Transformer(cfg),
+                             attention=attention)
+
+
+def _cudnn_row(c, setup, abstract_state, abstract_batch) -> dict:
+  """The CUDA row with the cuDNN attention a GPU would run; if it cannot be lowered here (no CUDA:
+  "cuDNN is not detected"), the XLA-path row with the reason."""
+  row = lower_for("cuda", _with_attention(c, setup, "cudnn"), abstract_state, abstract_batch)
   if row["lowered"]:
     return row
   fallback = lower_for("cuda", setup, abstract_state, abstract_batch)
@@ -127,6 +135,44 @@ def _cudnn_row(c, setup, abstract_state, abstract_batch) -> dict:
                       f"{setup.attention} attention path instead; `jaxbench compile "
                       "--target=h100` builds the cuDNN path without a GPU (the cuda-aot extra)")
   return fallback
+
+
+def config_args(argv: list[str]) -> list[str]:
+  """The --config flags of `argv` (program name first), in either spelling: what a `jaxbench
+  compile` of the same step needs."""
+  out = []
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith("--config"):
+      out.append(arg)
+      if "=" not in arg and i + 1 < len(argv):
+        out.append(argv[i + 1])
+  return out
+
+
+def rocm_compile(argv: list[str], target: str, n_devices: int, attention: str) -> dict:
+  """The step compiled for AMD `target` by JAX's ROCm compiler (a `jaxbench compile` child), in
+  brief: what the ROCm row adds to the lowering. A cudnn request compiles the XLA attention, as
+  the row lowered it."""
+  from jaxbench import compile as compile_lib
+  from jaxbench import rocm_aot
+  t = compile_lib.read_target(target)
+  if t.platform != "rocm":
+    from jaxbench.errors import ConfigError
+    raise ConfigError("--rocm_target", f"{target}: not an AMD description (platform {t.platform})")
+  compile_lib.check_target(t)
+  notes = []
+  args = config_args(argv) + (["--config.model.attention=auto"] if attention == "cudnn" else [])
+  r = rocm_aot.compile_in_child(["jaxbench compile", *args, f"--topology=1x1x{n_devices}"], t.path,
+                                notes.append)
+  out = {"target": target, "device": r["target"]["device"], "arch": t.arch,
+         "compiled": r["compiled"], "seconds": r["lower_s"] + r["compile_s"]}
+  if not r["compiled"]:
+    return {**out, "error": first_line(RuntimeError(r.get("error", "")))}
+  objects = r["rocm"]["code_objects"]
+  return {**out, "code_objects": objects["count"], "code_object_target": ", ".join(objects["found"]),
+          "libraries": r["rocm"]["libraries"],
+          "memory_per_device_bytes": r["memory"]["total_bytes"], "fits": r["memory"]["fits"],
+          "collectives": r["collectives"], "kernels": compile_lib.kernel_summary(r["kernels"])}
 
 
 def report(c, platforms) -> dict:
@@ -150,10 +196,15 @@ def report(c, platforms) -> dict:
   for platform in platforms:
     if platform == "cuda" and setup.attention != "cudnn" and _cudnn_would_run(c):
       row = _cudnn_row(c, setup, abstract_state, abstract_batch)
+    elif platform in ("cuda", "rocm") and setup.attention == "pallas-interpret":
+      # The Pallas kernel a GPU runs (Triton), not the interpreted one this CPU runs.
+      row = lower_for(platform, _with_attention(c, setup, "pallas"), abstract_state, abstract_batch)
     else:
       row = lower_for(platform, setup, abstract_state, abstract_batch)
     if platform in ("rocm", "cpu", "tpu") and attention_requested == "cudnn":
       row["note"] = "cudnn attention is CUDA-only: lowered the XLA attention path"
+    if platform == "tpu" and attention_requested == "pallas":
+      row["note"] = "Pallas's Triton attention is for GPUs: lowered its interpreted form"
     rows.append(row)
   # The collectives exist only after SPMD partitioning: compile once, for this machine.
   try:
@@ -175,20 +226,35 @@ def report(c, platforms) -> dict:
 def format_table(r: dict) -> str:
   c = r["config"]
   mesh = " x ".join(f"{k}={v}" for k, v in c["mesh"].items())
+  w = max([10] + [len(row["attention"]) + 1 for row in r["platforms"]])  # the attention column
   lines = [f"jaxbench portability: {c['family']}:{c['preset']} {c['dtype']}, mesh {mesh} over "
            f"{r['n_devices']} {r['local_platform']} device(s), jax {r['jax']}", "",
-           f"{'platform':<9} {'lowered':<8} {'attention':<10} {'module KiB':>10} {'shardings':>9}  "
+           f"{'platform':<9} {'lowered':<8} {'attention':<{w}} {'module KiB':>10} {'shardings':>9}  "
            "custom calls / error"]
   for row in r["platforms"]:
     if row["lowered"]:
       calls = ", ".join(f"{k} x{v}" for k, v in row["custom_calls"].items()) or "none (pure XLA)"
-      lines.append(f"{row['platform']:<9} {'yes':<8} {row['attention']:<10} "
+      lines.append(f"{row['platform']:<9} {'yes':<8} {row['attention']:<{w}} "
                    f"{row['module_bytes'] / 1024:>10.0f} {row['sharding_annotations']:>9}  {calls}")
     else:
-      lines.append(f"{row['platform']:<9} {'NO':<8} {row['attention']:<10} {'':>10} {'':>9}  "
+      lines.append(f"{row['platform']:<9} {'NO':<8} {row['attention']:<{w}} {'':>10} {'':>9}  "
                    f"{row['error']}")
     if row.get("note"):
       lines.append(f"{'':<9} note: {row['note']}")
+    compiled = row.get("compiled_for")
+    if compiled and compiled["compiled"]:
+      found = ", ".join(f"{k} x{v['count']}" for k, v in compiled["collectives"].items()
+                        if v["count"]) or "no collectives"
+      memory = compiled["memory_per_device_bytes"] / 2**30
+      lines.append(f"{'':<9} compiled for {compiled['device']} ({compiled['arch']}) in "
+                   f"{compiled['seconds']:.1f}s: {compiled['code_objects']} code objects for "
+                   f"{compiled['code_object_target']} (checked), {memory:.2f} GiB per device, "
+                   f"{found}; kernels: {compiled['kernels']}")
+    elif compiled:
+      lines.append(f"{'':<9} did NOT compile for {compiled['device']} ({compiled['arch']}): "
+                   f"{compiled['error']}")
+    elif row["platform"] == "rocm" and row.get("not_compiled"):
+      lines.append(f"{'':<9} not compiled: {row['not_compiled']}")
   coll = r["collectives"]
   if "unavailable" in coll:
     lines.append(f"\ncollectives: unavailable ({coll['unavailable']})")
@@ -218,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                                         flag_values=fv),
         "json": flags.DEFINE_string("json", None, "Also write the report as JSON here.",
                                     flag_values=fv),
+        "rocm_target": flags.DEFINE_string("rocm_target", "mi300x", "The AMD GPU the ROCm row is "
+                                           "compiled for where the rocm-aot extra is installed "
+                                           "(a `jaxbench compile` target), or none.",
+                                           flag_values=fv),
     }
   try:
     c, extra = config_lib.parse_flags(argv, define)
@@ -234,6 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra["devices"]:
       _set_host_devices(extra["devices"])
     r = report(c, platforms)
+    rocm_row = next((row for row in r["platforms"] if row["platform"] == "rocm"), None)
+    if rocm_row and (extra["rocm_target"] or "none").lower() != "none":
+      from jaxbench import compile as compile_lib
+      from jaxbench import rocm_aot
+      problem = compile_lib.plugin_problem("rocm") or rocm_aot.toolchain_problem()
+      if problem:
+        rocm_row["not_compiled"] = problem
+      else:
+        rocm_row["compiled_for"] = rocm_compile(argv, extra["rocm_target"], r["n_devices"],
+                                                r["config"]["attention_requested"])
   except ConfigError as e:
     print(f"jaxbench portability: bad input: {e}", file=sys.stderr)
     return 2
@@ -242,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     with open(extra["json"], "w") as f:
       json.dump(r, f, indent=2)
       f.write("\n")
-  return 0 if all(row["lowered"] for row in r["platforms"]) else 1
+  ok = all(row["lowered"] and row.get("compiled_for", {}).get("compiled", True)
+           for row in r["platforms"])
+  return 0 if ok else 1
 
 
 def _set_host_devices(n: int) -> None:

@@ -111,6 +111,18 @@ def constrain(x, logical_axes):
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical_axes)))
 
 
+def per_shard(f, in_axes: list, out_axes):
+  """f run by each device on its own shards (shard_map), its arguments and result sharded by
+  these logical axes: for a kernel XLA's SPMD partitioner cannot split (a Pallas call is one
+  opaque custom call, which it would otherwise run whole, its inputs gathered). f itself as it is
+  without a mesh."""
+  mesh = getattr(_context, "mesh", None)
+  if mesh is None or mesh.size == 1:
+    return f
+  return jax.shard_map(f, mesh=mesh, in_specs=tuple(logical_to_spec(a) for a in in_axes),
+                       out_specs=logical_to_spec(out_axes), check_vma=False)
+
+
 def describe_param_specs(shardings) -> dict[str, str]:
   """{'path/to/param': 'PartitionSpec(...)'} for run.json."""
   flat = jax.tree_util.tree_flatten_with_path(shardings)[0]

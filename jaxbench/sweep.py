@@ -12,8 +12,8 @@ A sweep file is plain Python with `get_sweep()` returning a dict:
              length) advance together
   timeout_s  seconds a point may run (default 3600; --timeout_s replaces it)
   max_batch  False, True or {"steps": 3, "limit": 64, "timeout_s": S}: see below
-  compile_only  False, a target (h100, a100, PATH.txtpb) or {"target": ..., "topology": "1x1x8"}:
-             see below (--compile_only / --topology replace it)
+  compile_only  False, a target (h100, a100, a100-40, mi300x, mi250x, mi250, PATH.txtpb) or
+             {"target": ..., "topology": "1x1x8"}: see below (--compile_only / --topology replace it)
 
 A key is a config key (`batch_size`, `model.remat`, `mesh.fsdp`, `framework`, ...), `preset` (the
 preset of `base`'s config file), `config` (another `file.py:preset`), `env.NAME` (an environment
@@ -37,12 +37,13 @@ bisection between the last that fit and the first that did not; the trail goes t
 DIR/points/<id>/max_batch.jsonl (kept across resumes) and results.jsonl, and the point then runs
 at the batch found. A point whose smallest batch does not fit ends as oom.
 
---compile_only=TARGET: every point is `jaxbench compile` for that GPU instead of a training run
-(no GPU needed: see `jaxbench compile --help`): ok when the step compiles and fits the target's
-memory, oom when it compiles and does not ("short by" in the reason), compile_error when XLA rejects
-it. results.jsonl then holds XLA's per-device memory (peak_memory_bytes_per_device, named by
+--compile_only=TARGET: every point is `jaxbench compile` for that GPU, NVIDIA or AMD, instead of a
+training run (no GPU needed: see `jaxbench compile --help`): ok when the step compiles and fits the
+target's memory, oom when it compiles and does not ("short by" in the reason), compile_error when
+XLA rejects it. results.jsonl then holds XLA's per-device memory (peak_memory_bytes_per_device, named by
 peak_memory_source), fits, short_by_bytes, step_time_lower_bound_s and mfu_upper_bound. With
---max_batch the search runs deviceless too: the largest batch that fits an H100, found on a laptop.
+--max_batch the search runs deviceless too: the largest batch that fits an H100 or an MI250X GCD,
+found on a laptop.
 """
 
 from __future__ import annotations

@@ -240,7 +240,8 @@ def compile_only_options(value, target: str | None = None, topology: str | None 
   if value in (None, False):
     value = {}
   if not isinstance(value, dict):
-    raise BadInput(f"{where}: compile_only must be False, a target (h100, a100, PATH.txtpb) or "
+    raise BadInput(f"{where}: compile_only must be False, a target ({', '.join(compile_lib.TARGETS)}, "
+                   "PATH.txtpb) or "
                    f"{{'target': ..., 'topology': 'PxHxD'}}, got {value!r}")
   unknown = sorted(set(value) - {"target", "topology"})
   if unknown:

@@ -51,6 +51,15 @@ def choose_attention(c, device) -> tuple[str, str]:
   requested = c.model.attention
   head_dim = c.model.d_model // c.model.n_heads
   platform = device.platform
+  if requested == "pallas":
+    problem = model_lib.pallas_problem(c.seq_len, c.model.position)
+    if platform not in ("gpu", "cuda", "rocm", "cpu"):
+      problem = f"Pallas's Triton attention runs on GPUs (and interpreted on the CPU), not {platform}"
+    if problem:
+      raise ConfigError("model.attention", f"pallas: {problem}; allowed here: auto, xla, jax")
+    if platform == "cpu":
+      return "pallas-interpret", "requested: Pallas's Triton flash attention, interpreted on the CPU"
+    return "pallas", "requested: Pallas's Triton flash attention (Triton, either GPU vendor)"
   cuda = platform in ("gpu", "cuda") and "NVIDIA" in device.device_kind.upper()
   problem = cudnn_problem(c, cuda, platform)
   if requested == "cudnn" and problem:

@@ -5,7 +5,10 @@ import json
 import pytest
 from conftest import read_json, run_cli
 
-from jaxbench import portability, rundir
+from jaxbench import compile as compile_lib
+from jaxbench import portability, rocm_aot, rundir
+
+HAVE_ROCM_AOT = compile_lib.plugin_problem("rocm") is None and rocm_aot.toolchain_problem() is None
 
 
 def test_default_config_lowers_for_every_platform(tmp_path):
@@ -19,6 +22,12 @@ def test_default_config_lowers_for_every_platform(tmp_path):
   assert all(v["count"] == 0 for v in r["collectives"].values())  # one device: no collectives
   for platform in ("cpu", "cuda", "rocm", "tpu"):
     assert any(line.startswith(platform) and " yes " in line for line in proc.stdout.splitlines())
+  rocm = r["platforms"][2]
+  if HAVE_ROCM_AOT:  # the ROCm row is compiled too, by JAX's ROCm compiler, for an MI300X
+    assert rocm["compiled_for"]["compiled"] and rocm["compiled_for"]["arch"] == "gfx942"
+    assert rocm["compiled_for"]["code_objects"] > 0 and "compiled for MI300X (gfx942)" in proc.stdout
+  else:
+    assert "not compiled: " in proc.stdout and "rocm-aot" in rocm["not_compiled"]
 
 
 def test_sharded_config_on_eight_host_devices(tmp_path):
@@ -31,6 +40,9 @@ def test_sharded_config_on_eight_host_devices(tmp_path):
   assert all(row["lowered"] and row["sharding_annotations"] > 0 for row in r["platforms"])
   assert r["collectives"]["all-gather"]["count"] > 0 and r["collectives"]["all-reduce"]["count"] > 0
   assert all(row["attention"] == "jax" for row in r["platforms"])
+  if HAVE_ROCM_AOT:  # and RCCL's collectives in the step compiled for 8 MI300X
+    compiled = r["platforms"][2]["compiled_for"]
+    assert compiled["compiled"] and compiled["collectives"]["all-gather"]["count"] > 0
 
 
 def test_cudnn_request_is_reported_not_faked(tmp_path):
@@ -42,7 +54,8 @@ def test_cudnn_request_is_reported_not_faked(tmp_path):
                 and importlib.util.find_spec("nvidia") is not None
                 and importlib.util.find_spec("nvidia.cudnn") is not None)
   proc = run_cli(["portability", "--config=configs/mpt.py:nano", "--config.model.attention=cudnn",
-                  "--config.dtype=bfloat16", "--platforms=cuda,rocm", "--json=r.json"], tmp_path)
+                  "--config.dtype=bfloat16", "--platforms=cuda,rocm", "--rocm_target=none",
+                  "--json=r.json"], tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads((tmp_path / "r.json").read_text())["platforms"]
   if have_cudnn:
@@ -101,3 +114,10 @@ def test_deterministic_runs_are_bitwise_equal(tmp_path):
   info = read_json(tmp_path / "a" / "run.json")
   assert info["deterministic"]["requested"] and info["deterministic"]["applied"]
   assert "--xla_gpu_deterministic_ops=true" in info["env"]["XLA_FLAGS"]
+
+
+def test_the_rocm_compile_takes_the_config_flags_in_either_spelling():
+  argv = ["jaxbench portability", "--config=configs/mpt.py:nano", "--platforms=rocm", "--config.dtype",
+          "bfloat16", "--devices=8", "--config.mesh.fsdp=8", "--rocm_target=mi250x"]
+  assert portability.config_args(argv) == ["--config=configs/mpt.py:nano", "--config.dtype",
+                                           "bfloat16", "--config.mesh.fsdp=8"]
