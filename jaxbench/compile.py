@@ -49,6 +49,7 @@ import time
 
 from jaxbench import cli
 from jaxbench import plugin_installed
+from jaxbench import rundir
 from jaxbench.errors import ConfigError
 
 TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
@@ -684,7 +685,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "e.g. 1x1x8 or 1x2x4")
     for target in targets:  # every target checked before anything compiles
       check_target(target)
+    if extra["report"]:  # output paths too: not found wanting after minutes of compiling
+      rundir.check_output_file(extra["report"], "--report")
     if extra["dump"]:
+      rundir.check_output_folder(extra["dump"], "--dump")
       # XLA writes its own dumps (per-pass HLO, PTX) when its backend compiles; read once.
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to="
                                  f"{os.path.abspath(extra['dump'])}").strip()
@@ -740,7 +744,6 @@ def _finish(reports: list[dict], extra: dict) -> int:
   """One target: its report; several: one table (JSON: {"targets": [report, ...]})."""
   out = reports[0] if len(reports) == 1 else {"targets": reports}
   if extra["report"]:
-    from jaxbench import rundir
     rundir.write_json(extra["report"], out)
   if extra["json"]:
     print(json.dumps(out, indent=2))
