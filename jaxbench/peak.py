@@ -8,6 +8,13 @@ MFU figures are only as honest as this number, so the rules are:
 
 Resolution order (`resolve_peak`): explicit override -> datasheet table -> cached measurement -> (CPU only)
 measure now -> unknown. `python -m jaxbench.peak` (the `jaxbench peak` command) measures and fills the cache.
+
+A CPU's measured peak moves with whatever else runs on it (one machine's cache said 0.186 TFLOP/s,
+a fresh measurement 0.077, a quiet one 0.447), so a cached CPU figure stands for a run only when
+it was measured on this machine, this CPU and this very set of cores, less than CPU_MAX_AGE_S ago,
+with the machine quiet (QUIET_LOAD); otherwise the run measures its own. Every measurement records
+those conditions, and run.json's `peak.conditions` shows them (compare warns when two runs' peaks
+were measured under different ones).
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ class Peak:
   tflops: float | None  # dense peak TFLOP/s of ONE logical device for this compute dtype; None = unknown
   source: str  # 'override' | 'table' | 'measured' | 'unknown'
   detail: str  # which table row / which cache entry + when measured / why unknown
+  # A measured peak: where, when and under what load it was measured (measurement_conditions),
+  # with `by_this_run` (measured by this process, or read from the cache) and `age_s`.
+  conditions: dict | None = None
 
 
 # --- Datasheet table ---------------------------------------------------------------------------------
@@ -243,6 +253,80 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+# A cached CPU figure older than this, or measured with the machine busier than this (the 1-minute
+# load average per core the machine has), is not used: the run measures its own.
+CPU_MAX_AGE_S = 3600.0
+QUIET_LOAD = 0.3
+
+
+def load_average() -> float | None:
+  """The 1-minute load average (the whole machine's: a container sees its host's), or None."""
+  try:
+    return os.getloadavg()[0]
+  except (AttributeError, OSError):
+    return None
+
+
+def _ranges(cores) -> str:
+  """{0, 1, 2, 5} -> '0-2,5': the core set as taskset writes it."""
+  cores, parts = sorted(cores), []
+  for core in cores:
+    if parts and core == parts[-1][1] + 1:
+      parts[-1][1] = core
+    else:
+      parts.append([core, core])
+  return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in parts)
+
+
+def measurement_conditions(devices) -> dict:
+  """What a measurement made now depends on besides the hardware's kind: the machine (the
+  kernel's boot id: a reboot or another machine is another measurement), the CPU model, the cores
+  this process may use, and how busy the machine is (its load average before measuring, per core
+  of the machine)."""
+  from jaxbench import sysinfo
+  try:
+    cores = _ranges(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    cores = f"{os.cpu_count() or 1} (affinity unknown)"
+  load, host_cpus = load_average(), os.cpu_count() or 1
+  return {"measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "machine": sysinfo.machine_identity(), "cpu": _cpu_model(), "cores": cores,
+          "load_avg_1m": None if load is None else round(load, 2), "host_cpus": host_cpus,
+          "load_per_core": None if load is None else round(load / host_cpus, 3),
+          "platform": list(devices)[0].platform}
+
+
+def _age_s(measured_at) -> float | None:
+  try:
+    then = datetime.datetime.fromisoformat(str(measured_at))
+  except ValueError:
+    return None
+  if then.tzinfo is None:
+    then = then.replace(tzinfo=datetime.timezone.utc)
+  return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+
+
+def stale_because(cached: dict | None, now: dict) -> str | None:
+  """Why a cached CPU measurement (its conditions) does not stand for a run under `now`'s
+  (measurement_conditions), or None when it does: measured on this machine, CPU and core set,
+  recently, with the machine quiet."""
+  if not isinstance(cached, dict) or not cached:
+    return "it does not record where and under what load it was measured"
+  for key, what in (("machine", "on another machine (boot id)"), ("cpu", "on another CPU"),
+                    ("cores", "on another set of cores")):
+    if cached.get(key) != now.get(key):
+      return f"it was measured {what}: {cached.get(key)} vs {now.get(key)} here"
+  age = _age_s(cached.get("measured_at"))
+  if age is None or age > CPU_MAX_AGE_S or age < -60:
+    when = "at an unknown time" if age is None else f"{age / 3600:.1f} h ago"
+    return f"it was measured {when} (used up to {CPU_MAX_AGE_S / 3600:g} h)"
+  load = cached.get("load_per_core")
+  if not isinstance(load, (int, float)) or load > QUIET_LOAD:
+    return (f"it was measured under load (load average {cached.get('load_avg_1m')} on "
+            f"{cached.get('host_cpus')} cores; used only at <= {QUIET_LOAD} per core)")
+  return None
+
+
 def _cache_key(devices, dtype: str) -> str:
   """Everything that changes the measured number: hardware, how many devices share it, dtype, jax version."""
   devices = list(devices)
@@ -279,33 +363,52 @@ def _write_cache(data: dict) -> str:
   return path
 
 
-def cached_peak(devices, dtype) -> Peak | None:
+def cached_entry(devices, dtype) -> tuple[Peak | None, str | None]:
+  """The cached measurement for these devices and dtype, or (None, why not): absent, malformed,
+  or on a CPU, stale (stale_because)."""
+  devices = list(devices)
   key = _cache_key(devices, dtype)
   entry = _read_cache().get(key)
   try:
     tflops = float(entry["tflops"])
   except (TypeError, KeyError, ValueError):
-    return None  # absent or malformed entry
+    return None, None  # absent or malformed entry
   if not (math.isfinite(tflops) and tflops > 0):
-    return None
+    return None, None
+  conditions = entry.get("conditions")
+  if devices[0].platform == "cpu":
+    why = stale_because(conditions, measurement_conditions(devices))
+    if why:
+      return None, f"the cached figure {tflops:.4g} TFLOP/s was not used: {why}"
+  conditions = dict(conditions or {}, by_this_run=False,
+                    age_s=_age_s((conditions or {}).get("measured_at", entry.get("measured_at"))))
   return Peak(tflops, "measured",
               f"cached measurement [{key}] in {cache_path()}, measured {entry.get('measured_at', '?')} "
-              f"(matmul size {entry.get('size', '?')}, {entry.get('seconds', '?')} s)")
+              f"(matmul size {entry.get('size', '?')}, {entry.get('seconds', '?')} s)", conditions), None
+
+
+def cached_peak(devices, dtype) -> Peak | None:
+  return cached_entry(devices, dtype)[0]
 
 
 def measure_and_cache(devices, dtype, **kw) -> Peak:
   devices = list(devices)
   size = kw.pop("size", None) or _default_size(devices[0].platform)
   seconds = kw.pop("seconds", 2.0)
+  why_not_cached = kw.pop("why_not_cached", None)
   if kw:
     raise TypeError(f"unexpected arguments {sorted(kw)}")
+  conditions = measurement_conditions(devices)  # the load before this measurement adds its own
   tflops = measure_peak(devices, dtype, size=size, seconds=seconds)
   key = _cache_key(devices, dtype)
   data = _read_cache()
-  data[key] = {"tflops": tflops, "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-               "seconds": seconds, "size": size}
+  data[key] = {"tflops": tflops, "measured_at": conditions["measured_at"], "seconds": seconds,
+               "size": size, "conditions": conditions}
   path = _write_cache(data)
-  return Peak(tflops, "measured", f"measured now [{key}] (matmul size {size}, {seconds} s), cached in {path}")
+  detail = f"measured now [{key}] (matmul size {size}, {seconds} s), cached in {path}"
+  if why_not_cached:
+    detail += f"; {why_not_cached}"
+  return Peak(tflops, "measured", detail, dict(conditions, by_this_run=True, age_s=0.0))
 
 
 def resolve_peak(devices, dtype: str, override_tflops: float = 0.0, *,
@@ -330,12 +433,13 @@ def resolve_peak(devices, dtype: str, override_tflops: float = 0.0, *,
                 "peak measured by one process is not one device's share, and measuring in all of "
                 "them at once would cache a fraction of it; MFU cannot be computed: set "
                 "--config.peak_tflops to the per-device share to have it")
-  cached = cached_peak(devices, dtype)
+  cached, why_not = cached_entry(devices, dtype)
   if cached is not None:
     return cached
   if d.platform == "cpu" and measure_if_missing_on_cpu:
-    return measure_and_cache(devices, dtype)
-  return Peak(None, "unknown", f"{table.detail}; no cached measurement for [{_cache_key(devices, dtype)}]. "
+    return measure_and_cache(devices, dtype, why_not_cached=why_not)
+  return Peak(None, "unknown", f"{table.detail}; no usable cached measurement for "
+              f"[{_cache_key(devices, dtype)}]{f' ({why_not})' if why_not else ''}. "
               f"MFU cannot be computed: {_WHAT_TO_DO}")
 
 
@@ -363,17 +467,18 @@ def main(argv=None) -> int:
   results = []
   for dtype in dtypes:
     if args.no_cache:
+      conditions = measurement_conditions(devices)
       measured, cache_file = measure_peak(devices, dtype, size=size, seconds=args.seconds), None
     else:
-      measured = measure_and_cache(devices, dtype, size=size, seconds=args.seconds).tflops
-      cache_file = cache_path()
+      peak = measure_and_cache(devices, dtype, size=size, seconds=args.seconds)
+      measured, conditions, cache_file = peak.tflops, peak.conditions, cache_path()
     table = table_peak(d.device_kind, d.platform, dtype, getattr(d, "core_count", None))
     results.append({
         "dtype": dtype, "device_kind": d.device_kind, "platform": d.platform, "n_devices": len(devices),
         "measured_tflops_per_device": measured, "table_tflops": table.tflops, "table_detail": table.detail,
         # A measured fraction far from ~0.6-0.9 of the datasheet suggests a wrong table row or a sick device.
         "measured_over_table": measured / table.tflops if table.tflops else None,
-        "size": size, "seconds": args.seconds, "cache_file": cache_file})
+        "size": size, "seconds": args.seconds, "cache_file": cache_file, "conditions": conditions})
 
   if args.json:
     print(json.dumps({"jax_version": jax.__version__, "results": results}, indent=1))
@@ -386,6 +491,13 @@ def main(argv=None) -> int:
     print(f"  {r['dtype']:>8}: measured {r['measured_tflops_per_device']:.3f} TFLOP/s per device{frac}; "
           f"table peak {table} ({r['table_detail']})")
   print(f"cache: {cache_path() if not args.no_cache else 'not written (--no_cache)'}")
+  load = results[0]["conditions"].get("load_per_core") if results else None
+  if d.platform == "cpu" and results:
+    quiet = isinstance(load, (int, float)) and load <= QUIET_LOAD
+    print(f"measured with a load average of {results[0]['conditions'].get('load_avg_1m')} on "
+          f"{results[0]['conditions'].get('host_cpus')} cores: "
+          + (f"runs on these cores read it for {CPU_MAX_AGE_S / 3600:g} h" if quiet else
+             f"busier than {QUIET_LOAD} per core, so runs measure their own instead"))
   return 0
 
 

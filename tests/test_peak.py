@@ -1,6 +1,7 @@
 """Tests for jaxbench.peak: the per-logical-device peak behind every MFU figure."""
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -31,6 +32,8 @@ class FakeGpu(FakeDevice):
 def cache_dir(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXBENCH_CACHE_DIR", str(tmp_path))
   monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+  # A quiet machine, whatever else runs on this one: tests of the busy case set their own load.
+  monkeypatch.setattr(peak, "load_average", lambda: 0.0)
   return tmp_path
 
 
@@ -128,11 +131,16 @@ def test_table_f32_requires_default_precision(monkeypatch):
   assert peak.table_peak("AMD Instinct MI300X", "gpu", "float32").tflops == 163.4
 
 
-def _write_cache_entry(devices, dtype, tflops, cache_dir):
+def _write_cache_entry(devices, dtype, tflops, cache_dir, **conditions):
+  """A cache entry measured a minute ago on this machine, quiet, with `conditions` replaced."""
   path = cache_dir / "peaks.json"
   data = json.loads(path.read_text()) if path.exists() else {}
-  data[peak._cache_key(devices, dtype)] = {"tflops": tflops, "measured_at": "2024-01-01T00:00:00+00:00",
-                                           "seconds": 2.0, "size": 1024}
+  measured = peak.measurement_conditions(devices)
+  measured["measured_at"] = (datetime.datetime.now(datetime.timezone.utc)
+                             - datetime.timedelta(minutes=1)).isoformat(timespec="seconds")
+  measured.update(conditions)
+  data[peak._cache_key(devices, dtype)] = {"tflops": tflops, "measured_at": measured["measured_at"],
+                                           "seconds": 2.0, "size": 1024, "conditions": measured}
   path.write_text(json.dumps(data))
 
 
@@ -160,7 +168,8 @@ def test_resolve_uses_cache_without_measuring(monkeypatch, cache_dir):
   _write_cache_entry(cpu, "float32", 0.0125, cache_dir)
   p = peak.resolve_peak(cpu, "float32")
   assert (p.tflops, p.source) == (0.0125, "measured")
-  assert "2024-01-01" in p.detail
+  assert p.conditions["measured_at"] in p.detail and p.conditions["by_this_run"] is False
+  assert 50 < p.conditions["age_s"] < 600 and p.conditions["load_per_core"] == 0.0
   # The cache is keyed by the number of devices sharing the host: 1 device must not reuse the 8-device figure.
   assert peak.cached_peak(cpu[:1], "float32") is None
   # A TPU f32 peak is unknown in the table but a measurement of this exact setup is honest.
@@ -283,3 +292,62 @@ def test_main_table_output_and_no_cache(capsys, cache_dir):
   assert not (cache_dir / "peaks.json").exists()
   with pytest.raises(SystemExit):
     peak.main(["jaxbench peak", "--dtypes=float16"])
+
+
+@pytest.mark.parametrize("conditions, why", [
+    ({"machine": "another-boot-id"}, "measured on another machine (boot id): another-boot-id vs"),
+    ({"cpu": "Some Other CPU"}, "measured on another CPU: Some Other CPU vs"),
+    ({"cores": "7"}, "measured on another set of cores: 7 vs"),
+    ({"measured_at": "2026-01-01T00:00:00+00:00"}, "h ago (used up to 1 h)"),
+    ({"load_avg_1m": 9.0, "load_per_core": 4.5}, "measured under load (load average 9.0 on"),
+    ({"load_per_core": None}, "measured under load"),
+])
+def test_cpu_cache_rejects_a_foreign_or_stale_entry(monkeypatch, cache_dir, conditions, why):
+  # issue #26: one cache said 0.186 TFLOP/s, a fresh measurement 0.077, a quiet one 0.447; every
+  # later CPU MFU inherited whatever load the first run saw. Such an entry is now measured again.
+  calls = []
+  monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: calls.append(1) or 0.077)
+  cpu = [FakeDevice("cpu", "cpu")]
+  _write_cache_entry(cpu, "float32", 0.186, cache_dir, **conditions)
+  assert peak.cached_peak(cpu, "float32") is None
+  p = peak.resolve_peak(cpu, "float32")
+  assert (p.tflops, p.source, len(calls)) == (0.077, "measured", 1)
+  assert why in p.detail and "the cached figure 0.186 TFLOP/s was not used" in p.detail, p.detail
+  assert p.conditions["by_this_run"] is True and p.conditions["age_s"] == 0.0
+  # The fresh measurement replaced it, with its conditions: the next run reads it.
+  assert peak.resolve_peak(cpu, "float32").conditions["by_this_run"] is False and len(calls) == 1
+
+
+def test_cpu_cache_entry_without_conditions_is_measured_again(monkeypatch, cache_dir):
+  monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: 0.3)
+  cpu = [FakeDevice("cpu", "cpu")]
+  (cache_dir / "peaks.json").write_text(json.dumps({peak._cache_key(cpu, "float32"): {
+      "tflops": 0.186, "measured_at": "2026-01-01T00:00:00+00:00"}}))  # written before conditions
+  p = peak.resolve_peak(cpu, "float32")
+  assert p.tflops == 0.3 and "does not record where and under what load" in p.detail
+
+
+def test_a_peak_measured_under_load_is_used_by_its_run_and_not_by_later_ones(monkeypatch, cache_dir):
+  calls = []
+  monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: calls.append(1) or 0.1)
+  monkeypatch.setattr(peak, "load_average", lambda: 8.0)
+  cpu = [FakeDevice("cpu", "cpu")]
+  p = peak.resolve_peak(cpu, "bfloat16")
+  assert p.tflops == 0.1 and p.conditions["load_avg_1m"] == 8.0 and p.conditions["by_this_run"]
+  assert p.conditions["cores"] and p.conditions["cpu"] and p.conditions["machine"]
+  assert peak.resolve_peak(cpu, "bfloat16").conditions["by_this_run"] and len(calls) == 2
+
+
+def test_gpu_cache_entries_are_not_aged():
+  # A GPU's matmul peak does not move with the host's load: `jaxbench peak` measures it once.
+  gpu = [FakeDevice("Mystery GPU", "gpu")]
+  path = peak.cache_path()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({peak._cache_key(gpu, "bfloat16"): {"tflops": 100.0,
+                                                  "measured_at": "2024-01-01T00:00:00+00:00"}}, f)
+  assert peak.cached_peak(gpu, "bfloat16").tflops == 100.0
+
+
+def test_cores_as_taskset_writes_them():
+  assert peak._ranges({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8" and peak._ranges({3}) == "3"
