@@ -4,9 +4,12 @@
                    [--loss_tolerance=0.01]
 
 The first run is the baseline; every other run is compared against it:
-- throughput: the median tokens/s per device (summary.json) and its ratio to the baseline's, the
-  headline sentence; MFU (or why it is unknown: the peak's source); the step-time median and its
-  p10-p90 spread; compile time; peak memory per device.
+- throughput: the median tokens/s per device (summary.json) and its ratio to the baseline's, each
+  with its 95% bootstrap interval over the timed steps (jaxbench/intervals.py), the headline
+  sentence. The ratio is stated no more precisely than its interval, and two runs whose ratio's
+  interval holds 100% are "not distinguishable". A run whose step times spread wide (p90/p10 above
+  1.25x) is called noisy next to its figure. MFU (or why it is unknown: the peak's source); the
+  step-time median and its p10-p90 spread; compile time; peak memory per device.
 - loss-curve agreement over the steps both runs have: the max and mean relative difference
   |loss_B - loss_A| / |loss_A|, and the loss difference at the last common step. The curves are
   called "matching" only when the max relative difference is below --loss_tolerance (default 1%,
@@ -17,7 +20,9 @@ The first run is the baseline; every other run is compared against it:
 - warnings, on stderr and at the top of compare.md, when the runs are not comparable: a different
   model (family, a model.* key other than the implementation choices attention / remat /
   scan_layers, or the parameter count), tokens per step, seq_len, dtype, data or seed, optimizer
-  (for the loss curves), or a run whose status is not "finished".
+  (for the loss curves), MFU against peaks of different kinds or measured under different
+  conditions (a quiet machine and a busy one, peaks apart by more than 1.25x on one CPU), or a run
+  whose status is not "finished".
 
 A terminal table goes to stdout. --out=DIR also writes compare.md, compare.json (the same numbers)
 and PNG plots (loss.png, step_times.png, throughput.png), which need matplotlib (the `plots`
@@ -34,6 +39,7 @@ import statistics
 import sys
 
 from jaxbench import cli
+from jaxbench import intervals
 from jaxbench import rundir as rundir_lib
 
 LOSS_TOLERANCE = 0.01
@@ -195,10 +201,31 @@ def timed_step_times(run: Run) -> list[float]:
           if (m.get("step") or 0) > first_timed and _finite(m.get("step_time_s"))]
 
 
+def work_per_step(run: Run) -> float | None:
+  """Tokens one device processes in a step: what a step time is turned into tokens/s per device
+  with (the summary's median throughput times its median step time; else from the config)."""
+  tps, step = (run.summary.get(k) for k in ("tokens_per_s_per_device_median", "step_time_s_median"))
+  if _finite(tps) and _finite(step):
+    return tps * step
+  tokens, n = _tokens_per_step(run), run.info.get("n_devices", run.summary.get("n_devices"))
+  return tokens / n if tokens and isinstance(n, int) and n > 0 else None
+
+
 def throughput(base: Run, run: Run) -> dict:
+  """The run's median tokens/s per device and its ratio to the baseline's, each with its
+  bootstrap interval over the timed steps (None where there are none), and the run's p90/p10."""
   mine, theirs = (r.summary.get("tokens_per_s_per_device_median") for r in (run, base))
   ratio = mine / theirs if _finite(mine) and _finite(theirs) and theirs > 0 else None
-  return {"tokens_per_s_per_device": mine if _finite(mine) else None, "ratio": ratio}
+  times, base_times = timed_step_times(run), timed_step_times(base)
+  work, base_work = work_per_step(run), work_per_step(base)
+  interval = intervals.throughput_interval([times], work) if work else None
+  ratio_interval = None
+  if ratio is not None and work and base_work and run is not base:
+    ratio_interval = intervals.ratio_interval([base_times], base_work, [times], work)
+  spread = intervals.spread(times)
+  return {"tokens_per_s_per_device": mine if _finite(mine) else None, "ratio": ratio,
+          "interval": interval, "ratio_interval": ratio_interval, "spread": spread,
+          "noisy": intervals.spread_note(spread)}
 
 
 # --- Loss curves ----------------------------------------------------------------------------------
@@ -242,14 +269,34 @@ def loss_clause(agreement: dict) -> str:
   return f"loss curves do NOT match ({evidence})"
 
 
-def headline(base: Run, run: Run, tp: dict, agreement: dict) -> str:
+def ratio_clause(run_label: str, base_label: str, ratio: float,
+                 interval: intervals.Interval | None) -> str:
+  """"B delivers 50% of A's per-device throughput (95% interval 49-51%", or that the two are
+  not distinguishable; the figures no more precise than the interval (open: the caller closes)."""
+  if interval is None:  # no step times to resample (a run directory without metrics)
+    return f"{run_label} delivers {fmt_pct(ratio)} of {base_label}'s per-device throughput (no interval"
+  value, bounds = intervals.percent_text(interval)
+  confidence = f"{intervals.CONFIDENCE:.0%} interval"
+  if interval.holds(1.0):
+    return (f"{run_label} and {base_label} are not distinguishable in per-device throughput "
+            f"({run_label} at {value} of {base_label}'s, {confidence} {bounds} holds 100%")
+  return f"{run_label} delivers {value} of {base_label}'s per-device throughput ({confidence} {bounds}"
+
+
+def _figure_text(tps, noisy: str | None) -> str:
+  return fmt_count(tps) + (f" ({noisy})" if noisy else "")
+
+
+def headline(base: Run, run: Run, tp: dict, agreement: dict, base_tp: dict | None = None) -> str:
   if tp["ratio"] is None:
     which = base if tp["tokens_per_s_per_device"] is not None else run
     return (f"{run.label} vs {base.label}: throughput ratio unknown ({which.label} has no timed "
             f"steps, status {which.summary.get('status', '?')}); {loss_clause(agreement)}")
-  return (f"{run.label} delivers {fmt_pct(tp['ratio'])} of {base.label}'s per-device throughput "
-          f"(tokens/s/device {fmt_count(tp['tokens_per_s_per_device'])} vs "
-          f"{fmt_count(base.summary.get('tokens_per_s_per_device_median'))}), {loss_clause(agreement)}")
+  base_tp = base_tp or throughput(base, base)
+  return (f"{ratio_clause(run.label, base.label, tp['ratio'], tp['ratio_interval'])}; tokens/s/device "
+          f"{_figure_text(tp['tokens_per_s_per_device'], tp['noisy'])} vs "
+          f"{_figure_text(base_tp['tokens_per_s_per_device'], base_tp['noisy'])}), "
+          f"{loss_clause(agreement)}")
 
 
 # --- What differs ----------------------------------------------------------------------------------
@@ -338,8 +385,47 @@ def comparability_warnings(base: Run, run: Run) -> list[str]:
   if not {None, "unknown"} & set(peaks) and peaks[0] != peaks[1]:
     problems.append(f"MFU against peaks of different kinds ({peaks[0]} vs {peaks[1]}: a datasheet "
                     "figure, a measurement or an override are not the same yardstick)")
+  conditions = peak_condition_differences(base.info.get("peak") or {}, run.info.get("peak") or {})
+  if conditions:
+    problems.append(f"MFU against peaks measured under different conditions ({'; '.join(conditions)}"
+                    "): their MFU ratio is not their throughput ratio")
   warnings = [f"{run.label} vs {base.label}: {p}" for p in problems]
   return warnings
+
+
+# Measured peaks further apart than this on one CPU were measured under different loads.
+PEAK_APART = 1.25
+
+
+def peak_condition_differences(base_peak: dict, peak: dict) -> list[str]:
+  """How two measured peaks' conditions (run.json's peak.conditions, jaxbench/peak.py) differ in
+  what moves a measurement: one made with the machine quiet and one busy, one whose conditions
+  were not recorded, or figures apart by more than PEAK_APART on the same CPU. (Another machine
+  or CPU is what a study compares: the diff table shows it.) Values: `peak`'s first."""
+  if base_peak.get("source") != "measured" or peak.get("source") != "measured":
+    return []
+  from jaxbench.peak import QUIET_LOAD
+  a, b = peak.get("conditions"), base_peak.get("conditions")
+  if not a and not b:
+    return []
+  if not a or not b:
+    return ["the conditions of one were not recorded (a run from before they were)"]
+  out = []
+
+  def quiet(c):
+    load = c.get("load_per_core")
+    return None if not _finite(load) else load <= QUIET_LOAD
+
+  if quiet(a) is not None and quiet(b) is not None and quiet(a) != quiet(b):
+    out.append(f"load average {a.get('load_avg_1m')} vs {b.get('load_avg_1m')} on "
+               f"{a.get('host_cpus')} vs {b.get('host_cpus')} cores: a busy machine and a quiet one")
+  tflops = (peak.get("tflops"), base_peak.get("tflops"))
+  if (a.get("cpu") == b.get("cpu") and all(_finite(t) and t > 0 for t in tflops)
+      and max(tflops) / min(tflops) > PEAK_APART):
+    out.append(f"{tflops[0]:.3g} vs {tflops[1]:.3g} TFLOP/s on one CPU model "
+               f"({max(tflops) / min(tflops):.2f}x apart; load average {a.get('load_avg_1m')} vs "
+               f"{b.get('load_avg_1m')})")
+  return out
 
 
 def status_warnings(runs: list[Run]) -> list[str]:
@@ -347,10 +433,16 @@ def status_warnings(runs: list[Run]) -> list[str]:
           f"cover only the steps it ran" for r in runs if r.summary.get("status") != "finished"]
 
 
+INTERVAL_RULE = (f"{intervals.CONFIDENCE:.0%} bootstrap intervals of the medians over each run's "
+                 "timed steps, one run each: they leave out the noise from run to run (a sweep's "
+                 "`repeats` puts it in); a ratio whose interval holds 100% is not distinguishable "
+                 "from parity")
+
+
 # --- The comparison --------------------------------------------------------------------------------
 def _run_entry(base: Run, run: Run, tolerance: float, diff: list[dict], index: int) -> dict:
   s = run.summary
-  tp = throughput(base, run)
+  tp, base_tp = throughput(base, run), throughput(base, base)
   mfu, mfu_unknown = mfu_text(run)
   agreement = loss_agreement(base, run, tolerance)
   return {
@@ -360,6 +452,10 @@ def _run_entry(base: Run, run: Run, tolerance: float, diff: list[dict], index: i
       "device_kind": run.info.get("device_kind", s.get("device_kind")),
       "n_devices": run.info.get("n_devices", s.get("n_devices")),
       "tokens_per_s_per_device": tp["tokens_per_s_per_device"], "throughput_ratio": tp["ratio"],
+      "tokens_per_s_per_device_interval": tp["interval"] and tp["interval"].to_json(),
+      "throughput_ratio_interval": tp["ratio_interval"] and tp["ratio_interval"].to_json(),
+      "distinguishable": intervals.distinguishable(tp["ratio_interval"]),
+      "step_time_p90_over_p10": tp["spread"], "noisy": tp["noisy"],
       "tflops_per_s_per_device": s.get("tflops_per_s_per_device_median"),
       "mfu": s.get("mfu_median") if _finite(s.get("mfu_median")) else None, "mfu_text": mfu,
       "mfu_unknown_reason": mfu_unknown,
@@ -370,7 +466,7 @@ def _run_entry(base: Run, run: Run, tolerance: float, diff: list[dict], index: i
       "peak_memory_bytes_per_device": s.get("peak_memory_bytes_per_device"),
       "peak_memory_source": s.get("peak_memory_source"), "final_loss": s.get("final_loss"),
       "loss_agreement": None if index == 0 else agreement,
-      "headline": None if index == 0 else headline(base, run, tp, agreement),
+      "headline": None if index == 0 else headline(base, run, tp, agreement, base_tp),
       "differs_from_baseline": [row["key"] for row in diff if row["values"][index] != row["values"][0]],
   }
 
@@ -386,6 +482,7 @@ def compare(runs: list[Run], tolerance: float = LOSS_TOLERANCE) -> dict:
   return {"baseline": base.label, "loss_tolerance": tolerance,
           "loss_rule": (f"matching = max over common steps of |loss - baseline loss| / |baseline loss| "
                         f"< {fmt_tolerance(tolerance)}"),
+          "interval_rule": INTERVAL_RULE,
           "warnings": warnings, "headlines": [e["headline"] for e in entries[1:]],
           # A key a run does not have reads "(absent)", apart from a recorded null.
           "runs": entries, "diff": diff, "plots": []}
@@ -411,13 +508,27 @@ def table_rows(result: dict) -> list[list[str]]:
   def spread(e):
     if not _finite(e["step_time_s_p10"]):
       return "unknown"
-    return f"{fmt_seconds(e['step_time_s_p10'])} - {fmt_seconds(e['step_time_s_p90'])}"
+    text = f"{fmt_seconds(e['step_time_s_p10'])} - {fmt_seconds(e['step_time_s_p90'])}"
+    return text + (f" ({e['noisy']})" if e["noisy"] else "")
 
+  def tokens(e):
+    interval = e["tokens_per_s_per_device_interval"]
+    if interval is None:
+      return fmt_count(e["tokens_per_s_per_device"])
+    return intervals.count_text(intervals.Interval.from_json(interval))
+
+  def ratio(e):
+    interval = e["throughput_ratio_interval"]
+    if e["baseline"] or interval is None:
+      return fmt_pct(e["throughput_ratio"], 0 if e["baseline"] else 1)
+    return intervals.ratio_words(intervals.Interval.from_json(interval))
+
+  confidence = f"{intervals.CONFIDENCE:.0%}"
   rows = [
       ("status", lambda e: f"{e['status']} ({e['steps']} steps, {e['timed_steps']} timed)"),
       ("device", lambda e: f"{e['n_devices']} x {e['device_kind']} ({e['backend']})"),
-      ("tokens/s/device", lambda e: fmt_count(e["tokens_per_s_per_device"])),
-      ("vs baseline", lambda e: fmt_pct(e["throughput_ratio"])),
+      (f"tokens/s/device ({confidence} interval)", tokens),
+      (f"vs baseline ({confidence} interval)", ratio),
       ("MFU", lambda e: e["mfu_text"]),
       ("step time median", lambda e: fmt_seconds(e["step_time_s_median"])),
       ("step time p10 - p90", spread),
@@ -458,7 +569,8 @@ def format_terminal(result: dict) -> str:
     parts.append(f"!! {len(result['warnings'])} comparability warning(s), printed on stderr: these "
                  "runs do not measure the same thing")
   parts += [format_text_table(table_rows(result)), ""]
-  parts += result["headlines"] + [f"(loss curves: {result['loss_rule']})", ""]
+  parts += result["headlines"] + [f"(intervals: {result['interval_rule']})",
+                                  f"(loss curves: {result['loss_rule']})", ""]
   if result["diff"]:
     parts.append(format_text_table(diff_rows(result)))
   else:
@@ -473,7 +585,8 @@ def format_markdown(result: dict) -> str:
     parts += [f"- **WARNING** {_md_cell(w)}" for w in result["warnings"]] + [""]
   parts += ["## Summary", ""]
   parts += [f"- {h}" for h in result["headlines"]]
-  parts += ["", f"Loss curves: {result['loss_rule']}.", "", "## Runs", "",
+  parts += ["", f"Intervals: {result['interval_rule']}.", f"Loss curves: {result['loss_rule']}.",
+            "", "## Runs", "",
             format_md_table(table_rows(result)), ""]
   # Where each number came from: the run folder, and what its peak memory counts (a GPU's
   # allocator peak and a CPU process's RSS are not the same measure).

@@ -51,6 +51,10 @@ class Interval:
   def to_json(self) -> dict:
     return {**dataclasses.asdict(self), "confidence": CONFIDENCE}
 
+  @classmethod
+  def from_json(cls, obj: dict | None) -> "Interval | None":
+    return None if obj is None else cls(*(obj[f.name] for f in dataclasses.fields(cls)))
+
 
 def _clean(repeats: list[list[float]]) -> list[np.ndarray]:
   out = [np.asarray([t for t in r if isinstance(t, (int, float)) and math.isfinite(t) and t > 0],

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from conftest import REPO, cli_env, read_json, run_cli
 
 from jaxbench import compare
+from jaxbench import intervals
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -63,8 +65,12 @@ def test_identical_configs_match_without_warnings(real_runs, capsys):
   assert all(row["key"].startswith("git.") for row in result["diff"])
   b = result["runs"][1]
   assert b["loss_agreement"]["matching"] and b["loss_agreement"]["common_steps"] == 8
-  assert "b delivers " in out and "% of a's per-device throughput (tokens/s/device " in out
+  # Two processes of one config on a shared CPU may or may not be told apart: either is said so,
+  # with the interval, and what the interval leaves out (one run each).
+  assert re.search(r"b (delivers \d+(\.\d)?% of a's per-device throughput \(95% interval "
+                   r"|and a are not distinguishable in per-device throughput \(b at )", out), out
   assert "with matching loss curves (max relative difference 0.00% < 1% over 8 common steps)" in out
+  assert "one run each: they leave out the noise from run to run" in out
 
 
 def test_throughput_ratio_report_and_plots(real_runs, tmp_path, capsys):
@@ -81,14 +87,19 @@ def test_throughput_ratio_report_and_plots(real_runs, tmp_path, capsys):
   code, out, err = run_main(capsys, real_runs[0], slow, f"--out={out_dir}")
   assert code == 0, err
   base_tps = read_json(os.path.join(real_runs[0], "summary.json"))["tokens_per_s_per_device_median"]
-  headline = (f"slow delivers 50.0% of a's per-device throughput (tokens/s/device "
-              f"{base_tps / 2:,.0f} vs {base_tps:,.0f})")
-  assert headline in out
   result = read_json(out_dir / "compare.json")
-  assert result["runs"][1]["throughput_ratio"] == 0.5 and result["runs"][0]["throughput_ratio"] == 1.0
-  assert result["headlines"][0].startswith(headline)
+  slow_entry = result["runs"][1]
+  assert slow_entry["throughput_ratio"] == 0.5 and result["runs"][0]["throughput_ratio"] == 1.0
+  interval = slow_entry["throughput_ratio_interval"]
+  assert interval["value"] == pytest.approx(0.5) and interval["low"] < 0.5 < interval["high"]
+  assert interval["confidence"] == 0.95 and interval["steps"] == 5 and interval["repeats"] == 1
+  assert slow_entry["distinguishable"] is True and result["runs"][0]["distinguishable"] is None
+  value, bounds = intervals.percent_text(intervals.Interval.from_json(interval))
+  headline = (f"slow delivers {value} of a's per-device throughput (95% interval {bounds}; "
+              f"tokens/s/device {base_tps / 2:,.0f}")
+  assert headline in out and result["headlines"][0].startswith(headline)
   md = (out_dir / "compare.md").read_text()
-  assert headline in md and "| vs baseline | 100.0% | 50.0% |" in md
+  assert headline in md and f"| vs baseline (95% interval) | 100% | {value} ({bounds}) |" in md
   for name in ("loss.png", "step_times.png", "throughput.png"):
     data = (out_dir / name).read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > 10_000, name
@@ -241,3 +252,31 @@ def test_module_entry_point(real_runs, tmp_path):
   proc = subprocess.run([sys.executable, "-m", "jaxbench.compare", *real_runs], cwd=str(tmp_path),
                         env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0 and "b delivers " in proc.stdout, proc.stderr
+
+
+def _measured_peak(tflops, load_avg, **more):
+  def edit(r):
+    r["peak"] = {"tflops": tflops, "source": "measured", "detail": "measured now", "conditions": {
+        "measured_at": "2026-12-01T00:00:00+00:00", "machine": "boot-1", "cpu": "AMD EPYC",
+        "cores": "0-1", "load_avg_1m": load_avg, "host_cpus": 2, "load_per_core": load_avg / 2,
+        "platform": "cpu", "by_this_run": True, "age_s": 0.0, **more}}
+  return edit
+
+
+def test_warns_when_peaks_were_measured_under_different_conditions(real_runs, tmp_path, capsys):
+  # issue #26: one cache said 0.186 TFLOP/s, a measurement under load 0.077, on the same machine.
+  quiet = copy_run(real_runs[0], tmp_path / "quiet", run=_measured_peak(0.186, 0.2))
+  busy = copy_run(real_runs[0], tmp_path / "busy", run=_measured_peak(0.077, 5.4))
+  code, out, err = run_main(capsys, quiet, busy)
+  (warning,) = [line for line in err.splitlines() if "WARNING" in line]
+  assert code == 0 and "busy vs quiet: MFU against peaks measured under different conditions (" in warning
+  assert "load average 5.4 vs 0.2 on 2 vs 2 cores: a busy machine and a quiet one" in warning
+  assert "0.077 vs 0.186 TFLOP/s on one CPU model (2.42x apart" in warning
+  # Two quiet measurements of about one figure: nothing to say.
+  other = copy_run(real_runs[0], tmp_path / "other", run=_measured_peak(0.19, 0.3))
+  assert compare.compare(load(quiet, other))["warnings"] == []
+  # A run from before conditions were recorded, against one with them.
+  old = copy_run(real_runs[0], tmp_path / "old", run=_set("peak", {"tflops": 0.19, "source": "measured",
+                                                                  "detail": "cached"}))
+  (warning,) = compare.compare(load(quiet, old))["warnings"]
+  assert "the conditions of one were not recorded" in warning
