@@ -42,7 +42,8 @@ def load(sweep_dir: str) -> list[dict]:
   """The sweep's result lines in point order, with summary fields filled from the run dirs."""
   if not os.path.isfile(os.path.join(sweep_dir, "results.jsonl")):
     raise BadInput(f"{sweep_dir}: no results.jsonl (is it the --out of a `jaxbench sweep`?)")
-  rows = sorted(sweep_lib.read_results(sweep_dir).values(), key=lambda r: r.get("index", 0))
+  rows = sorted(sweep_lib.read_results(sweep_dir).values(),
+                key=lambda r: (r.get("index", 0), r.get("repeat") or 1))
   if not rows:
     raise BadInput(f"{sweep_dir}/results.jsonl has no results yet")
   for r in rows:

@@ -1,7 +1,8 @@
 """`jaxbench sweep`: a grid of training runs, each in its own process; resumable.
 
   jaxbench sweep --sweep=configs/sweeps/<name>.py --out=DIR [--dry_run] [--timeout_s=S]
-                 [--max_batch] [--retry=timeout,crash,...] [--compile_only=TARGET [--topology=PxHxD]]
+                 [--repeats=N] [--max_batch] [--retry=timeout,crash,...]
+                 [--compile_only=TARGET [--topology=PxHxD]]
 
 A sweep file is plain Python with `get_sweep()` returning a dict:
 
@@ -14,6 +15,7 @@ A sweep file is plain Python with `get_sweep()` returning a dict:
   max_batch  False, True or {"steps": 3, "limit": 64, "timeout_s": S}: see below
   compile_only  False, a target (h100, a100, a100-40, mi300x, mi250x, mi250, PATH.txtpb) or
              {"target": ..., "topology": "1x1x8"}: see below (--compile_only / --topology replace it)
+  repeats    runs of each point (default 1; --repeats replaces it): see below
 
 A key is a config key (`batch_size`, `model.remat`, `mesh.fsdp`, `framework`, ...), `preset` (the
 preset of `base`'s config file), `config` (another `file.py:preset`), `env.NAME` (an environment
@@ -29,6 +31,13 @@ ends, a line is appended to DIR/results.jsonl and DIR/results.csv and DIR/result
 Rerunning the command skips every point with a line and runs the rest (e.g. the one a killed sweep
 was running); --retry=STATUS[,STATUS] also runs again the points that ended so (the last line for
 a point wins). SIGINT/SIGTERM stop the current point and the sweep; the point is run again next time.
+
+--repeats=N: each point runs N times, interleaved: every point once, then every point a second
+time, and so on (A B A B, not A A B B), so that a machine's drift over the sweep (a slow spell,
+another job starting) falls on every point alike. The first run of a point is DIR/points/<id>/run
+(log.txt), the k-th run-k (log-k.txt); each has its own line in results.jsonl (`repeat`: k). The
+point's id does not change, so raising repeats later runs only the new ones. `jaxbench report`
+gives each point's median over all its runs' timed steps, with an interval over repeats and steps.
 
 --max_batch: per point, the largest global batch_size that fits, among multiples of the point's own
 batch_size (so set it to the smallest valid batch, e.g. 1 per device): short runs (`steps`, default
@@ -357,14 +366,22 @@ def _config_value(point: Point, key: str):
   return get_path(config_lib.load_config_file(point.spec), key)
 
 
+def repeat_paths(point_dir: str, repeat: int) -> tuple[str, str]:
+  """A point's run directory and log of its `repeat`-th run: run/ and log.txt for the first (as
+  before repeats), run-k/ and log-k.txt for the k-th."""
+  if repeat == 1:
+    return os.path.join(point_dir, "run"), os.path.join(point_dir, "log.txt")
+  return os.path.join(point_dir, f"run-{repeat}"), os.path.join(point_dir, f"log-{repeat}.txt")
+
+
 def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, label: str,
-              aot: dict | None = None) -> dict:
+              aot: dict | None = None, repeat: int = 1) -> dict:
   point_dir = os.path.join(out_dir, "points", point.id)
   os.makedirs(point_dir, exist_ok=True)
-  workdir = os.path.abspath(os.path.join(point_dir, "run"))
-  log_path = os.path.join(point_dir, "log.txt")
+  workdir, log_path = repeat_paths(point_dir, repeat)
+  workdir = os.path.abspath(workdir)
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  result = {"id": point.id, "index": point.index, "overrides": point.overrides,
+  result = {"id": point.id, "index": point.index, "repeat": repeat, "overrides": point.overrides,
             "config": point.spec, "started_at": started,
             "run_dir": os.path.relpath(workdir, out_dir), "log": os.path.relpath(log_path, out_dir)}
   if point.problem:
@@ -407,12 +424,26 @@ def run_point(runner: Runner, point: Point, out_dir: str, options: dict | None, 
 
 
 # --- Results --------------------------------------------------------------------------------------
-def read_results(out_dir: str) -> dict[str, dict]:
-  """id -> the last result line for it (a torn last line, from a kill mid-write, is ignored)."""
+def result_key(r: dict) -> tuple[str, int]:
+  """(id, repeat) of a result line: lines written before repeats are the first run."""
+  return r["id"], r.get("repeat") or 1
+
+
+def read_results(out_dir: str) -> dict[tuple[str, int], dict]:
+  """(id, repeat) -> the last result line for it (a torn last line, from a kill mid-write, is
+  ignored)."""
   path = os.path.join(out_dir, "results.jsonl")
   if not os.path.exists(path):
     return {}
-  return {r["id"]: r for r in rundir_lib.read_metrics(path) if isinstance(r, dict) and "id" in r}
+  return {result_key(r): r for r in rundir_lib.read_metrics(path)
+          if isinstance(r, dict) and "id" in r}
+
+
+def schedule(points: list[Point], repeats: int) -> list[tuple[Point, int]]:
+  """Every (point, repeat) in the order they run: every point's first run, then every point's
+  second, ... (A B A B, not A A B B), so drift over the sweep falls on every point alike. A point
+  rejected before running (bad_config) runs once."""
+  return [(p, k) for k in range(1, repeats + 1) for p in points if k == 1 or not p.problem]
 
 
 def append_result(out_dir: str, result: dict) -> None:
@@ -424,20 +455,20 @@ TABLE_FIELDS = ("status", "tokens_per_s_per_device_median", "mfu_median", "step_
                 "backend", "device_kind", "n_devices", "duration_s", "run_dir")
 
 
-def write_csv(out_dir: str, points: list[Point], results: dict) -> None:
+def write_csv(out_dir: str, points: list[Point], results: dict, repeats: int = 1) -> None:
   keys = override_keys(points)
   buf = io.StringIO()
   w = csv.writer(buf)
   # A field that is also an override (batch_size) is what the point ran with: named apart.
-  w.writerow(["id", *keys, *(f"run_{f}" if f in keys else f for f in TABLE_FIELDS), "max_batch",
-              "error"])
-  for p in points:
-    r = results.get(p.id)
+  w.writerow(["id", "repeat", *keys, *(f"run_{f}" if f in keys else f for f in TABLE_FIELDS),
+              "max_batch", "error"])
+  for p, repeat in sorted(schedule(points, repeats), key=lambda pr: (pr[0].index, pr[1])):
+    r = results.get((p.id, repeat))
     if r is None:
       continue
     error = (r.get("error") or "").splitlines()
     search = (r.get("max_batch") or {}).get("batch_size")
-    w.writerow([p.id, *(p.overrides.get(k, "") for k in keys),
+    w.writerow([p.id, repeat, *(p.overrides.get(k, "") for k in keys),
                 *("" if r.get(f) is None else r.get(f) for f in TABLE_FIELDS),
                 "" if search is None else search, error[-1] if error else ""])
   _write_text(os.path.join(out_dir, "results.csv"), buf.getvalue())
@@ -460,42 +491,49 @@ def format_results_md(sweep: Sweep, results: dict) -> str:
   head = ["#", *keys, "status", "tokens/s/device", "MFU", "step time", "compile", "peak memory",
           "final loss", "point"]
   rows = []
-  for p in sweep.points:
-    r = results.get(p.id)
+  for p, repeat in sorted(schedule(sweep.points, sweep.repeats),
+                          key=lambda pr: (pr[0].index, pr[1])):
+    r = results.get((p.id, repeat))
+    number = f"{p.index}" if sweep.repeats == 1 else f"{p.index} ({repeat}/{sweep.repeats})"
     if r is None:
-      rows.append([str(p.index), *(_md(p.overrides.get(k, "")) for k in keys), "pending",
+      rows.append([number, *(_md(p.overrides.get(k, "")) for k in keys), "pending",
                    *[""] * 6, p.id])
       continue
     status = r["status"]
     if r.get("max_batch") and r["max_batch"].get("batch_size"):
       status += f" (max batch {r['max_batch']['batch_size']})"
     loss = r.get("final_loss")
-    rows.append([str(p.index), *(_md(p.overrides.get(k, "")) for k in keys), status,
+    rows.append([number, *(_md(p.overrides.get(k, "")) for k in keys), status,
                  fmt_count(r.get("tokens_per_s_per_device_median")), fmt_pct(r.get("mfu_median")),
                  fmt_seconds(r.get("step_time_s_median")), fmt_seconds(r.get("compile_s")),
                  fmt_bytes(r.get("peak_memory_bytes_per_device")),
                  f"{loss:.4f}" if isinstance(loss, float) else "", f"`{p.id}`"])
-  done = sum(p.id in results for p in sweep.points)
+  runs = schedule(sweep.points, sweep.repeats)
+  done = sum((p.id, repeat) in results for p, repeat in runs)
+  progress = (f"{done}/{len(sweep.points)} points done" if sweep.repeats == 1 else
+              f"{done}/{len(runs)} runs done ({len(sweep.points)} points x {sweep.repeats} "
+              "repeats, interleaved)")
   lines = [f"# Sweep {os.path.basename(sweep.path)}", "",
-           f"Base config `{sweep.base}`; {done}/{len(sweep.points)} points done.",
+           f"Base config `{sweep.base}`; {progress}.",
            "Every point: " + (", ".join(
                f"`{k}={v}`" for k, v in sweep.points[0].overrides.items()
                if k not in sweep.varying) or "no fixed overrides") + ".", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
-  failed = [(p, results[p.id]) for p in sweep.points
-            if p.id in results and results[p.id]["status"] != "ok"]
+  failed = [(p, repeat, results[(p.id, repeat)]) for p, repeat in runs
+            if (p.id, repeat) in results and results[(p.id, repeat)]["status"] != "ok"]
   if failed:
     lines += ["", "## Failures", ""]
-    for p, r in failed:
+    for p, repeat, r in failed:
       last = (r.get("error") or "").splitlines()
-      lines.append(f"- `{p.id}`: **{r['status']}** ({_md(r.get('reason', ''))})"
+      which = f" (run {repeat})" if sweep.repeats > 1 else ""
+      lines.append(f"- `{p.id}`{which}: **{r['status']}** ({_md(r.get('reason', ''))})"
                    + (f": `{_md(last[-1])[:300]}`" if last else ""))
   return "\n".join(lines) + "\n"
 
 
 def write_tables(out_dir: str, sweep: Sweep, results: dict) -> None:
-  write_csv(out_dir, sweep.points, results)
+  write_csv(out_dir, sweep.points, results, sweep.repeats)
   _write_text(os.path.join(out_dir, "results.md"), format_results_md(sweep, results))
 
 
@@ -577,6 +615,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--retry", default="")
   parser.add_argument("--compile_only", default=None)
   parser.add_argument("--topology", default=None)
+  parser.add_argument("--repeats", type=int, default=None)
   args = parser.parse_args(argv[1:])
   args.retry = tuple(s for s in args.retry.split(",") if s)
   for status in args.retry:
@@ -592,18 +631,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
+def _state(results: dict, p: Point, repeats: int, retry) -> str:
+  """What a dry run says of a point: each of its runs' state, the same ones counted together."""
+  states = []
+  for repeat in range(1, repeats + 1):
+    r = results.get((p.id, repeat))
+    if r and r["status"] in retry:
+      states.append(f"to run again (was {r['status']})")
+    elif r:
+      states.append(f"done: {r['status']}")
+    else:
+      states.append("bad_config: " + p.problem if p.problem else "to run")
+  if repeats == 1:
+    return states[0]
+  counts = collections.Counter(states)
+  return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
 def dry_run(sweep: Sweep, results: dict, retry=()) -> None:
   print(f"sweep {sweep.path}: {len(sweep.points)} points, base {sweep.base}"
+        + (f", {sweep.repeats} runs of each, interleaved" if sweep.repeats > 1 else "")
         + (f", max_batch search {sweep.max_batch}" if sweep.max_batch else "")
         + (f", compile only for {sweep.compile_only['target']}" if sweep.compile_only else ""))
   for p in sweep.points:
-    r = results.get(p.id)
-    if r and r["status"] in retry:
-      state = f"to run again (was {r['status']})"
-    elif r:
-      state = f"done: {r['status']}"
-    else:
-      state = "bad_config: " + p.problem if p.problem else "to run"
+    state = _state(results, p, 1 if p.problem else sweep.repeats, retry)
     env = " ".join(f"{k}={shlex.quote(v)}" if v is not None else f"(unset {k})"
                    for k, v in p.env.items())
     print(f"  [{p.index}] {p.id}  ({state}; timeout {timing.format_duration(p.timeout_s)})")
@@ -623,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     args = parse_args(argv)
-    sweep = build(args.sweep, args.timeout_s, args.max_batch, args.compile_only, args.topology)
+    sweep = build(args.sweep, args.timeout_s, args.max_batch, args.compile_only, args.topology,
+                  args.repeats)
   except BadInput as e:
     print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
     return 2
@@ -646,32 +698,43 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     return 2
   results = read_results(args.out)  # again, now that no other sweep writes it
-  todo = [p for p in sweep.points if p.id not in results or results[p.id]["status"] in args.retry]
-  display = Display(len(sweep.points))
-  display.done = len(sweep.points) - len(todo)
-  display.note(f"jaxbench sweep: {len(sweep.points)} points, {display.done} already done, "
+  runs = schedule(sweep.points, sweep.repeats)
+  todo = [(p, k) for p, k in runs
+          if (p.id, k) not in results or results[(p.id, k)]["status"] in args.retry]
+  what = "points" if sweep.repeats == 1 else f"runs ({len(sweep.points)} points x {sweep.repeats})"
+  display = Display(len(runs))
+  display.done = len(runs) - len(todo)
+  display.note(f"jaxbench sweep: {len(runs)} {what}, {display.done} already done, "
                f"{len(todo)} to run; results in {os.path.abspath(args.out)}")
   runner = Runner(display)
   previous = {sig: signal.signal(sig, runner.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
   write_tables(args.out, sweep, results)
   try:
-    for p in todo:
-      label = f"[{p.index}] {p.id}"
+    for p, repeat in todo:
+      label = f"[{p.index}] {p.id}" + (f" (run {repeat}/{sweep.repeats})" if sweep.repeats > 1 else "")
+      first = results.get((p.id, 1))
+      if repeat > 1 and (first or {}).get("status") != "ok":
+        # A point that did not run once (oom, bad_config, ...) is not run again to no end: its
+        # first run's line says why; a --retry that makes it pass brings its repeats back.
+        display.total -= 1
+        display.note(f"{label}: not run: its first run ended {(first or {}).get('status')}")
+        continue
       display.begin(f"{label}: {describe_point(p)}")
-      result = run_point(runner, p, args.out, sweep.max_batch, label, sweep.compile_only)
+      result = run_point(runner, p, args.out, sweep.max_batch, label, sweep.compile_only, repeat)
       append_result(args.out, result)
-      results[p.id] = result
+      results[(p.id, repeat)] = result
       write_tables(args.out, sweep, results)
       display.end(label, result, ran=bool(result.get("duration_s")))
   except Stopped as e:
     display.note(f"jaxbench sweep: {e} received: stopped; rerun the same command to resume "
-                 f"({len(sweep.points) - display.done} points left)")
+                 f"({display.total - display.done} {what.split()[0]} left)")
     return 0
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
     lock.close()
-  counts = collections.Counter(results[p.id]["status"] for p in sweep.points)
+  counts = collections.Counter(r["status"] for r in (results.get(key) for key in
+                                                     ((p.id, k) for p, k in runs)) if r)
   display.note("jaxbench sweep: done: " + ", ".join(f"{n} {s}" for s, n in counts.items())
                + f"; {os.path.join(args.out, 'results.md')}")
   return 0

@@ -19,7 +19,7 @@ from jaxbench import config as config_lib
 from jaxbench.errors import ConfigError
 
 SWEEP_DIR = os.path.join(config_lib.CONFIG_DIR, "sweeps")
-SWEEP_KEYS = ("base", "fixed", "axes", "zip", "timeout_s", "max_batch", "compile_only")
+SWEEP_KEYS = ("base", "fixed", "axes", "zip", "timeout_s", "max_batch", "compile_only", "repeats")
 DEFAULT_TIMEOUT_S = 3600.0
 MAX_BATCH_DEFAULTS = {"steps": 3, "limit": 64, "timeout_s": None}
 ENV_PREFIX = "env."
@@ -50,6 +50,7 @@ class Sweep:
   # {"target": ..., "topology": ... or None}: points are compiled for that GPU, not run
   compile_only: dict | None = None
   varying: list = dataclasses.field(default_factory=list)  # the axes' and zip groups' keys
+  repeats: int = 1  # runs of each point, interleaved: every point once, then every point again
 
 
 def load_sweep_file(path: str) -> dict:
@@ -264,10 +265,22 @@ def compile_only_options(value, target: str | None = None, topology: str | None 
   return options
 
 
+def repeats_option(value, where: str = "sweep file") -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise BadInput(f"{where}: repeats={value!r} must be an integer >= 1 (runs of each point)")
+  return value
+
+
 def build(path: str, timeout_s: float | None = None, max_batch: bool = False,
-          compile_only: str | None = None, topology: str | None = None) -> Sweep:
+          compile_only: str | None = None, topology: str | None = None,
+          repeats: int | None = None) -> Sweep:
   sweep = load_sweep_file(path)
   aot = compile_only_options(sweep.get("compile_only"), compile_only, topology)
+  repeats = (repeats_option(repeats, "--repeats") if repeats is not None
+             else repeats_option(sweep.get("repeats", 1)))
+  if aot and repeats > 1:
+    raise BadInput("repeats > 1 with compile_only: a compile for a target gives the same figures "
+                   "every time; give one")
   base = sweep.get("base")
   if not isinstance(base, str) or not base:
     raise BadInput(f"sweep file {path}: 'base' must name a config, e.g. 'configs/mpt.py:125m'")
@@ -303,7 +316,8 @@ def build(path: str, timeout_s: float | None = None, max_batch: bool = False,
   if dup:
     raise BadInput(f"sweep file: two points are the same ({dup[0]}); remove the repeated value")
   return Sweep(path=path, base=base, points=points, max_batch=options,
-               varying=[k for k in override_keys(points) if k in varying], compile_only=aot)
+               varying=[k for k in override_keys(points) if k in varying], compile_only=aot,
+               repeats=repeats)
 
 
 def override_keys(points: list[Point]) -> list[str]:

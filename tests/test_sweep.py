@@ -362,7 +362,7 @@ def test_a_torn_result_line_is_ended_before_the_next_one(tmp_path):
     f.write('{"id": "a-1", "index": 1, "sta')
   sweep_lib.append_result(str(tmp_path), {"id": "a-1", "index": 1, "status": "ok"})
   results = sweep_lib.read_results(str(tmp_path))
-  assert sorted(results) == ["a-0", "a-1"] and results["a-1"]["status"] == "ok"
+  assert sorted(results) == [("a-0", 1), ("a-1", 1)] and results[("a-1", 1)]["status"] == "ok"
 
 
 def test_report_keeps_dtypes_apart(tmp_path):
@@ -385,3 +385,68 @@ def test_report_of_a_sweep_where_nothing_ran(tmp_path, capsys):
   text = (tmp_path / "report.md").read_text()
   assert "1 points: 1 bad_config" in text and "| a-1 | bad_config |" in text
   assert "No plots: no point finished" in text or "No plots: matplotlib" in text
+
+
+class OrderRunner(sweep_lib.Runner):
+  """Runs no process: records which run directory each `jaxbench train` would write, and finishes
+  it (or, for batch_size 99, runs out of memory)."""
+
+  def __init__(self):
+    super().__init__(sweep_lib.Display(1, stream=open(os.devnull, "w")))
+    self.workdirs = []
+
+  def run(self, cmd, env, log_path, timeout_s, label):
+    workdir = [a for a in cmd if a.startswith("--workdir=")][0].split("=", 1)[1]
+    self.workdirs.append(os.path.relpath(workdir, os.path.dirname(os.path.dirname(workdir))))
+    fits = "--config.batch_size=99" not in cmd
+    os.makedirs(workdir)
+    if fits:
+      rundir_lib.write_json(os.path.join(workdir, "summary.json"), {"status": "finished"})
+    text = "ok" if fits else "XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory"
+    with open(log_path, "w") as f:
+      f.write(text)
+    return {"returncode": 0 if fits else 1, "timed_out": False, "log": text, "duration_s": 0.1}
+
+
+def test_repeats_run_interleaved_and_resume(tmp_path, monkeypatch, capsys):
+  path = write_sweep(tmp_path, 'def get_sweep():\n  return {"base": "configs/mpt.py:nano", '
+                               '"axes": {"batch_size": [4, 8, 99]}, "repeats": 2}\n')
+  runner = OrderRunner()
+  monkeypatch.setattr(sweep_lib, "Runner", lambda display: runner)
+  out = str(tmp_path / "out")
+  assert sweep_lib.main(["jaxbench sweep", f"--sweep={path}", f"--out={out}"]) == 0
+  a, b, oom = (p.id for p in sweepfile.build(path).points)
+  # A B C, then A B again (A B A B, not A A B B); the point that ran out of memory is not rerun.
+  assert runner.workdirs == [f"{a}/run", f"{b}/run", f"{oom}/run", f"{a}/run-2", f"{b}/run-2"]
+  err = capsys.readouterr().err
+  assert "6 runs (3 points x 2), 0 already done, 6 to run" in err
+  assert f"[2] {oom} (run 2/2): not run: its first run ended oom" in err
+  lines = result_lines(out)
+  assert [(r["id"], r["repeat"], r["status"]) for r in lines] == [
+      (a, 1, "ok"), (b, 1, "ok"), (oom, 1, "oom"), (a, 2, "ok"), (b, 2, "ok")]
+  assert lines[3]["run_dir"] == f"points/{a}/run-2" and lines[3]["log"] == f"points/{a}/log-2.txt"
+  csv_rows = open(os.path.join(out, "results.csv")).read().splitlines()
+  assert csv_rows[0].startswith("id,repeat,") and csv_rows[2].startswith(f"{a},2,")
+  md = open(os.path.join(out, "results.md")).read()
+  assert "5/6 runs done (3 points x 2 repeats, interleaved)" in md and "| 0 (2/2) |" in md
+  # Raising repeats later runs only the new runs, interleaved again; the ids do not change.
+  runner.workdirs = []
+  assert sweep_lib.main(["jaxbench sweep", f"--sweep={path}", f"--out={out}", "--repeats=3"]) == 0
+  assert runner.workdirs == [f"{a}/run-3", f"{b}/run-3"]
+  assert sweep_lib.main(["jaxbench sweep", f"--sweep={path}", "--dry_run", f"--out={out}",
+                         "--repeats=3"]) == 0
+  assert "3 done: ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("body, flag, message", [
+    ('"repeats": 0', "", "repeats=0 must be an integer >= 1"),
+    ('"repeats": 2.5', "", "repeats=2.5 must be an integer >= 1"),
+    ('"repeats": 1', "--repeats=-1", "--repeats: repeats=-1 must be an integer >= 1"),
+    ('"repeats": 2, "compile_only": "h100"', "", "repeats > 1 with compile_only"),
+])
+def test_bad_repeats_exit_2(tmp_path, capsys, body, flag, message):
+  path = write_sweep(tmp_path, f'def get_sweep():\n  return {{"base": "configs/mpt.py:nano", {body}}}\n')
+  argv = ["jaxbench sweep", f"--sweep={path}", "--dry_run"] + ([flag] if flag else [])
+  assert sweep_lib.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and message in err, err
