@@ -385,7 +385,8 @@ def comparability_warnings(base: Run, run: Run) -> list[str]:
   if not {None, "unknown"} & set(peaks) and peaks[0] != peaks[1]:
     problems.append(f"MFU against peaks of different kinds ({peaks[0]} vs {peaks[1]}: a datasheet "
                     "figure, a measurement or an override are not the same yardstick)")
-  conditions = peak_condition_differences(base.info.get("peak") or {}, run.info.get("peak") or {})
+  conditions = peak_condition_differences(base.info.get("peak") or {}, run.info.get("peak") or {},
+                                          same_dtype=run.config("dtype") == base.config("dtype"))
   if conditions:
     problems.append(f"MFU against peaks measured under different conditions ({'; '.join(conditions)}"
                     "): their MFU ratio is not their throughput ratio")
@@ -397,11 +398,12 @@ def comparability_warnings(base: Run, run: Run) -> list[str]:
 PEAK_APART = 1.25
 
 
-def peak_condition_differences(base_peak: dict, peak: dict) -> list[str]:
+def peak_condition_differences(base_peak: dict, peak: dict, same_dtype: bool = True) -> list[str]:
   """How two measured peaks' conditions (run.json's peak.conditions, jaxbench/peak.py) differ in
   what moves a measurement: one made with the machine quiet and one busy, one whose conditions
-  were not recorded, or figures apart by more than PEAK_APART on the same CPU. (Another machine
-  or CPU is what a study compares: the diff table shows it.) Values: `peak`'s first."""
+  were not recorded, or (for one dtype) figures apart by more than PEAK_APART on the same CPU.
+  (Another machine or CPU is what a study compares: the diff table shows it.) Values: `peak`'s
+  first."""
   if base_peak.get("source") != "measured" or peak.get("source") != "measured":
     return []
   from jaxbench.peak import QUIET_LOAD
@@ -420,7 +422,7 @@ def peak_condition_differences(base_peak: dict, peak: dict) -> list[str]:
     out.append(f"load average {a.get('load_avg_1m')} vs {b.get('load_avg_1m')} on "
                f"{a.get('host_cpus')} vs {b.get('host_cpus')} cores: a busy machine and a quiet one")
   tflops = (peak.get("tflops"), base_peak.get("tflops"))
-  if (a.get("cpu") == b.get("cpu") and all(_finite(t) and t > 0 for t in tflops)
+  if (same_dtype and a.get("cpu") == b.get("cpu") and all(_finite(t) and t > 0 for t in tflops)
       and max(tflops) / min(tflops) > PEAK_APART):
     out.append(f"{tflops[0]:.3g} vs {tflops[1]:.3g} TFLOP/s on one CPU model "
                f"({max(tflops) / min(tflops):.2f}x apart; load average {a.get('load_avg_1m')} vs "

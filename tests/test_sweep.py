@@ -300,9 +300,13 @@ def test_report_tables_and_plots(swept, tmp_path, capsys):
   assert "3 points: 1 ok, 1 timeout, 1 bad_config" in text
   assert "### jax / cpu / cpu" in text and "mpt:nano (0.246M)" in text
   assert "| timeout |" in text and "dtype: 'float16' is not allowed" in text
+  # dtype and steps varied (zip), one point finished: a table with them as columns side by side,
+  # and bars (no model size or batch varied to put on an x axis).
+  assert ("| jax / cpu / cpu | mpt:nano (0.246M) | 8 | " in text
+          and "| timeout | bad_config |" in text), text
   import matplotlib.image
   pngs = sorted(p.name for p in out.glob("*.png"))
-  assert pngs == sorted(report_lib.PLOTS)
+  assert pngs == ["memory_bars.png", "mfu_bars.png", "throughput_bars.png"]
   for name in pngs:
     assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     assert matplotlib.image.imread(str(out / name)).shape[0] > 100
