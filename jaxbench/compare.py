@@ -3,6 +3,10 @@
   jaxbench compare RUN_DIR RUN_DIR [RUN_DIR ...] [--out=DIR] [--labels=A,B,...]
                    [--loss_tolerance=0.01]
 
+A RUN_DIR may also be a sweep's point directory (SWEEP/points/<id>) that ran several times
+(`repeats`): its first run (run/) is the run compared, and the intervals are over all its runs
+(run/, run-2/, ...) and their steps.
+
 The first run is the baseline; every other run is compared against it:
 - throughput: the median tokens/s per device (summary.json) and its ratio to the baseline's, each
   with its 95% bootstrap interval over the timed steps (jaxbench/intervals.py), the headline
@@ -41,6 +45,7 @@ import sys
 from jaxbench import cli
 from jaxbench import intervals
 from jaxbench import rundir as rundir_lib
+from jaxbench import timing
 
 LOSS_TOLERANCE = 0.01
 RUN_FILES = ("run.json", "summary.json", "metrics.jsonl")
@@ -71,6 +76,9 @@ class Run:
   info: dict  # run.json
   summary: dict  # summary.json
   metrics: list  # metrics.jsonl records
+  # A sweep point's later runs (run-2/, run-3/, ... of SWEEP/points/<id>): more of the same
+  # measurement, for the intervals; the rest of the comparison reads the first run.
+  repeats: list = dataclasses.field(default_factory=list)
 
   def config(self, dotted: str, default=None):
     return lookup(self.info.get("config", {}), dotted, default)
@@ -90,6 +98,18 @@ def _read_json_file(path: str) -> dict:
 
 
 def load_run(path: str, label: str) -> Run:
+  """A run directory, or a sweep's point directory: its run/ with its repeats (run-k/)."""
+  if (os.path.isdir(path) and not os.path.exists(os.path.join(path, "run.json"))
+      and os.path.isfile(os.path.join(path, "run", "run.json"))):
+    later = sorted((int(name[4:]), name) for name in os.listdir(path)
+                   if name.startswith("run-") and name[4:].isdigit())
+    first = _load_one(os.path.join(path, "run"), label)
+    first.repeats = [_load_one(os.path.join(path, name), label) for _, name in later]
+    return first
+  return _load_one(path, label)
+
+
+def _load_one(path: str, label: str) -> Run:
   if not os.path.isdir(path):
     raise BadInput(f"{path}: not a run directory (no such directory)")
   missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(path, name))]
@@ -211,21 +231,33 @@ def work_per_step(run: Run) -> float | None:
   return tokens / n if tokens and isinstance(n, int) and n > 0 else None
 
 
+def step_time_sets(run: Run) -> list[list[float]]:
+  """The timed step times of each of the run's runs (one, or a sweep point's repeats)."""
+  return [t for t in map(timed_step_times, [run, *run.repeats]) if t]
+
+
 def throughput(base: Run, run: Run) -> dict:
   """The run's median tokens/s per device and its ratio to the baseline's, each with its
-  bootstrap interval over the timed steps (None where there are none), and the run's p90/p10."""
+  bootstrap interval over the timed steps (and repeats; None where there are none), and the
+  widest p90/p10 of its runs. With repeats the medians are over every run's timed steps."""
   mine, theirs = (r.summary.get("tokens_per_s_per_device_median") for r in (run, base))
-  ratio = mine / theirs if _finite(mine) and _finite(theirs) and theirs > 0 else None
-  times, base_times = timed_step_times(run), timed_step_times(base)
+  times, base_times = step_time_sets(run), step_time_sets(base)
   work, base_work = work_per_step(run), work_per_step(base)
-  interval = intervals.throughput_interval([times], work) if work else None
+  interval = intervals.throughput_interval(times, work) if work else None
+  base_interval = intervals.throughput_interval(base_times, base_work) if base_work else None
+  if run.repeats and interval:
+    mine = interval.value
+  if base.repeats and base_interval:
+    theirs = base_interval.value
+  ratio = mine / theirs if _finite(mine) and _finite(theirs) and theirs > 0 else None
   ratio_interval = None
   if ratio is not None and work and base_work and run is not base:
-    ratio_interval = intervals.ratio_interval([base_times], base_work, [times], work)
-  spread = intervals.spread(times)
+    ratio_interval = intervals.ratio_interval(base_times, base_work, times, work)
+  spreads = [x for x in map(intervals.spread, times) if x is not None]
+  spread = max(spreads) if spreads else None
   return {"tokens_per_s_per_device": mine if _finite(mine) else None, "ratio": ratio,
           "interval": interval, "ratio_interval": ratio_interval, "spread": spread,
-          "noisy": intervals.spread_note(spread)}
+          "noisy": intervals.spread_note(spread), "runs": 1 + len(run.repeats)}
 
 
 # --- Loss curves ----------------------------------------------------------------------------------
@@ -435,20 +467,38 @@ def status_warnings(runs: list[Run]) -> list[str]:
           f"cover only the steps it ran" for r in runs if r.summary.get("status") != "finished"]
 
 
-INTERVAL_RULE = (f"{intervals.CONFIDENCE:.0%} bootstrap intervals of the medians over each run's "
-                 "timed steps, one run each: they leave out the noise from run to run (a sweep's "
-                 "`repeats` puts it in); a ratio whose interval holds 100% is not distinguishable "
-                 "from parity")
+def interval_rule(runs: list[Run]) -> str:
+  if any(r.repeats for r in runs):
+    over = ("over every timed step of every run of each (a sweep point's repeats drawn first, then "
+            "their steps; a single run: its steps only)")
+  else:
+    over = ("over each run's timed steps, one run each: they leave out the noise from run to run "
+            "(a sweep's `repeats`, compared as SWEEP/points/<id>, puts it in)")
+  return (f"{intervals.CONFIDENCE:.0%} bootstrap intervals of the medians {over}; a ratio whose "
+          "interval holds 100% is not distinguishable from parity")
 
 
 # --- The comparison --------------------------------------------------------------------------------
+def combined_summary(run: Run) -> dict:
+  """summary.json, or for a sweep point's repeats, its step-time statistics over every run's timed
+  steps and the median of the runs' MFU and TFLOP/s (the rest: the first run's)."""
+  if not run.repeats:
+    return run.summary
+  s = dict(run.summary, **timing.summarize([t for times in step_time_sets(run) for t in times]))
+  for key in ("mfu_median", "tflops_per_s_per_device_median"):
+    values = [r.summary.get(key) for r in (run, *run.repeats) if _finite(r.summary.get(key))]
+    s[key] = statistics.median(values) if values else None
+  return s
+
+
 def _run_entry(base: Run, run: Run, tolerance: float, diff: list[dict], index: int) -> dict:
-  s = run.summary
+  s = combined_summary(run)
   tp, base_tp = throughput(base, run), throughput(base, base)
-  mfu, mfu_unknown = mfu_text(run)
+  mfu, mfu_unknown = mfu_text(dataclasses.replace(run, summary=s))
   agreement = loss_agreement(base, run, tolerance)
   return {
       "label": run.label, "path": os.path.abspath(run.path), "baseline": index == 0,
+      "runs": tp["runs"],
       "status": s.get("status"), "steps": s.get("steps"), "timed_steps": s.get("timed_steps"),
       "backend": run.info.get("backend", s.get("backend")),
       "device_kind": run.info.get("device_kind", s.get("device_kind")),
@@ -484,7 +534,7 @@ def compare(runs: list[Run], tolerance: float = LOSS_TOLERANCE) -> dict:
   return {"baseline": base.label, "loss_tolerance": tolerance,
           "loss_rule": (f"matching = max over common steps of |loss - baseline loss| / |baseline loss| "
                         f"< {fmt_tolerance(tolerance)}"),
-          "interval_rule": INTERVAL_RULE,
+          "interval_rule": interval_rule(runs),
           "warnings": warnings, "headlines": [e["headline"] for e in entries[1:]],
           # A key a run does not have reads "(absent)", apart from a recorded null.
           "runs": entries, "diff": diff, "plots": []}
@@ -527,7 +577,8 @@ def table_rows(result: dict) -> list[list[str]]:
 
   confidence = f"{intervals.CONFIDENCE:.0%}"
   rows = [
-      ("status", lambda e: f"{e['status']} ({e['steps']} steps, {e['timed_steps']} timed)"),
+      ("status", lambda e: f"{e['status']} ({e['steps']} steps, {e['timed_steps']} timed)"
+                           + (f", {e['runs']} runs" if e["runs"] > 1 else "")),
       ("device", lambda e: f"{e['n_devices']} x {e['device_kind']} ({e['backend']})"),
       (f"tokens/s/device ({confidence} interval)", tokens),
       (f"vs baseline ({confidence} interval)", ratio),
