@@ -11,7 +11,8 @@ COMMANDS = {
     "prepare": ("jaxbench.prepare", "text files or folders -> token files + meta.json for data.path"),
     "sweep": ("jaxbench.sweep", "a grid of training runs from a sweep file, each its own process; "
               "resumable"),
-    "report": ("jaxbench.report", "tables and PNG plots of a sweep (throughput, MFU, memory)"),
+    "report": ("jaxbench.report", "tables and PNG plots of a sweep (throughput, MFU, memory, with "
+               "intervals); of several sweeps, a study side by side"),
     "compare": ("jaxbench.compare", "throughput ratio, MFU, loss-curve agreement and what differs, "
                 "between run directories"),
     "portability": ("jaxbench.portability", "lower the train step for cpu, cuda, rocm and tpu, "

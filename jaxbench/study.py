@@ -356,7 +356,7 @@ def format_markdown(result: dict) -> str:
 def write_plots(result: dict, sides: list[Side], out: str) -> list[str]:
   rows = result["points"]
   keys = [k for k in result["match_keys"] if k not in report_lib.SIZE_KEYS]
-  sizes = {r["n_params"] for r in rows if report_lib._finite(r["n_params"])}
+  sizes = {r["n_params"] for r in rows if r["n_params"]}
   written = []
 
   def ratio_point(r, index):

@@ -237,3 +237,9 @@ def test_study_of_two_real_sweeps(tmp_path):
   assert "loss curves within 1%" in result["headlines"][0]
   assert (tmp_path / "study" / "ratio_bars.png").read_bytes()[:8] == PNG_SIGNATURE
   assert "in some sweeps only:" in proc.stdout
+
+
+def test_the_shipped_study_sweep_builds():
+  from jaxbench import sweepfile
+  sweep = sweepfile.build(os.path.join(REPO, "configs", "sweeps", "cpu_study.py"))
+  assert sweep.repeats == 3 and [p.overrides["preset"] for p in sweep.points] == ["nano", "tiny"]
