@@ -281,8 +281,8 @@ def _ranges(cores) -> str:
 def measurement_conditions(devices) -> dict:
   """What a measurement made now depends on besides the hardware's kind: the machine (the
   kernel's boot id: a reboot or another machine is another measurement), the CPU model, the cores
-  this process may use, and how busy the machine is (its load average before measuring, per core
-  of the machine)."""
+  this process may use, XLA_FLAGS (they change the matmul XLA emits), and how busy the machine is
+  (its load average before measuring, per core of the machine)."""
   from jaxbench import sysinfo
   try:
     cores = _ranges(os.sched_getaffinity(0))
@@ -293,7 +293,7 @@ def measurement_conditions(devices) -> dict:
           "machine": sysinfo.machine_identity(), "cpu": _cpu_model(), "cores": cores,
           "load_avg_1m": None if load is None else round(load, 2), "host_cpus": host_cpus,
           "load_per_core": None if load is None else round(load / host_cpus, 3),
-          "platform": list(devices)[0].platform}
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "platform": list(devices)[0].platform}
 
 
 def _age_s(measured_at) -> float | None:
@@ -313,8 +313,8 @@ def stale_because(cached: dict | None, now: dict) -> str | None:
   if not isinstance(cached, dict) or not cached:
     return "it does not record where and under what load it was measured"
   for key, what in (("machine", "on another machine (boot id)"), ("cpu", "on another CPU"),
-                    ("cores", "on another set of cores")):
-    if cached.get(key) != now.get(key):
+                    ("cores", "on another set of cores"), ("xla_flags", "with other XLA_FLAGS")):
+    if cached.get(key, "") != now.get(key, ""):
       return f"it was measured {what}: {cached.get(key)} vs {now.get(key)} here"
   age = _age_s(cached.get("measured_at"))
   if age is None or age > CPU_MAX_AGE_S or age < -60:

@@ -298,6 +298,7 @@ def test_main_table_output_and_no_cache(capsys, cache_dir):
     ({"machine": "another-boot-id"}, "measured on another machine (boot id): another-boot-id vs"),
     ({"cpu": "Some Other CPU"}, "measured on another CPU: Some Other CPU vs"),
     ({"cores": "7"}, "measured on another set of cores: 7 vs"),
+    ({"xla_flags": "--xla_cpu_use_fusion_emitters=false"}, "measured with other XLA_FLAGS: --xla_cpu"),
     ({"measured_at": "2026-01-01T00:00:00+00:00"}, "h ago (used up to 1 h)"),
     ({"load_avg_1m": 9.0, "load_per_core": 4.5}, "measured under load (load average 9.0 on"),
     ({"load_per_core": None}, "measured under load"),
