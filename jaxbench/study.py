@@ -19,7 +19,8 @@ loss curves that match. A jaxbench user runs one sweep per machine; this puts th
   are gathered once each, with the points they apply to.
 - A headline per sweep against the baseline (and per value of the other keys varied), over the
   model sizes: "B delivers 73-80% of A's per-device throughput across MPT 1b-7b, loss curves within
-  1%": the range covers every size's interval, stated no more precisely than they are.
+  1%": the range covers every size's interval, stated no more precisely than they are; then one
+  per model size ("B delivers 76% of A's per-device throughput at MPT 1b, ...").
 - Plots (--out): the ratio against model size (grouped bars where one size was run), and each
   sweep's throughput against model size, with the intervals as error bars.
 The study is printed; --out=DIR also writes study.md, study.json and the PNGs there.
@@ -205,8 +206,12 @@ def headline(label: str, base_label: str, rows: list[dict], index: int, where: s
     return None
   low, high = min(i.low for _, i in measured), max(i.high for _, i in measured)
   value = sorted(i.value for _, i in measured)[len(measured) // 2]
-  _, lo, hi = intervals.rounded(value * 100, low * 100, high * 100)
-  span = f"{lo}%" if lo == hi else f"{lo}-{hi}%"
+  if len(measured) == 1:  # one size: its figure and interval, as compare gives them
+    figure, bounds = intervals.percent_text(measured[0][1])
+    span = f"{figure} ({CONFIDENCE} interval {bounds})"
+  else:
+    _, lo, hi = intervals.rounded(value * 100, low * 100, high * 100)
+    span = f"{lo}%" if lo == hi else f"{lo}-{hi}%"
   models = _models_text([r for r, _ in measured])
   across = f"{'across' if len(measured) > 1 else 'at'} {models}{where}"
   same = [r["model"] for r, i in measured if i.holds(1.0)]
@@ -226,7 +231,7 @@ def headline(label: str, base_label: str, rows: list[dict], index: int, where: s
 
 def headlines(sides: list[Side], rows: list[dict], keys: list[str], tolerance: float) -> list[str]:
   """Per sweep against the baseline, per value of the keys that are not model size: one
-  sentence over the sizes."""
+  sentence over the sizes, then (where there are several) one per size."""
   series = [k for k in keys if k not in report_lib.SIZE_KEYS]
   out = []
   for index, side in enumerate(sides[1:]):
@@ -237,9 +242,12 @@ def headlines(sides: list[Side], rows: list[dict], keys: list[str], tolerance: f
       values = group[0]["values"]
       where = (" at " + ", ".join(f"{report_lib.short_key(k)}={values[k]}" for k in series)
                if series else "")
-      text = headline(side.label, sides[0].label, group, index, where, tolerance)
-      if text:
-        out.append(text)
+      group = sorted(group, key=lambda r: r["n_params"] or 0)
+      lines = [headline(side.label, sides[0].label, group, index, where, tolerance)]
+      if sum(r["ratios"][index]["ratio"] is not None for r in group) > 1:
+        lines += [headline(side.label, sides[0].label, [r], index, where, tolerance)
+                  for r in group]
+      out += [line for line in lines if line]
   return out
 
 

@@ -99,9 +99,13 @@ def test_study_matches_points_and_finds_the_ratios(sweeps):
   assert (only["label"], only["values"], only["missing_from"]) == ("A", {"preset": "small"}, ["B", "C"])
   assert only["status"] == "ok" and only["tokens_per_s_per_device"] == pytest.approx(512 / 0.2, rel=0.05)
   assert result["warnings"] == []
-  b_line, c_line = result["headlines"]
+  # B over the sizes, then B per size; C at the one size it has a ratio for.
+  b_line, b_nano, b_tiny, c_line = result["headlines"]
   assert re.fullmatch(r"B delivers 7\d-8\d% of A's per-device throughput across MPT nano-tiny, "
                       r"loss curves within 1% \(largest difference 0\.01%\)", b_line), b_line
+  assert re.match(r"B delivers [78]\d% \(95% interval [78]\d-[78]\d%\) of A's per-device "
+                  r"throughput at MPT nano, ", b_nano), b_nano
+  assert b_tiny.startswith("B delivers ") and " at MPT tiny, loss curves within 1%" in b_tiny
   assert c_line.startswith("C and A are not distinguishable in per-device throughput at MPT nano "
                            "(C at "), c_line
 
