@@ -175,9 +175,12 @@ def combo_label(values: dict) -> str:
 
 
 def throughput_cell(p: dict) -> str:
-  """"5,440 (5,310-5,590)", "noisy" beside it where its step times spread wide."""
+  """"5,440 (5,310-5,590)", "noisy" beside it where its step times spread wide, and how many of
+  its runs finished where some did not."""
   text = (intervals.count_text(p["throughput"]) if p["throughput"]
           else fmt_count(p["tokens_per_s_per_device"]))
+  if p["ok_runs"] < len(p["runs"]):
+    text += f" ({p['ok_runs']}/{len(p['runs'])} runs finished)"
   return text + (f" ({p['noisy']})" if p["noisy"] else "")
 
 

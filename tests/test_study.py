@@ -178,9 +178,16 @@ def test_report_of_repeats_gives_one_row_per_point(tmp_path):
   sweep_dir = str(tmp_path / "r")
   write_point(sweep_dir, 0, {"preset": "nano"}, 0.010, repeats=3)
   write_point(sweep_dir, 1, {"preset": "tiny"}, 0.040, repeats=3, seed=1)
+  # The tiny point's fourth run: a timeout (a line of its own, as the sweep writes it).
+  sweep_lib.append_result(sweep_dir, {"id": "p1-preset=tiny", "index": 1, "repeat": 4,
+                                      "overrides": {"preset": "tiny"}, "status": "timeout",
+                                      "run_dir": "points/p1-preset=tiny/run-4"})
   path, plots = report_lib.report(sweep_dir)
   text = open(path).read()
-  assert "2 points (6 runs): 6 ok." in text
+  assert "2 points (7 runs): 6 ok, 1 timeout." in text
+  assert re.search(r"\| mpt:tiny \(1\.12M\) \| 8 \| 3/4 ok \| [\d,]+ \([\d,]+-[\d,]+\) \(3/4 runs "
+                   r"finished\) \|", text), text
+  assert "| p1-preset=tiny (run 4) | tiny | timeout |" in text
   assert re.search(r"\| mpt:nano \(0\.246M\) \| 8 \| 3/3 ok \| 5\d,\d\d0 \(5\d,\d\d0-5\d,\d\d0\) \|", text), text
   assert set(plots) == {"throughput_vs_size.png", "mfu_vs_size.png"}
 

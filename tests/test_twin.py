@@ -256,7 +256,9 @@ def test_compare_reads_both(runs, capsys):
   tmp, _ = runs
   assert compare.main(["jaxbench compare", str(tmp / "jax"), str(tmp / "torch")]) == 0
   out = capsys.readouterr().out
-  assert "torch delivers" in out and "framework" in out and "matching" in out
+  # Two runs on a shared CPU: told apart or not, with the interval (compare's intervals).
+  assert ("torch delivers" in out or "torch and jax are not distinguishable" in out)
+  assert "framework" in out and "matching" in out
 
 
 @pytest.mark.parametrize("flag,key", [("--config.torch.parallel=pipeline", "torch.parallel"),
