@@ -48,6 +48,7 @@ import tempfile
 import time
 
 from jaxbench import cli
+from jaxbench import compat
 from jaxbench import plugin_installed
 from jaxbench import rundir
 from jaxbench.errors import ConfigError
@@ -315,13 +316,12 @@ def xla_cost(compiled) -> dict:
   has none of its own, so the optimized HLO is analysed by XLA's generic cost model; custom calls
   (cuBLAS) count no flops there, and a loop body counts once."""
   import jax
-  from jax._src.lib import _jax
   try:
     modules = compiled.runtime_executable().hlo_modules()
     cpu = jax.devices("cpu")[0].client
     total: dict[str, float] = {}
     for module in modules:
-      for k, v in _jax.hlo_module_cost_analysis(cpu, module).items():
+      for k, v in compat.hlo_module_cost_analysis(cpu, module).items():
         if k in ("flops", "bytes accessed", "transcendentals"):
           total[k] = total.get(k, 0.0) + float(v)
     return total
@@ -690,8 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra["dump"]:
       rundir.check_output_folder(extra["dump"], "--dump")
       # XLA writes its own dumps (per-pass HLO, PTX) when its backend compiles; read once.
-      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to="
-                                 f"{os.path.abspath(extra['dump'])}").strip()
+      os.environ["XLA_FLAGS"] = compat.xla_flags_with_dump(os.environ.get("XLA_FLAGS", ""),
+                                                           os.path.abspath(extra["dump"]))
     _compile_only_environment()
     reports = []
     for target in targets:

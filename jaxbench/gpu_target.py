@@ -19,6 +19,7 @@ import dataclasses
 import os
 import re
 
+from jaxbench import compat
 from jaxbench.errors import ConfigError
 
 # CUdevice_attribute values (cuda.h; stable across CUDA 11-13).
@@ -99,14 +100,8 @@ def query_driver(index: int = 0) -> LocalGpu:
   attributes["total_memory"] = total.value
   driver = ctypes.c_int()
   driver_version = driver.value if cuda.cuDriverGetVersion(ctypes.byref(driver)) == 0 else None
-  runtime_version = dnn_version = None
-  try:  # the versions JAX's CUDA plugin loads, when it is installed
-    from jax._src.lib import cuda_versions
-    if cuda_versions is not None:
-      runtime_version = int(cuda_versions.cuda_runtime_get_version())
-      dnn_version = int(cuda_versions.cudnn_get_version())
-  except Exception:  # no plugin, or one without these calls: the description leaves them out
-    pass
+  # The versions JAX's CUDA plugin loads; without the plugin the description leaves them out.
+  runtime_version, dnn_version = compat.cuda_plugin_versions()
   return LocalGpu(name=name.value.decode(errors="replace"), attributes=attributes,
                   driver_version=driver_version, runtime_version=runtime_version,
                   dnn_version=dnn_version, unanswered=tuple(unanswered))

@@ -25,6 +25,7 @@ from absl import flags
 
 from jaxbench import cli
 from jaxbench import checkpoint as checkpoint_lib
+from jaxbench import compat
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
 from jaxbench import distributed
@@ -259,11 +260,7 @@ def apply_determinism(c) -> dict:
   once, when a backend starts, so this must run before anything touches a device."""
   if not c.deterministic:
     return {"requested": False}
-  try:
-    from jax._src import xla_bridge  # private: whether a backend has read XLA_FLAGS already
-    started = bool(getattr(xla_bridge, "_backends", None))
-  except ImportError:
-    started = False
+  started = compat.backends_started()  # and so has read XLA_FLAGS already
   added = []
   current = os.environ.get("XLA_FLAGS", "")
   contrary = []

@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+from jaxbench import compat
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
 from jaxbench import errors
@@ -45,8 +46,7 @@ EXTRA_HINT = 'the PyTorch twin needs torch: pip install -e ".[torch]" (the `torc
 def cpu_only_jax():
   """JAX, confined to the CPU before any backend starts (it must not take GPU memory here)."""
   import jax
-  from jax._src import xla_bridge  # private: whether a backend has started already
-  if not getattr(xla_bridge, "_backends", None):
+  if not compat.backends_started():
     jax.config.update("jax_platforms", "cpu")
   return jax
 
