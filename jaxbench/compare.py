@@ -26,7 +26,8 @@ The first run is the baseline; every other run is compared against it:
   scan_layers, or the parameter count), tokens per step, seq_len, dtype, data or seed, optimizer
   (for the loss curves), MFU against peaks of different kinds or measured under different
   conditions (a quiet machine and a busy one, peaks apart by more than 1.25x on one CPU), or a run
-  whose status is not "finished".
+  whose status is not "finished"; and when runs of one framework ran on different releases of it
+  (jax or jaxlib; torch), which a study across releases names.
 
 A terminal table goes to stdout. --out=DIR also writes compare.md, compare.json (the same numbers)
 and PNG plots (loss.png, step_times.png, throughput.png), which need matplotlib (the `plots`
@@ -383,6 +384,23 @@ def _changed(base: dict, run: dict) -> list[str]:
           for k in sorted(set(base) | set(run)) if base.get(k, MISSING) != run.get(k, MISSING)]
 
 
+# The packages whose release is part of what a run of each framework measures: JAX's tracing and
+# XLA (jaxlib), or torch. A study across releases is legitimate, but the release must be named.
+FRAMEWORK_PACKAGES = {"jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
+def _release_changes(base: Run, run: Run) -> list[str]:
+  """'package run-version vs baseline-version' for the framework's packages (FRAMEWORK_PACKAGES)
+  that both runs recorded and that differ; none between runs of different frameworks (the
+  framework is then what is compared, and the other framework's packages did not run the step)."""
+  framework = base.config("framework") or "jax"
+  if (run.config("framework") or "jax") != framework:
+    return []
+  versions = [r.info.get("versions") or {} for r in (base, run)]
+  names = [n for n in FRAMEWORK_PACKAGES.get(framework, ()) if all(n in v for v in versions)]
+  return _changed(*({n: v[n] for n in names} for v in versions))
+
+
 def _tokens_per_step(run: Run):
   batch, seq = run.config("batch_size"), run.config("seq_len")
   return batch * seq if isinstance(batch, int) and isinstance(seq, int) else None
@@ -412,6 +430,10 @@ def comparability_warnings(base: Run, run: Run) -> list[str]:
   if run.config("warmup_steps_excluded") != base.config("warmup_steps_excluded"):
     problems.append(f"different warm-up steps left out of the timing "
                     f"({run.config('warmup_steps_excluded')} vs {base.config('warmup_steps_excluded')})")
+  releases = _release_changes(base, run)
+  if releases:
+    problems.append(f"different releases ({'; '.join(releases)}): the compiler and its kernels "
+                    "change between releases, so name them with the result")
   # (An unknown peak gives no MFU to compare: the table says so.)
   peaks = [(r.info.get("peak") or {}).get("source") for r in (run, base)]
   if not {None, "unknown"} & set(peaks) and peaks[0] != peaks[1]:

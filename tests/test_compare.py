@@ -145,7 +145,11 @@ def test_diff_lists_exactly_the_changed_keys(real_runs, tmp_path):
       "config.microbatches": [1, 2]}
   assert result["runs"][1]["differs_from_baseline"] == ["device_kind", "versions.jax",
                                                         "config.microbatches"]
-  assert result["warnings"] == []  # an implementation change: diffed, not a warning
+  # The device and microbatches are what a study changes: diffed, not warned about; a release is
+  # named (below).
+  assert result["warnings"] == [f"other vs a: different releases (jax 0.11.2 vs {jax_version}): "
+                                "the compiler and its kernels change between releases, so name "
+                                "them with the result"]
 
 
 def _set(path, value, **more):
@@ -173,6 +177,7 @@ def _set(path, value, **more):
     (_set("config.steps", 2000), "different steps (2000 vs "),
     (_set("config.warmup_steps_excluded", 0), "different warm-up steps left out of the timing (0 vs "),
     (_set("peak.source", "table"), "MFU against peaks of different kinds (table vs "),
+    (_set("versions.jaxlib", "0.99.0"), "different releases (jaxlib 0.99.0 vs "),
 ])
 def test_warns_when_runs_are_not_comparable(real_runs, tmp_path, capsys, edit, needle):
   other = copy_run(real_runs[0], tmp_path / "other", run=edit)
@@ -204,6 +209,23 @@ def test_warns_on_unfinished_run_and_says_why_mfu_is_unknown(real_runs, tmp_path
   entry = compare.compare(load(real_runs[0], other))["runs"][1]
   assert entry["mfu"] is None and entry["mfu_text"] == "unknown (peak source unknown)"
   assert "not in the table" in entry["mfu_unknown_reason"]
+
+
+def _run(label, framework, **versions):
+  return compare.Run(label, label, {"config": {"framework": framework}, "versions": versions}, {}, [])
+
+
+def test_release_warnings_name_the_frameworks_own_packages_only():
+  old, new = _run("old", "jax", jax="0.10.2", jaxlib="0.10.2"), _run("new", "jax", jax="0.12.1",
+                                                                       jaxlib="0.12.1")
+  assert compare._release_changes(old, new) == ["jax 0.12.1 vs 0.10.2", "jaxlib 0.12.1 vs 0.10.2"]
+  # The twin's runs: torch's release, not the jax that only made its data.
+  twin_old = _run("t1", "torch", jax="0.10.2", torch="2.11.0")
+  twin_new = _run("t2", "torch", jax="0.12.1", torch="2.13.0")
+  assert compare._release_changes(twin_old, twin_new) == ["torch 2.13.0 vs 2.11.0"]
+  # JAX against the twin is the study itself; a package one run did not record is not a difference.
+  assert compare._release_changes(old, twin_new) == []
+  assert compare._release_changes(old, _run("bare", "jax", jax="0.10.2")) == []
 
 
 def test_flatten_keeps_empty_dicts():
