@@ -55,6 +55,28 @@ def hlo_module_cost_analysis(client, module) -> dict:
   return _jax.hlo_module_cost_analysis(client, module)
 
 
+def jax_release() -> tuple[int, int]:
+  """(major, minor) of the installed jax: 0.12.1 -> (0, 12)."""
+  import jax
+  major, minor = (int("".join(ch for ch in part if ch.isdigit()) or 0)
+                  for part in jax.__version__.split(".")[:2])
+  return major, minor
+
+
+def compilation_cache_hang(platform: str, process_count: int) -> str | None:
+  """Why JAX's persistent compilation cache must stay off for this run; None where it may be used.
+
+  jax 0.12.1 on the CPU with several processes (gloo's collectives): a step that process 0 loads
+  from the cache waits forever in its first all-reduce, every process inside gloo::allreduce, where
+  compiled afresh it runs (a data-parallel gradient step with a scan over layers does it outside
+  jaxbench too). 0.10.2 and 0.11.2 run it from the cache. 0.12.0 was not run: taken to be 0.12.1.
+  Not seen on GPUs (their collectives are NCCL's or RCCL's), where none was run."""
+  if platform != "cpu" or process_count < 2 or jax_release() < (0, 12):
+    return None
+  return ("jax 0.12 hangs in the first collective of a multi-process CPU step loaded from it "
+          "(jaxbench/compat.py)")
+
+
 # The emitter whose dumps are the PTX of each kernel (XLA's DumpingEnabledForEmitter("ptx")).
 PTX_EMITTER = "ptx"
 

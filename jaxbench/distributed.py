@@ -11,6 +11,7 @@ import os
 
 import jax
 
+from jaxbench import compat
 from jaxbench.errors import ConfigError
 
 
@@ -41,7 +42,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     with _without_cluster_env():
       _initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                   process_id=process_id, initialization_timeout=timeout_s)
-    return f"explicit: process {process_id} of {num_processes}, coordinator {coordinator_address}"
+    return (f"explicit: process {process_id} of {num_processes}, coordinator "
+            f"{coordinator_address}{_without_a_hanging_cache()}")
   if cluster_size_from_env() > 1:
     if not any(k in os.environ for k in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK")):
       raise ConfigError("--coordinator_address", "the job has several tasks but this process is "
@@ -49,7 +51,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
                         "srun or mpirun, or pass --coordinator_address, --num_processes, --process_id")
     # JAX detects SLURM / Open MPI: one process per GPU (each pinned to its local rank's GPU).
     _initialize(initialization_timeout=timeout_s)
-    return f"auto-detected cluster: process {jax.process_index()} of {jax.process_count()}"
+    return (f"auto-detected cluster: process {jax.process_index()} of {jax.process_count()}"
+            f"{_without_a_hanging_cache()}")
   return "single process"
 
 
@@ -58,6 +61,19 @@ def _initialize(**kwargs) -> None:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:  # what JAX could not work out from the environment
     raise ConfigError("--coordinator_address", str(e).strip().splitlines()[0]) from None
+
+
+def _without_a_hanging_cache() -> str:
+  """Turns JAX's persistent compilation cache off where this release hangs with it in a run of
+  several processes (compat.compilation_cache_hang), before anything compiles; what was done, for
+  run.json's `distributed` ('' when nothing)."""
+  if not (jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache):
+    return ""
+  reason = compat.compilation_cache_hang(jax.default_backend(), jax.process_count())
+  if reason is None:
+    return ""
+  jax.config.update("jax_enable_compilation_cache", False)
+  return f"; persistent compilation cache off: {reason}"
 
 
 @contextlib.contextmanager
