@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import read_json
+from conftest import NO_TORCH, read_json
 
 from jaxbench import config, profiling, rundir, train
 
@@ -157,7 +157,8 @@ def test_cpu_scan_stacks_bf16_residuals_in_place(family, remat):
   (model._rounded names the bits). No dynamic-update-slice of the compiled bf16 step may update a
   widened stack (8 did for mpt:nano before; with remat=dots, 7), but under a remat policy the
   stack of the blocks' inputs: a rematerialized block keeps its input, the scan's carry, which
-  autodiff cannot carry as integer bits."""
+  autodiff cannot carry as integer bits (jax 0.10.2 widens that stack; 0.11.2 and 0.12.1 keep it
+  in bf16 too)."""
   import re
 
   from jaxbench import hlo
@@ -175,7 +176,7 @@ def test_cpu_scan_stacks_bf16_residuals_in_place(family, remat):
         r"= (\S+) dynamic-update-slice\(%([^,]+),", computation) if ops.get(operand) == "convert"]
   assert updates >= 8, updates  # the stacks are read from the HLO at all
   blocks_inputs = f"f32[{c.model.n_layers},2,{c.seq_len},{c.model.d_model}]" + "{3,2,1,0}"
-  assert widened == ([] if remat == "none" else [blocks_inputs]), widened
+  assert widened in ([[]] if remat == "none" else [[], [blocks_inputs]]), widened
 
 
 def test_cpu_step_does_not_transpose_the_mlp_gradient():
@@ -282,7 +283,7 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch
   expected = counted - (1 - share) * attention + recomputed
   assert abs(computed - expected) <= 0.01 * computed, (computed, counted, recomputed, share)
 
-  torch = pytest.importorskip("torch")
+  torch = pytest.importorskip("torch", reason=NO_TORCH)
   rng = np.random.default_rng(0)
   for lhs, rhs, dims, *_ in census:
     a, b = rng.standard_normal(lhs, np.float32), rng.standard_normal(rhs, np.float32)
