@@ -1,5 +1,6 @@
 """Shared helpers. Tests run on the CPU; mesh tests fork a process with 8 host devices."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +19,14 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The twin's and export-hf's tests need torch (the test-torch extra). CI's newest environment has none: PyPI's torch
+# for Python 3.12 and later is a CUDA build of several GB, and the CPU build on CI's disk is for
+# 3.11. They skip there with this reason; CI's oldest environment sets JAXBENCH_REQUIRE_TORCH=1, so
+# a torch missing there fails the run instead.
+NO_TORCH = ("needs the test-torch extra (torch, transformers, safetensors), not installed here; CI's "
+            "newest environment has none (PyPI's torch for this Python is a multi-GB CUDA build)")
+if os.environ.get("JAXBENCH_REQUIRE_TORCH") == "1" and importlib.util.find_spec("torch") is None:
+  raise RuntimeError("JAXBENCH_REQUIRE_TORCH=1 but torch is not installed")
 # One XLA compilation cache for every jaxbench process the tests start: most of them compile the
 # same tiny step, and a cache hit saves seconds each on a 2-core machine. (Only compile time is
 # saved; the tests assert nothing about it.)

@@ -7,12 +7,13 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import NO_TORCH
 
 from jaxbench import config, export_hf, model, rundir, train
 
-pytest.importorskip("safetensors")
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors", reason=NO_TORCH)
+transformers = pytest.importorskip("transformers", reason=NO_TORCH)
+torch = pytest.importorskip("torch", reason=NO_TORCH)
 torch.set_num_threads(1)  # the test machine is shared (see test_twin.py)
 
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_env
+from conftest import NO_TORCH, REPO, cli_env
 
-pytest.importorskip("torch")
+pytest.importorskip("torch", reason=NO_TORCH)
 SUITE = os.path.join(REPO, "benchmarks", "gpu_suite.py")
 
 

@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_env, read_json, run_cli
+from conftest import NO_TORCH, cli_env, read_json, run_cli
 
 from jaxbench import compare, config, model, optim, step, train
 from jaxbench.twin import convert
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason=NO_TORCH)
 from jaxbench.twin import model as twin_model  # noqa: E402
 from jaxbench.twin import train as twin_train  # noqa: E402
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_env
+from conftest import NO_TORCH, REPO, cli_env
 
 SCRIPT = os.path.join(REPO, "benchmarks", "xla_vs_torch.py")
 
@@ -47,7 +47,7 @@ def test_ratios_are_paired_by_round():
 
 
 def test_tiny_run_writes_results(tmp_path):
-  pytest.importorskip("torch")
+  pytest.importorskip("torch", reason=NO_TORCH)
   out = tmp_path / "xvt"
   proc = subprocess.run(
       [sys.executable, SCRIPT, "--config=configs/mpt.py:nano", "--rounds=1", "--steps=3",
