@@ -4,8 +4,8 @@ supports (setup.cfg: jax/jaxlib 0.10.2 to 0.12.x), in one place.
 Each function says which releases need what, and was checked on jax/jaxlib 0.10.2 (Python 3.11,
 CI's oldest environment), 0.11.2 (Python 3.12, the GPU machine's and a CPU check here) and 0.12.1
 (Python 3.13, CI's newest environment); tests/test_compat.py runs each on the installed release.
-A private API that is gone answers "unknown" (False, None, an `unavailable` reason) instead of
-raising: what it feeds is a report or a precaution, never the result of a run.
+A private API that is gone answers "unknown" (False, None) rather than raising, or raises for its
+caller to report as unavailable: what it feeds is a report or a precaution, never a run's result.
 
 Public and unchanged over those releases, so used where they are needed, not through here:
 jax.experimental.multihost_utils (broadcast_one_to_all, process_allgather),

@@ -44,6 +44,14 @@ def test_dump_flags_ask_for_the_ptx_and_keep_the_users_own():
           == "--xla_dump_emitter_re=.* --xla_dump_to=/d")
 
 
+def test_the_compilation_cache_is_left_off_only_where_a_release_hangs_with_it():
+  assert compat.jax_release() == tuple(int(p) for p in jax.__version__.split(".")[:2])
+  assert compat.compilation_cache_hang("cpu", 1) is None
+  assert compat.compilation_cache_hang("cuda", 2) is None
+  hangs = compat.compilation_cache_hang("cpu", 2)
+  assert (hangs is not None) == (compat.jax_release() >= (0, 12))
+
+
 def test_the_public_apis_used_directly_are_where_they_were():
   """compat.py's docstring lists these as unchanged over the supported releases."""
   from jax.experimental import multihost_utils, topologies
