@@ -102,7 +102,7 @@ def cudnn_problem(c, cuda: bool, platform: str = "this backend") -> str | None:
 
 
 def _cudnn_probe(device, head_dim: int, n_heads: int, n_kv_heads: int) -> str | None:
-  on_device = jax.sharding.SingleDeviceSharding(device)
+  on_device = jax.sharding.make_single_device_sharding(device)  # jax 0.12 deprecates the class
   q = jax.ShapeDtypeStruct((1, 128, n_heads, head_dim), jax.numpy.bfloat16, sharding=on_device)
   kv = jax.ShapeDtypeStruct((1, 128, n_kv_heads, head_dim), jax.numpy.bfloat16, sharding=on_device)
   try:

@@ -61,6 +61,31 @@ def test_the_public_apis_used_directly_are_where_they_were():
   assert callable(jax.export.export) and callable(jax.export.DisabledSafetyCheck.custom_call)
 
 
+def test_no_jaxbench_code_uses_what_the_installed_jax_deprecates():
+  """Each JAX module lists the names it deprecates in its `_deprecations` table; none may be used
+  (jax 0.12 deprecated jax.sharding.SingleDeviceSharding, which train._cudnn_probe built on every
+  NVIDIA GPU; it warned once there and would break when removed)."""
+  import importlib
+  import pathlib
+  import re
+  root = pathlib.Path(__file__).resolve().parents[1]
+  used = set()
+  for path in [*(root / "jaxbench").rglob("*.py"), *(root / "benchmarks").glob("*.py")]:
+    text = path.read_text()
+    used |= set(re.findall(r"\b(jax(?:\.[a-z_]+)*)\.([A-Za-z_]\w*)", text))
+    for module, names in re.findall(r"^\s*from (jax[\w.]*) import \(?([\w, ]+)", text, re.M):
+      used |= {(module, n.split(" as ")[0].strip()) for n in names.split(",") if n.strip()}
+  deprecated = []
+  for module, name in sorted(used):
+    try:
+      table = getattr(importlib.import_module(module), "_deprecations", {})
+    except ImportError:  # a name, not a module (jax.numpy.bfloat16), or an absent plugin
+      continue
+    if name in table:
+      deprecated.append(f"{module}.{name}")
+  assert deprecated == []
+
+
 def test_no_private_jax_api_outside_compat():
   """Every private JAX API goes through compat.py, where the releases that need it are named."""
   import pathlib
