@@ -13,6 +13,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from conftest import REPO, cli_env, read_json, run_cli, spawn
 
 from jaxbench import rundir
@@ -52,6 +53,9 @@ def test_a_multi_process_cpu_run_from_a_warm_compilation_cache_finishes(tmp_path
   from test_distributed import LAUNCH, TRAIN, free_port, wait_for_stop
 
   from jaxbench import compat
+  hang = compat.compilation_cache_hang("cpu", 2)
+  if hang is None:  # 40 s of CI's oldest environment, on a release that runs from the cache
+    pytest.skip(f"jax {jax.__version__} does not hang with the cache (compat.compilation_cache_hang)")
   env = cli_env(tmp_path, JAXBENCH=f"{sys.executable} -m jaxbench",
                 JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla-cache"))
   env.pop("XLA_FLAGS", None)
@@ -64,5 +68,4 @@ def test_a_multi_process_cpu_run_from_a_warm_compilation_cache_finishes(tmp_path
     assert proc.returncode == 0, err[-3000:]
     assert read_json(tmp_path / name / "summary.json")["status"] == "finished"
   note = read_json(tmp_path / "warm" / "run.json")["distributed"]
-  hang = compat.compilation_cache_hang("cpu", 2)
-  assert (f"persistent compilation cache off: {hang}" in note) if hang else ("cache" not in note)
+  assert f"persistent compilation cache off: {hang}" in note
