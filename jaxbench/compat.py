@@ -2,8 +2,8 @@
 supports (setup.cfg: jax/jaxlib 0.10.2 to 0.12.x), in one place.
 
 Each function says which releases need what, and was checked on jax/jaxlib 0.10.2 (Python 3.11,
-CI's oldest environment), 0.11.2 (Python 3.12, the GPU machine's and a CPU check here) and 0.12.1
-(Python 3.13, CI's newest environment); tests/test_compat.py runs each on the installed release.
+CI's oldest environment), 0.11.2 (Python 3.12, the GPU machine's and a CPU check here), 0.12.0 and
+0.12.1 (Python 3.13; the newest is CI's); tests/test_compat.py runs each on the installed release.
 A private API that is gone answers "unknown" (False, None) rather than raising, or raises for its
 caller to report as unavailable: what it feeds is a report or a precaution, never a run's result.
 
@@ -55,12 +55,12 @@ def hlo_module_cost_analysis(client, module) -> dict:
   return _jax.hlo_module_cost_analysis(client, module)
 
 
-def jax_release() -> tuple[int, int]:
-  """(major, minor) of the installed jax: 0.12.1 -> (0, 12)."""
+def jax_release() -> tuple[int, int, int]:
+  """(major, minor, patch) of the installed jax: 0.12.0.1 -> (0, 12, 0)."""
   import jax
-  major, minor = (int("".join(ch for ch in part if ch.isdigit()) or 0)
-                  for part in jax.__version__.split(".")[:2])
-  return major, minor
+  parts = [int("".join(ch for ch in part if ch.isdigit()) or 0)
+           for part in jax.__version__.split(".")[:3]]
+  return tuple(parts + [0] * (3 - len(parts)))
 
 
 def compilation_cache_hang(platform: str, process_count: int) -> str | None:
@@ -69,11 +69,12 @@ def compilation_cache_hang(platform: str, process_count: int) -> str | None:
   jax 0.12.1 on the CPU with several processes (gloo's collectives): a step that process 0 loads
   from the cache waits forever in its first all-reduce, every process inside gloo::allreduce, where
   compiled afresh it runs (a data-parallel gradient step with a scan over layers does it outside
-  jaxbench too). 0.10.2 and 0.11.2 run it from the cache. 0.12.0 was not run: taken to be 0.12.1.
-  Not seen on GPUs (their collectives are NCCL's or RCCL's), where none was run."""
-  if platform != "cpu" or process_count < 2 or jax_release() < (0, 12):
+  jaxbench too). 0.10.2, 0.11.2 and 0.12.0 run it from the cache; later releases than 0.12.1 are
+  taken to hang until one is seen not to (a cold cache costs a compile, a hang the run). Not seen
+  on GPUs (their collectives are NCCL's or RCCL's), where none was run."""
+  if platform != "cpu" or process_count < 2 or jax_release() < (0, 12, 1):
     return None
-  return ("jax 0.12 hangs in the first collective of a multi-process CPU step loaded from it "
+  return ("jax 0.12.1 hangs in the first collective of a multi-process CPU step loaded from it "
           "(jaxbench/compat.py)")
 
 

@@ -45,11 +45,11 @@ def test_dump_flags_ask_for_the_ptx_and_keep_the_users_own():
 
 
 def test_the_compilation_cache_is_left_off_only_where_a_release_hangs_with_it():
-  assert compat.jax_release() == tuple(int(p) for p in jax.__version__.split(".")[:2])
+  assert compat.jax_release()[:2] == tuple(int(p) for p in jax.__version__.split(".")[:2])
   assert compat.compilation_cache_hang("cpu", 1) is None
   assert compat.compilation_cache_hang("cuda", 2) is None
   hangs = compat.compilation_cache_hang("cpu", 2)
-  assert (hangs is not None) == (compat.jax_release() >= (0, 12))
+  assert (hangs is not None) == (compat.jax_release() >= (0, 12, 1))
 
 
 def test_the_public_apis_used_directly_are_where_they_were():
