@@ -523,10 +523,16 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if m.d_model % shape["fsdp"]:
     raise ConfigError("model.d_model", f"{m.d_model} is not divisible by mesh.fsdp={shape['fsdp']}")
   tensor = shape["tensor"]
-  for key, value in (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads),
-                     ("model.d_ff", m.d_ff), ("model.vocab_size", m.vocab_size)):
+  split = (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads),
+           ("model.d_ff", m.d_ff), ("model.vocab_size", m.vocab_size))
+  for key, value in split:
     if value % tensor:
-      raise ConfigError(key, f"{value} is not divisible by mesh.tensor={tensor}")
+      common = math.gcd(*(v for _, v in split))
+      allowed = [d for d in range(1, common + 1) if common % d == 0]
+      raise ConfigError(key, f"{value} is not divisible by mesh.tensor={tensor}: tensor "
+                             "parallelism splits heads, kv heads, MLP and vocab evenly over it "
+                             f"(both frameworks); allowed mesh.tensor here: "
+                             f"{', '.join(map(str, allowed))}")
   return shape
 
 
