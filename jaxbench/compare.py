@@ -57,8 +57,9 @@ CONTEXT_KEYS = ("backend", "platform", "platform_version", "driver", "device_kin
 
 MISSING = "(absent)"
 
-COLLECTIVES_NOTE = ("(one step, per device: calls and the bytes of their results, jaxbench/hlo.py's "
-                    "units; XLA may fuse several into one call, the twin issues each)")
+COLLECTIVES_NOTE = ("(one step, per device: calls and the bytes of their results, "
+                    "jaxbench/hlo.py's units; XLA may fuse several into one call, the twin issues "
+                    "each)")
 
 
 class BadInput(ValueError):
@@ -369,9 +370,9 @@ def collectives_of(run: Run) -> dict | None:
                                ("microbatches > 1", (run.config("microbatches") or 1) > 1)) if on]
   note = None
   if loops:
-    note = (f"{run.label}: XLA's HLO holds a loop body once ({', '.join(loops)}): its counts are of "
-            "one layer or microbatch there, not of the whole step; model.scan_layers=False and "
-            "microbatches=1 count the step")
+    note = (f"{run.label}: XLA's HLO holds a loop body once ({', '.join(loops)}): its counts "
+            "are of one layer or microbatch there, not of the whole step; "
+            "model.scan_layers=False and microbatches=1 count the step")
   return {"per_device": compiled, "source": "XLA's compiled HLO", "note": note}
 
 

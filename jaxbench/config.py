@@ -201,7 +201,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.torch.fused_adamw = True
   # Parallelism under torchrun: auto (ddp for mesh.data > 1, fsdp for mesh.fsdp > 1), none (one
   # process), ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard; mesh.data > 1 too: HSDP).
-  # mesh.tensor > 1 is not supported by the twin.
+  # mesh.tensor > 1 adds tensor parallelism (DTensor, twin/parallelize.py) beneath either; ddp
+  # over data is then FSDP2's replicate.
   c.torch.parallel = "auto"
   # Initial weights: jax (the very weights the JAX run of the same seed starts from, made by JAX
   # on the CPU and converted) or torch (the same distributions drawn by torch: for models too big

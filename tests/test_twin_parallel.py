@@ -146,6 +146,21 @@ def test_a_tensor_parallel_checkpoint_resumes_in_one_process(one_process, four_p
   np.testing.assert_allclose(losses(run_dir), losses(one_process / "mpt"), rtol=1e-5)
 
 
+def test_a_tensor_parallel_checkpoint_reshards_onto_another_mesh(one_process, four_processes,
+                                                                 tmp_path):
+  # fsdp 2 x tensor 2's checkpoint of step 2, resumed by tensor parallelism alone over 2 processes.
+  run_dir = tmp_path / "resharded"
+  shutil.copytree(four_processes("mpt", "fsdp2xtensor2"), run_dir)
+  shutil.rmtree(run_dir / "checkpoints" / str(STEPS))
+  (run_dir / "summary.json").unlink()
+  proc = torchrun(["--config=configs/mpt.py:nano", *FLAGS, *mesh_flags((1, 1, 2)),
+                   f"--workdir={run_dir}"], tmp_path, nproc=2)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from the checkpoint of step 2" in proc.stdout
+  assert read_json(run_dir / "run.json")["torch"]["parallel"] == "tensor"
+  np.testing.assert_allclose(losses(run_dir), losses(one_process / "mpt"), rtol=1e-5)
+
+
 def test_export_hf_reads_a_tensor_parallel_checkpoint(one_process, four_processes, tmp_path):
   run_dir = four_processes("llama-gqa", "data2xtensor2")
   cfg, state, step = export_hf.load_twin_state(str(run_dir))
@@ -184,7 +199,7 @@ def test_the_tensor_plan_mirrors_the_sharding_rules():
   for pattern, style, mirrors in parallelize.TENSOR_PLAN:
     axis, _, mesh_axis = mirrors.split(" (")[0].split(";")[0].partition(" -> ")
     assert str(rules[axis]) == mesh_axis, (pattern, mirrors)
-    assert (mesh_axis == "tensor") == (style not in ("replicate", "replicate_to_head")), pattern
+    assert (mesh_axis == "tensor") == (style != "replicate"), pattern
   mpt = twin_model.Transformer(_model_config("mpt"))
   llama = twin_model.Transformer(_model_config("llama"))
   assert "layers.*.mlp.gate" not in parallelize.tensor_plan(mpt)  # GELU MLP, tied head

@@ -12,16 +12,24 @@ column-wise / row-wise pairs: q/k/v and MLP up/gate split their outputs (Shard(0
 [out, in] weights), the attention output and MLP down projections their inputs (Shard(1)), whose
 partial sums one all-reduce adds; the embedding is vocab-parallel (rows split, a masked lookup,
 one all-reduce), and the output layer splits the vocabulary, its logits staying split into the
-loss (torch's loss_parallel: the softmax's max and sum are all-reduced, never the logits). Like
-the JAX rules, activations between blocks are whole on every tensor process (no sequence
-parallelism). Everything else (norms, the position table: the rules' `norm` and `position`)
-is replicated, as Replicate DTensors, so that every parameter lives on the one mesh and the
-gradient norm, AdamW and FSDP2 take them together.
+loss (torch's loss_parallel: the softmax's max and sum are all-reduced, never the logits).
+Everything else (norms, the position table: the rules' `norm` and `position`) is replicated.
+
+As in the JAX rules, the activations between blocks are whole on every tensor process (no
+sequence parallelism): the residual stream is a replicated DTensor, and so is every parameter
+(Replicate where the rules say None), so that all live on the one mesh (the gradient norm, AdamW
+and FSDP2 take them together) and torch.compile'd blocks take and return DTensors, as
+torchtitan's do (with the activations plain between layers, torch.compile'd blocks failed in
+the backward). In the backward, the column-wise layers leave their inputs' gradients as partial
+sums; each norm's output is entered through a plain tensor, so that they are all-reduced there,
+once for q, k and v together (and once for gate and up), not once per layer (left to DTensor,
+the partial sums reached ops that redistributed them by all-gathers and reduce-scatters: more
+bytes). run.json's `collectives` lists what a step issued.
 
 FSDP2 then shards every parameter's dim 0 over `fsdp` (the JAX rules shard `embed` instead: the
-same bytes per device, and FSDP2's all-gathers and reduce-scatters where XLA's are) and replicates
-over `data`; with tensor parallelism and no fsdp, data parallelism is FSDP2's `replicate` (DDP on
-the same mesh: DistributedDataParallel takes no DTensor parameters).
+same bytes per device) and replicates over `data`; with tensor parallelism and no fsdp, data
+parallelism is FSDP2's `replicate` (DDP on the same mesh: DistributedDataParallel takes no
+DTensor parameters).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # torch module (fnmatch pattern) -> (its tensor-parallel style, jaxbench/sharding.py's rule).
 TENSOR_PLAN = (
-    ("embedding", "vocab_embedding", "vocab -> tensor (embedding [vocab, embed]: a vocab-parallel lookup)"),
+    ("embedding", "vocab_embedding", "vocab -> tensor (embedding [vocab, embed])"),
     ("position_embedding", "replicate", "position -> None"),
     ("layers.*.attention_norm", "replicate", "norm -> None"),
     ("layers.*.attention.query", "colwise", "heads -> tensor"),
@@ -49,22 +57,21 @@ TENSOR_PLAN = (
     ("layers.*.mlp.gate", "colwise", "mlp -> tensor"),
     ("layers.*.mlp.up", "colwise", "mlp -> tensor"),
     ("layers.*.mlp.down", "rowwise", "mlp -> tensor (down [mlp, embed])"),
-    ("final_norm", "replicate_to_head", "norm -> None; its output feeds the vocab-parallel head"),
+    ("final_norm", "replicate", "norm -> None"),
     ("lm_head", "vocab_head", "vocab -> tensor (lm_head [embed, vocab]; logits stay split)"),
 )
 
 # What each style does, for run.json and the README.
 STYLES = {
     "colwise": "ColwiseParallel: weight [out, in] Shard(0), bias Shard(0); input replicated, "
-               "output split by head / MLP column",
-    "rowwise": "RowwiseParallel: weight Shard(1), bias replicated; input split by head / MLP "
-               "column, partial sums all-reduced into a replicated output",
+               "output this process's heads / MLP columns (plain tensors)",
+    "rowwise": "RowwiseParallel: weight Shard(1), bias Replicate; input this process's heads / "
+               "MLP columns, partial sums all-reduced into the replicated output",
     "vocab_embedding": "RowwiseParallel: weight Shard(0) (vocab rows); each process looks up the "
                        "tokens in its rows (the rest masked), one all-reduce",
     "vocab_head": "weight Shard(0) by vocab (tied: the embedding's own); logits Shard(-1) into "
                   "loss_parallel's cross-entropy",
-    "replicate": "every parameter Replicate; plain inputs and outputs",
-    "replicate_to_head": "every parameter Replicate; output a replicated DTensor for the head",
+    "replicate": "every parameter Replicate; input and output the replicated residual stream",
 }
 
 
@@ -76,25 +83,38 @@ def world_mesh(device_type: str, mesh_shape: dict):
 
 
 def _style(name: str) -> ParallelStyle:
+  """The ParallelStyle of a TENSOR_PLAN style name. Between blocks the residual stream is a
+  replicated DTensor (torchtitan's blocks take and return DTensors too, sequence-split there):
+  only the heads and MLP columns inside a block are plain local tensors."""
   if name == "colwise":
-    return ColwiseParallel()
+    return ColwiseParallel(input_layouts=Replicate())
   if name == "rowwise":
-    return RowwiseParallel()
+    return RowwiseParallel(output_layouts=Replicate(), use_local_output=False)
   if name == "vocab_embedding":
-    return RowwiseParallel(input_layouts=Replicate())
+    return VocabEmbedding(input_layouts=Replicate(), output_layouts=Replicate())
   if name == "vocab_head":
-    return ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)
-  return Replicated(use_local_output=name == "replicate")
+    return ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1),
+                           use_local_output=False)
+  return Replicated()
+
+
+class VocabEmbedding(RowwiseParallel):
+  """RowwiseParallel on the embedding (its vocab rows split; a masked lookup, one all-reduce),
+  its output the residual stream's replicated DTensor, entered through a plain tensor: a partial
+  gradient coming back (none does, as the norms reduce theirs) would be all-reduced here, which
+  the masked lookup's backward cannot do itself."""
+
+  def _apply(self, module, mesh):
+    module = super()._apply(module, mesh)
+    module.register_forward_hook(
+        lambda _, args, out: DTensor.from_local(out, mesh, [Replicate()], run_check=False))
+    return module
 
 
 class Replicated(ParallelStyle):
   """A module whose parameters every tensor process holds whole: Replicate DTensors (the local
-  values as they are, no broadcast), plain tensor inputs taken as replicated, the output made
-  plain again (or left a DTensor, for the head's matmul)."""
-
-  def __init__(self, use_local_output: bool = True):
-    super().__init__()
-    self.use_local_output = use_local_output
+  values as they are, no broadcast); a plain tensor input is taken as replicated; the output a
+  replicated DTensor, as the residual stream is, whose gradient is all-reduced here."""
 
   def _apply(self, module, mesh):
     def partition(name, submodule, mesh):
@@ -107,7 +127,9 @@ class Replicated(ParallelStyle):
                    if _plain_tensor(a) else a for a in args)
 
     def output(submodule, out, mesh):
-      return out.to_local() if self.use_local_output and isinstance(out, DTensor) else out
+      # Through a plain tensor, so that the gradients coming back (partial sums: the column-wise
+      # layers that read this output leave them so) are all-reduced here, once for all of them.
+      return DTensor.from_local(out.to_local(), mesh, [Replicate()], run_check=False)
 
     return distribute_module(module, mesh, partition, inputs, output)
 

@@ -115,7 +115,8 @@ def _world_size() -> int:
   try:
     return int(os.environ.get("WORLD_SIZE", "1"))
   except ValueError:
-    raise ConfigError("WORLD_SIZE", f"{os.environ['WORLD_SIZE']!r} is not a process count") from None
+    raise ConfigError("WORLD_SIZE", f"{os.environ['WORLD_SIZE']!r} is not a process "
+                                    "count") from None
 
 
 def _init_process_group(torch):
@@ -629,7 +630,7 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
       step = i + 1
       last = step == c.steps
       trace.before_step(step)
-      counting = i == start_step and s.world > 1  # the first step of each start, on process 0
+      counting = i == start_step and s.world > 1  # the first step of each start
       with _collectives_counted(s, run_info, step, on=counting):
         loss_t, norm_t = train_step(s, batch, i)
       loss, grad_norm = float(loss_t), float(norm_t)  # waits for this step's loss and norm
@@ -696,10 +697,12 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
 
 @contextlib.contextmanager
 def _collectives_counted(s: Setup, run_info: dict, step: int, on: bool):
-  """With `on`, the collectives this step issues on process 0 (twin/collectives.py), into
-  run.json's `collectives`: what `jaxbench compare` sets beside XLA's (its compile.collectives).
-  The counting mode slows the step: it is left out of the timing."""
-  if not (on and s.rank == 0):
+  """With `on`, the collectives this step issues (twin/collectives.py), process 0's into run.json's
+  `collectives`: what `jaxbench compare` sets beside XLA's (its compile.collectives). Every
+  process counts, so that all run the same program (torch.compile's frames step aside for a
+  dispatch mode: counting on one process alone had it issue other collectives than the rest, and
+  the run hung). The counting mode slows the step: it is left out of the timing."""
+  if not on:
     yield
     return
   from jaxbench.twin import collectives as collectives_lib
