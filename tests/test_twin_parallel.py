@@ -198,6 +198,19 @@ def test_bad_meshes_exit_2_before_any_process_group(tmp_path, monkeypatch, capsy
   assert not torch.distributed.is_initialized() and not (tmp_path / "run").exists()
 
 
+def test_data_beside_tensor_parallelism_without_fsdp2s_replicate_exits_2(monkeypatch):
+  import importlib.util
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == twin_train.REPLICATE else find_spec(name, *a))
+  c = make_config("mpt", framework="torch")
+  mesh = {"data": 2, "fsdp": 1, "tensor": 2}
+  with pytest.raises(twin_train.ConfigError, match="mesh.fsdp=-1 mesh.data=1"):
+    twin_train.resolve_parallel(c, 4, mesh)
+  assert twin_train.resolve_parallel(c, 4, {"data": 1, "fsdp": 2, "tensor": 2}) == "fsdp+tensor"
+  assert twin_train.resolve_parallel(c, 2, {"data": 1, "fsdp": 1, "tensor": 2}) == "tensor"
+
+
 # --- the plan and the counter, without processes --------------------------------------------------
 
 def test_the_tensor_plan_mirrors_the_sharding_rules():

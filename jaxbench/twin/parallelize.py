@@ -183,7 +183,7 @@ def parallelize(module, c, mesh_shape: dict, parallel: str, device):
     for layer in module.layers:
       fully_shard(layer, mesh=dp_mesh)
     fully_shard(module, mesh=dp_mesh)
-  elif parallel == "ddp+tensor":
+  elif parallel == "ddp+tensor":  # a private module (train.REPLICATE), checked before
     from torch.distributed._composable.replicate_with_fsdp import replicate
     for layer in module.layers:
       replicate(layer, mesh=mesh["data"])

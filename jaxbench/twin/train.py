@@ -14,7 +14,8 @@ the learning rate of step t (1-based) is the Optax schedule at t - 1, evaluated 
 
 Several devices: one process per device under torchrun (`torchrun --nproc_per_node=N -m jaxbench
 train --config.framework=torch ...`): mesh.data -> DDP, mesh.fsdp -> FSDP2 (fully_shard), both ->
-HSDP; NCCL/RCCL on GPUs, gloo on CPU. JAX is used only on the CPU, in this process, for the
+HSDP, mesh.tensor -> tensor parallelism beneath them (twin/parallelize.py); NCCL/RCCL on GPUs,
+gloo on CPU. JAX is used only on the CPU, in this process, for the
 initial weights, the learning-rate values and the measured CPU peak: it never touches a GPU.
 """
 
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import importlib.util
 import math
 import os
 import sys
@@ -38,6 +40,9 @@ from jaxbench import rundir as rundir_lib
 from jaxbench import runlog
 from jaxbench.errors import ConfigError, Diverged
 from jaxbench.twin import profiling as twin_profiling
+
+# DDP for DTensor parameters (DistributedDataParallel takes none): torch's private module.
+REPLICATE = "torch.distributed._composable.replicate_with_fsdp"
 
 EXTRA_HINT = 'the PyTorch twin needs torch: pip install -e ".[torch]" (the `torch` extra)'
 
@@ -107,6 +112,12 @@ def resolve_parallel(c, world: int, mesh_shape: dict) -> str:
     return data_parallel
   if mesh_shape["tensor"] == world:
     return "tensor"
+  if data_parallel == "ddp" and importlib.util.find_spec(REPLICATE) is None:
+    import torch
+    raise ConfigError("mesh.fsdp", f"1 with mesh.data={mesh_shape['data']} and mesh.tensor="
+                      f"{mesh_shape['tensor']}: data parallelism beside tensor parallelism is "
+                      f"FSDP2's replicate, which torch {torch.__version__} lacks ({REPLICATE}); "
+                      "shard over fsdp instead (mesh.fsdp=-1 mesh.data=1)")
   return f"{data_parallel}+tensor"
 
 
