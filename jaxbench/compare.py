@@ -21,6 +21,10 @@ The first run is the baseline; every other run is compared against it:
   catch a different model, data or optimizer); the threshold is printed with the verdict.
 - a diff of what differs: backend, device kind and count, platform version, driver, package
   versions, env (XLA_FLAGS, ...), attention implementation, mesh, and every config key (dotted).
+- the collectives of one step per device, side by side, where the runs recorded them: a JAX run's
+  as XLA compiled them (run.json's compile.collectives, read from the HLO), a twin run's as it
+  issued them (run.json's collectives, counted in its first step): count and bytes by kind, so
+  a reader sees whether two frameworks (or two meshes) moved the same bytes.
 - warnings, on stderr and at the top of compare.md, when the runs are not comparable: a different
   model (family, a model.* key other than the implementation choices attention / remat /
   scan_layers, or the parameter count), tokens per step, seq_len, dtype, data or seed, optimizer
@@ -64,6 +68,10 @@ CONTEXT_KEYS = ("backend", "platform", "platform_version", "driver", "device_kin
                 "host.hostname", "host.cpu", "host.cpu_count", "config")
 
 MISSING = "(absent)"
+
+COLLECTIVES_NOTE = ("(one step, per device: calls and the bytes of their results, "
+                    "jaxbench/hlo.py's units; XLA may fuse several into one call, the twin issues "
+                    "each)")
 
 
 class BadInput(ValueError):
@@ -500,6 +508,63 @@ def interval_rule(runs: list[Run]) -> str:
           "interval holds 100% is not distinguishable from parity")
 
 
+# --- Collectives ----------------------------------------------------------------------------------
+def collectives_of(run: Run) -> dict | None:
+  """{"per_device": {kind: {count, bytes}}, "source": ..., "note": ...} of one step of a run, or
+  None where run.json holds none (one process's twin run, an older run, a backend without HLO)."""
+  counted = run.info.get("collectives")
+  if isinstance(counted, dict) and isinstance(counted.get("per_device"), dict):
+    return {"per_device": counted["per_device"],
+            "source": f"calls issued in step {counted.get('step', '?')}", "note": None}
+  compiled = lookup(run.info, "compile.collectives")
+  if not isinstance(compiled, dict) or "unavailable" in compiled:
+    return None
+  loops = [key for key, on in (("scan_layers", run.config("model.scan_layers")),
+                               ("microbatches > 1", (run.config("microbatches") or 1) > 1)) if on]
+  note = None
+  if loops:
+    note = (f"{run.label}: XLA's HLO holds a loop body once ({', '.join(loops)}): its counts "
+            "are of one layer or microbatch there, not of the whole step; "
+            "model.scan_layers=False and microbatches=1 count the step")
+  return {"per_device": compiled, "source": "XLA's compiled HLO", "note": note}
+
+
+def collectives_table(runs: list[Run]) -> dict | None:
+  """The runs' collectives side by side, kinds that any run issued (None where no run did)."""
+  found = [collectives_of(r) for r in runs]
+  kinds = []
+  for entry in found:
+    for kind, v in (entry or {}).get("per_device", {}).items():
+      if isinstance(v, dict) and v.get("count") and kind not in kinds:
+        kinds.append(kind)
+  if not kinds:
+    return None
+  return {"kinds": kinds, "runs": [{"label": r.label, **(e or {"per_device": None,
+                                                             "source": "not recorded",
+                                                             "note": None})}
+                                   for r, e in zip(runs, found)]}
+
+
+def _collective_cell(per_device: dict | None, kinds) -> str:
+  if per_device is None:
+    return "-"
+  values = [per_device.get(k) or {} for k in kinds]
+  count = sum(v.get("count", 0) for v in values)
+  if not count:
+    return "none"
+  return f"{count} x, {fmt_bytes(sum(v.get('bytes', 0) for v in values))}"
+
+
+def collectives_rows(table: dict) -> list[list[str]]:
+  header = ["collectives per device"] + [e["label"] for e in table["runs"]]
+  rows = [[kind] + [_collective_cell(e["per_device"], [kind]) for e in table["runs"]]
+          for kind in table["kinds"]]
+  rows.append(["total"] + [_collective_cell(e["per_device"], table["kinds"])
+                           for e in table["runs"]])
+  rows.append(["read from"] + [e["source"] for e in table["runs"]])
+  return [header] + rows
+
+
 # --- The comparison --------------------------------------------------------------------------------
 def combined_summary(run: Run) -> dict:
   """summary.json, or for a sweep point's repeats, its step-time statistics over every run's timed
@@ -559,7 +624,7 @@ def compare(runs: list[Run], tolerance: float = LOSS_TOLERANCE) -> dict:
           "interval_rule": interval_rule(runs),
           "warnings": warnings, "headlines": [e["headline"] for e in entries[1:]],
           # A key a run does not have reads "(absent)", apart from a recorded null.
-          "runs": entries, "diff": diff, "plots": []}
+          "runs": entries, "diff": diff, "collectives": collectives_table(runs), "plots": []}
 
 
 # --- Text ----------------------------------------------------------------------------------------
@@ -646,6 +711,9 @@ def format_terminal(result: dict) -> str:
   parts += [format_text_table(table_rows(result)), ""]
   parts += result["headlines"] + [f"(intervals: {result['interval_rule']})",
                                   f"(loss curves: {result['loss_rule']})", ""]
+  if result.get("collectives"):
+    parts += [format_text_table(collectives_rows(result["collectives"])), COLLECTIVES_NOTE]
+    parts += [e["note"] for e in result["collectives"]["runs"] if e["note"]] + [""]
   if result["diff"]:
     parts.append(format_text_table(diff_rows(result)))
   else:
@@ -669,7 +737,12 @@ def format_markdown(result: dict) -> str:
            for e in result["runs"]]
   unknown = [f"- MFU of {e['label']} is unknown: {_md_cell(e['mfu_unknown_reason'])}"
              for e in result["runs"] if e["mfu_unknown_reason"]]
-  parts += paths + unknown + ["", "## What differs", ""]
+  parts += paths + unknown
+  if result.get("collectives"):
+    parts += ["", "## Collectives", "", format_md_table(collectives_rows(result["collectives"])),
+              "", COLLECTIVES_NOTE]
+    parts += [f"- {_md_cell(e['note'])}" for e in result["collectives"]["runs"] if e["note"]]
+  parts += ["", "## What differs", ""]
   parts.append(format_md_table(diff_rows(result)) if result["diff"]
                else "Nothing recorded differs between the runs.")
   if result["plots"]:

@@ -201,7 +201,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.torch.fused_adamw = True
   # Parallelism under torchrun: auto (ddp for mesh.data > 1, fsdp for mesh.fsdp > 1), none (one
   # process), ddp (DistributedDataParallel), fsdp (FSDP2 fully_shard; mesh.data > 1 too: HSDP).
-  # mesh.tensor > 1 is not supported by the twin.
+  # mesh.tensor > 1 adds tensor parallelism (DTensor, twin/parallelize.py) beneath either; ddp
+  # over data is then FSDP2's replicate.
   c.torch.parallel = "auto"
   # Initial weights: jax (the very weights the JAX run of the same seed starts from, made by JAX
   # on the CPU and converted) or torch (the same distributions drawn by torch: for models too big
@@ -523,10 +524,16 @@ def validate(c, n_devices: int) -> dict[str, int]:
   if m.d_model % shape["fsdp"]:
     raise ConfigError("model.d_model", f"{m.d_model} is not divisible by mesh.fsdp={shape['fsdp']}")
   tensor = shape["tensor"]
-  for key, value in (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads),
-                     ("model.d_ff", m.d_ff), ("model.vocab_size", m.vocab_size)):
+  split = (("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads),
+           ("model.d_ff", m.d_ff), ("model.vocab_size", m.vocab_size))
+  for key, value in split:
     if value % tensor:
-      raise ConfigError(key, f"{value} is not divisible by mesh.tensor={tensor}")
+      common = math.gcd(*(v for _, v in split))
+      allowed = [d for d in range(1, common + 1) if common % d == 0]
+      raise ConfigError(key, f"{value} is not divisible by mesh.tensor={tensor}: tensor "
+                             "parallelism splits heads, kv heads, MLP and vocab evenly over it "
+                             f"(both frameworks); allowed mesh.tensor here: "
+                             f"{', '.join(map(str, allowed))}")
   return shape
 
 

@@ -378,6 +378,7 @@ LOCK_NAME = ".jaxbench.lock"
 # and the checkpoint folder the checkpointer creates (empty until the first save, which follows
 # run.json).
 _BEFORE_RUN_JSON = (LOCK_NAME, ".tmp-")
+_PROBE = ".tmp-write-probe-"  # check_workdir's, removed at once
 
 
 def check_workdir(path: str, checkpoints: bool) -> None:
@@ -412,7 +413,7 @@ def check_output_folder(path: str, flag: str, replace: bool = True) -> None:
       raise ConfigError(flag, f"{path} cannot be made: {existing} is not a folder")
     existing = parent
   try:
-    fd, probe = tempfile.mkstemp(dir=existing, prefix=".tmp-write-probe-")
+    fd, probe = tempfile.mkstemp(dir=existing, prefix=_PROBE)
     os.close(fd)
     os.unlink(probe)
   except OSError as e:
@@ -428,7 +429,7 @@ def check_output_file(path: str, flag: str) -> None:
   if not os.path.isdir(folder):
     raise ConfigError(flag, f"{folder} does not exist (make it first, or write elsewhere)")
   try:
-    fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-write-probe-")
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=_PROBE)
     os.close(fd)
     os.unlink(probe)
   except OSError as e:
@@ -440,7 +441,7 @@ def _check_writable(path: str, key: str, what: str) -> None:
   filesystem refuses (read-only, no permission, full), with the OS's reason."""
   try:
     os.makedirs(path, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-write-probe-")
+    fd, probe = tempfile.mkstemp(dir=path, prefix=_PROBE)
     try:
       os.write(fd, b"jaxbench")
       os.fsync(fd)
@@ -516,7 +517,9 @@ def check_owned(path: str) -> None:
 
 
 def _empty_folder(path: str) -> bool:
-  return os.path.isdir(path) and not os.listdir(path)
+  """A folder holding nothing, or only the write probes of check_workdir: the other processes of
+  a multi-process run probe `checkpoints/` while process 0 checks the run directory."""
+  return os.path.isdir(path) and all(name.startswith(_PROBE) for name in os.listdir(path))
 
 
 class RunLock:

@@ -228,6 +228,35 @@ def test_release_warnings_name_the_frameworks_own_packages_only():
   assert compare._release_changes(old, _run("bare", "jax", jax="0.10.2")) == []
 
 
+def test_collectives_side_by_side(real_runs, tmp_path, capsys):
+  # One device: no collectives, no table.
+  assert compare.compare(load(*real_runs))["collectives"] is None
+  none = {"count": 0, "bytes": 0}
+  xla = {"all-gather": {"count": 4, "bytes": 4096}, "reduce-scatter": none,
+         "all-reduce": {"count": 2, "bytes": 2048}, "all-to-all": none, "collective-permute": none}
+  issued = {"per_device": {"all-gather": none, "reduce-scatter": {"count": 1, "bytes": 512},
+                           "all-reduce": {"count": 3, "bytes": 3072}, "broadcast": none},
+            "step": 1, "source": "counted"}
+  jax_run = copy_run(real_runs[0], tmp_path / "jax",
+                     run=lambda r: (r["compile"].update(collectives=xla),
+                                    r["config"]["model"].update(scan_layers=True)))
+  twin_run = copy_run(real_runs[1], tmp_path / "torch", run=lambda r: r.update(collectives=issued))
+  code, out, err = run_main(capsys, jax_run, twin_run, "--labels=jax,torch")
+  assert code == 0
+  rows = {line.split()[0]: line for line in out[out.index("collectives per device"):].splitlines()
+          if line.strip()}
+  assert rows["all-gather"].split()[1:] == ["4", "x,", "4.0", "KiB", "none"]
+  assert rows["all-reduce"].split()[1:] == ["2", "x,", "2.0", "KiB", "3", "x,", "3.0", "KiB"]
+  assert rows["reduce-scatter"].split()[1:] == ["none", "1", "x,", "512", "B"]
+  assert rows["total"].split()[1:] == ["6", "x,", "6.0", "KiB", "4", "x,", "3.5", "KiB"]
+  assert "XLA's compiled HLO" in rows["read"] and "calls issued in step 1" in rows["read"]
+  # A scanned JAX step holds one layer's collectives: said, with what counts the whole step.
+  assert "jax: XLA's HLO holds a loop body once (scan_layers)" in out
+  table = compare.compare(load(jax_run, twin_run))["collectives"]
+  assert table["kinds"] == ["all-gather", "all-reduce", "reduce-scatter"]
+  assert [e["label"] for e in table["runs"]] == ["jax", "torch"]
+
+
 def test_flatten_keeps_empty_dicts():
   assert compare.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
 

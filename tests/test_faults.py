@@ -228,6 +228,19 @@ def test_a_run_directory_that_is_not_provably_this_runs_is_left_alone(tmp_path, 
   assert (files(run) if run.is_dir() else run.read_bytes()) == before
 
 
+def test_another_processs_write_probe_in_checkpoints_is_not_a_foreign_file(tmp_path):
+  # Each process of a multi-process run probes checkpoints/ (check_workdir) while process 0
+  # checks the directory: a probe caught there in flight is no one's checkpoint (four twin
+  # processes with checkpoint.every met it and exited 2).
+  from jaxbench import rundir
+  os.makedirs(tmp_path / "run" / "checkpoints")
+  (tmp_path / "run" / "checkpoints" / ".tmp-write-probe-x1y2").write_text("jaxbench")
+  rundir.check_owned(str(tmp_path / "run"))  # no ConfigError
+  (tmp_path / "run" / "checkpoints" / "5").mkdir()
+  with pytest.raises(rundir.ConfigError, match="checkpoints/"):
+    rundir.check_owned(str(tmp_path / "run"))
+
+
 # --- 4. token ids beyond the vocabulary ------------------------------------------------------------
 
 @pytest.fixture

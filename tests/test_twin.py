@@ -261,8 +261,7 @@ def test_compare_reads_both(runs, capsys):
   assert "framework" in out and "matching" in out
 
 
-@pytest.mark.parametrize("flag,key", [("--config.torch.parallel=pipeline", "torch.parallel"),
-                                      ("--config.mesh.tensor=2", "mesh.tensor")])
+@pytest.mark.parametrize("flag,key", [("--config.torch.parallel=pipeline", "torch.parallel")])
 def test_bad_torch_config_exits_2_naming_the_key(tmp_path, capsys, flag, key):
   code = train.main(["jaxbench train", "--config=configs/mpt.py:nano", "--config.framework=torch",
                      flag, f"--workdir={tmp_path / 'run'}"])

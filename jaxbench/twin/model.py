@@ -25,18 +25,23 @@ from jaxbench.model import ModelConfig  # one config for both frameworks
 
 # --- attention helpers: q [B, H, S, D], k/v [B, K, S, D] -> [B, H, S, D] (causal) ----------------
 
-def alibi_mask(n_heads: int, seq_len: int, device=None) -> torch.Tensor:
-  """ALiBi biases with the causal mask folded in, [1, H, S, S] float32: -slope_h * (i - j) where
-  j <= i, -inf above the diagonal (model.alibi_bias's slopes, MPT's alibi_bias_max 8)."""
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+  """ALiBi's slope of each head, [H] float32 (model.alibi_bias's slopes, MPT's alibi_bias_max 8)."""
   padded = 2 ** math.ceil(math.log2(n_heads))
-  m = torch.arange(1, padded + 1, dtype=torch.float32, device=device) * (8.0 / padded)
+  m = torch.arange(1, padded + 1, dtype=torch.float32) * (8.0 / padded)
   slopes = 1.0 / torch.pow(2.0, m)
   if padded != n_heads:
     slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
-  pos = torch.arange(seq_len, dtype=torch.float32, device=device)
+  return slopes
+
+
+def alibi_mask(slopes: torch.Tensor, seq_len: int) -> torch.Tensor:
+  """ALiBi biases of the heads of `slopes` with the causal mask folded in, [1, H, S, S] float32:
+  -slope_h * (i - j) where j <= i, -inf above the diagonal."""
+  pos = torch.arange(seq_len, dtype=torch.float32, device=slopes.device)
   distance = pos[:, None] - pos[None, :]
   bias = -slopes[:, None, None] * distance[None]
-  causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+  causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=slopes.device).tril()
   return bias.masked_fill(~causal, float("-inf"))[None]
 
 
@@ -69,9 +74,11 @@ class Attention(nn.Module):
   def forward(self, x, rope, mask):
     c = self.cfg
     b, s, _ = x.shape
-    q = self.query(x).view(b, s, c.n_heads, c.head_dim)
-    k = self.key(x).view(b, s, c.n_kv_heads, c.head_dim)
-    v = self.value(x).view(b, s, c.n_kv_heads, c.head_dim)
+    # Heads counted from the projections' widths (-1): under tensor parallelism each process
+    # holds a slice of the heads (twin/parallelize.py), and the same code runs its slice.
+    q = self.query(x).view(b, s, -1, c.head_dim)
+    k = self.key(x).view(b, s, -1, c.head_dim)
+    v = self.value(x).view(b, s, -1, c.head_dim)
     if rope is not None:
       cos, sin = rope[0][:, None, :], rope[1][:, None, :]
       q, k = rotary(q, cos, sin), rotary(k, cos, sin)
@@ -79,7 +86,7 @@ class Attention(nn.Module):
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=None if mask is None else mask.to(q.dtype), is_causal=mask is None,
         enable_gqa=c.n_kv_heads != c.n_heads)
-    return self.out(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
+    return self.out(out.transpose(1, 2).reshape(b, s, -1))
 
 
 class Mlp(nn.Module):
@@ -130,6 +137,9 @@ class Transformer(nn.Module):
     self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
     if cfg.position == "learned":
       self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+    if cfg.position == "alibi":
+      # Not state: made from n_heads. Under tensor parallelism, this process's heads' slopes.
+      self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
     self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
     self.final_norm = norm(cfg)
     if not cfg.tie_embeddings:
@@ -143,9 +153,11 @@ class Transformer(nn.Module):
     s = tokens.shape[1]
     x = self.embedding(tokens)
     if c.position == "learned":
-      x = x + self.position_embedding.weight[:s][None]
+      # Looked up by position, as the JAX model does (and as a module call, which tensor
+      # parallelism's hooks see).
+      x = x + self.position_embedding(torch.arange(s, device=tokens.device))[None]
     rope = rotary_tables(c.head_dim, s, c.rope_theta, x.device) if c.position == "rope" else None
-    mask = alibi_mask(c.n_heads, s, x.device) if c.position == "alibi" else None
+    mask = alibi_mask(self.alibi_slopes, s) if c.position == "alibi" else None
     for layer in self.layers:
       if self.remat and self.training:
         x = torch_checkpoint.checkpoint(layer, x, rope, mask, use_reentrant=False)

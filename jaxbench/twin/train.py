@@ -14,7 +14,8 @@ the learning rate of step t (1-based) is the Optax schedule at t - 1, evaluated 
 
 Several devices: one process per device under torchrun (`torchrun --nproc_per_node=N -m jaxbench
 train --config.framework=torch ...`): mesh.data -> DDP, mesh.fsdp -> FSDP2 (fully_shard), both ->
-HSDP; NCCL/RCCL on GPUs, gloo on CPU. JAX is used only on the CPU, in this process, for the
+HSDP, mesh.tensor -> tensor parallelism beneath them (twin/parallelize.py); NCCL/RCCL on GPUs,
+gloo on CPU. JAX is used only on the CPU, in this process, for the
 initial weights, the learning-rate values and the measured CPU peak: it never touches a GPU.
 """
 
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import importlib.util
 import math
 import os
 import sys
@@ -39,6 +41,9 @@ from jaxbench import rundir as rundir_lib
 from jaxbench import runlog
 from jaxbench.errors import ConfigError, Diverged
 from jaxbench.twin import profiling as twin_profiling
+
+# DDP for DTensor parameters (DistributedDataParallel takes none): torch's private module.
+REPLICATE = "torch.distributed._composable.replicate_with_fsdp"
 
 EXTRA_HINT = 'the PyTorch twin needs torch: pip install -e ".[torch]" (the `torch` extra)'
 
@@ -72,7 +77,7 @@ class Setup:
   parallel: str
   model_cfg: Any
   module: Any  # the bare Transformer (named parameters, state dict)
-  model: Any  # what runs: DDP-wrapped or FSDP-sharded
+  model: Any  # what runs: DDP-wrapped, FSDP-sharded, tensor-parallel (twin/parallelize.py)
   loss_fn: Any  # tokens [b, S+1] -> mean loss (compiled with torch.compile)
   optimizer: Any
   params: list
@@ -81,13 +86,12 @@ class Setup:
   param_counts: dict
   flops: dict
   info: dict  # run.json's torch entry
+  placements: dict | None = None  # run.json's placements (twin/parallelize.describe)
 
 
 def resolve_parallel(c, world: int, mesh_shape: dict) -> str:
-  """torch.parallel against the mesh: none, ddp, fsdp (fsdp with mesh.data > 1 is HSDP)."""
-  if mesh_shape["tensor"] > 1:
-    raise ConfigError("mesh.tensor", f"{mesh_shape['tensor']}: the torch twin has no tensor "
-                                     "parallelism; allowed with framework=torch: 1")
+  """torch.parallel against the mesh: none, ddp, fsdp (fsdp with mesh.data > 1 is HSDP); with
+  mesh.tensor > 1: tensor (tensor parallelism alone), fsdp+tensor, ddp+tensor."""
   wanted = c.torch.parallel
   if world == 1:
     if wanted in ("ddp", "fsdp"):
@@ -103,9 +107,27 @@ def resolve_parallel(c, world: int, mesh_shape: dict) -> str:
   if wanted == "fsdp" and mesh_shape["fsdp"] == 1:
     raise ConfigError("mesh.fsdp", f"1 with torch.parallel=fsdp: set mesh.fsdp (e.g. -1) to the "
                                    f"processes to shard over (of {world})")
-  if wanted == "auto":
-    return "fsdp" if mesh_shape["fsdp"] > 1 else "ddp"
-  return wanted
+  data_parallel = wanted if wanted != "auto" else "fsdp" if mesh_shape["fsdp"] > 1 else "ddp"
+  if mesh_shape["tensor"] == 1:
+    return data_parallel
+  if mesh_shape["tensor"] == world:
+    return "tensor"
+  if data_parallel == "ddp" and importlib.util.find_spec(REPLICATE) is None:
+    import torch
+    raise ConfigError("mesh.fsdp", f"1 with mesh.data={mesh_shape['data']} and mesh.tensor="
+                      f"{mesh_shape['tensor']}: data parallelism beside tensor parallelism is "
+                      f"FSDP2's replicate, which torch {torch.__version__} lacks ({REPLICATE}); "
+                      "shard over fsdp instead (mesh.fsdp=-1 mesh.data=1)")
+  return f"{data_parallel}+tensor"
+
+
+def _world_size() -> int:
+  """The process count torchrun started (1 without torchrun), read before any process group."""
+  try:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+  except ValueError:
+    raise ConfigError("WORLD_SIZE", f"{os.environ['WORLD_SIZE']!r} is not a process "
+                                    "count") from None
 
 
 def _init_process_group(torch):
@@ -137,20 +159,23 @@ def lr_values(c) -> list[float]:
   return [float(x) for x in jax.device_get(jax.vmap(optim.schedule(c))(jax.numpy.arange(c.steps)))]
 
 
-def _sdpa_backend(torch, c, cfg, device) -> dict:
-  """The kernel F.scaled_dot_product_attention picks for this model's shapes and dtype."""
+def _sdpa_backend(torch, c, cfg, device, tensor: int = 1) -> dict:
+  """The kernel F.scaled_dot_product_attention picks for this model's shapes and dtype (a
+  process's heads: all of them, or its 1/tensor under tensor parallelism)."""
   from torch.nn.attention import SDPBackend
   names = {int(v): k for k, v in SDPBackend.__members__.items()}
   dtype = torch.bfloat16 if c.dtype == "bfloat16" else torch.float32
-  q = torch.zeros(1, cfg.n_heads, c.seq_len, cfg.head_dim, dtype=dtype, device=device)
-  kv = torch.zeros(1, cfg.n_kv_heads, c.seq_len, cfg.head_dim, dtype=dtype, device=device)
+  heads, kv_heads = cfg.n_heads // tensor, cfg.n_kv_heads // tensor
+  q = torch.zeros(1, heads, c.seq_len, cfg.head_dim, dtype=dtype, device=device)
+  kv = torch.zeros(1, kv_heads, c.seq_len, cfg.head_dim, dtype=dtype, device=device)
   mask = None
   if cfg.position == "alibi":
     from jaxbench.twin import model as twin_model
-    mask = twin_model.alibi_mask(cfg.n_heads, c.seq_len, device).to(dtype)
+    slopes = twin_model.alibi_slopes(cfg.n_heads)[:heads].to(device)
+    mask = twin_model.alibi_mask(slopes, c.seq_len).to(dtype)
   try:
     choice = torch._fused_sdp_choice(q, kv, kv, mask, 0.0, mask is None, scale=None,
-                                     enable_gqa=cfg.n_kv_heads != cfg.n_heads)
+                                     enable_gqa=kv_heads != heads)
     backend = names.get(int(choice), str(choice))
   except Exception as e:  # a private API: say so rather than guess
     backend = f"unknown ({type(e).__name__}: {e})"
@@ -188,13 +213,13 @@ def build(c, device=None) -> Setup:
   from jaxbench import model as model_lib
   from jaxbench.twin import convert
   from jaxbench.twin import model as twin_model
+  from jaxbench.twin import parallelize as parallelize_lib
 
-  if c.mesh.tensor != 1:
-    raise ConfigError("mesh.tensor", f"{c.mesh.tensor}: the torch twin has no tensor parallelism; "
-                                     "allowed with framework=torch: 1")
+  # Bad input is exit 2 before any process group starts (a process that fails alone would leave
+  # the others waiting in a collective).
+  mesh_shape = config_lib.validate(c, _world_size())
+  parallel = resolve_parallel(c, _world_size(), mesh_shape)
   rank, world, local_rank = _init_process_group(torch)
-  mesh_shape = config_lib.validate(c, world)
-  parallel = resolve_parallel(c, world, mesh_shape)
   if device is None:
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
   if c.memory_check:
@@ -220,28 +245,14 @@ def build(c, device=None) -> Setup:
                        f"{counts['total']:,}: a bug in twin/model.py")
   module.to(device)
 
-  model = module
-  if parallel == "fsdp":
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    if mesh_shape["data"] > 1:  # HSDP: replicate over data, shard over fsdp
-      mesh = init_device_mesh(device.type, (mesh_shape["data"], mesh_shape["fsdp"]),
-                              mesh_dim_names=("data", "fsdp"))
-    else:
-      mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("fsdp",))
-    for layer in module.layers:
-      if c.torch.compile:
-        layer.compile()
-      fully_shard(layer, mesh=mesh)
-    fully_shard(module, mesh=mesh)
-  elif parallel == "ddp":
-    from torch.nn.parallel import DistributedDataParallel
-    model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+  model, mesh, plan = parallelize_lib.parallelize(module, c, mesh_shape, parallel, device)
 
   def loss_fn(tokens):
-    return twin_model.cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+    loss = twin_model.cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+    # Under tensor parallelism, loss_parallel's replicated DTensor: the same value everywhere.
+    return loss.to_local() if hasattr(loss, "to_local") else loss
 
-  if c.torch.compile and parallel != "fsdp":
+  if c.torch.compile and parallel in ("none", "ddp"):  # else per block (parallelize)
     loss_fn = torch.compile(loss_fn)
   optimizer, params, adamw_info = _optimizer(torch, c, module, device)
   info = {
@@ -250,7 +261,8 @@ def build(c, device=None) -> Setup:
       "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
       "device": str(device), "device_names": _device_names(torch, device, world),
       "num_threads": torch.get_num_threads(),
-      "compile": "torch.compile (inductor, per block under fsdp)" if c.torch.compile else "eager",
+      "compile": ("torch.compile (inductor, per block under fsdp and tensor parallelism)"
+                  if c.torch.compile else "eager"),
       "autocast": "bfloat16" if c.dtype == "bfloat16" else None,
       "float32_matmul_precision": torch.get_float32_matmul_precision(), "parallel": parallel,
       "init": ("converted from the JAX run's initial params (same seed)" if c.torch.init == "jax"
@@ -262,7 +274,8 @@ def build(c, device=None) -> Setup:
   return Setup(config=c, device=device, rank=rank, world=world, mesh_shape=mesh_shape,
                parallel=parallel, model_cfg=cfg, module=module, model=model, loss_fn=loss_fn,
                optimizer=optimizer, params=params, lr_values=lr_values(c), n_params=n_params,
-               param_counts=counts, flops=flops_lib.flops_per_token(cfg, c.seq_len), info=info)
+               param_counts=counts, flops=flops_lib.flops_per_token(cfg, c.seq_len), info=info,
+               placements=parallelize_lib.describe(module, plan, mesh) if world > 1 else None)
 
 
 def _check_state_fits(torch, c, mesh_shape: dict, device) -> None:
@@ -308,11 +321,20 @@ def _attention_context(torch, s: Setup):
   return sdpa_kernel(SDPBackend.CUDNN_ATTENTION)
 
 
+def _loss_context(s: Setup):
+  """Under tensor parallelism the logits stay split by vocabulary into the cross-entropy
+  (loss_parallel, forward and backward), as the JAX rules keep `activation_vocab` on `tensor`."""
+  if s.mesh_shape["tensor"] == 1:
+    return contextlib.nullcontext()
+  from torch.distributed.tensor.parallel import loss_parallel
+  return loss_parallel()
+
+
 def _grad_sync(s: Setup, on: bool):
   """Gradient all-reduce only after the last microbatch."""
   if s.parallel == "ddp" and not on:
     return s.model.no_sync()
-  if s.parallel == "fsdp":
+  if s.parallel in ("fsdp", "fsdp+tensor", "ddp+tensor"):
     s.module.set_requires_gradient_sync(on)
   return contextlib.nullcontext()
 
@@ -327,7 +349,7 @@ def train_step(s: Setup, batch, step_index: int):
   n_micro = batch.shape[0]
   total = torch.zeros((), device=s.device)
   for j in range(n_micro):
-    with _grad_sync(s, j == n_micro - 1):
+    with _grad_sync(s, j == n_micro - 1), _loss_context(s):
       with _autocast(torch, s), _attention_context(torch, s):
         loss = s.loss_fn(batch[j])
       (loss / n_micro).backward()
@@ -351,9 +373,10 @@ def warm_up(s: Setup, batch) -> None:
   """Forward and backward of one microbatch, gradients dropped: torch.compile compiles both
   graphs here (and eager mode allocates), so that step 1 is an ordinary step. No weight changes."""
   import torch
-  with _autocast(torch, s), _attention_context(torch, s):
-    loss = s.loss_fn(batch[0])
-  loss.backward()
+  with _loss_context(s):
+    with _autocast(torch, s), _attention_context(torch, s):
+      loss = s.loss_fn(batch[0])
+    loss.backward()
   s.optimizer.zero_grad(set_to_none=True)
   _synchronize(torch, s.device)
 
@@ -363,7 +386,7 @@ def evaluate(s: Setup, batches) -> float:
   import torch
   s.model.eval()
   totals = []
-  with torch.no_grad(), _autocast(torch, s), _attention_context(torch, s):
+  with torch.no_grad(), _loss_context(s), _autocast(torch, s), _attention_context(torch, s):
     for batch in batches:
       totals.append(sum(s.loss_fn(b) for b in batch) / batch.shape[0])
   s.model.train()
@@ -379,11 +402,13 @@ def _synchronize(torch, device) -> None:
     torch.cuda.synchronize(device)
 
 
-def local_rows(batch, rank: int, world: int):
-  """This process's rows of a global batch [micro, batch, S+1] (the JAX batch sharding's order:
-  rank = data index * fsdp + fsdp index)."""
-  rows = batch.shape[1] // world
-  return batch[:, rank * rows:(rank + 1) * rows]
+def local_rows(batch, rank: int, mesh_shape: dict):
+  """This process's rows of a global batch [micro, batch, S+1]: the batch is split over data x
+  fsdp (the JAX batch sharding's order: shard = data index * fsdp + fsdp index), and the tensor
+  processes of one shard (neighbouring ranks, tensor innermost) hold the same rows."""
+  shards = mesh_shape["data"] * mesh_shape["fsdp"]
+  rows, shard = batch.shape[1] // shards, rank // mesh_shape["tensor"]
+  return batch[:, shard * rows:(shard + 1) * rows]
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -494,7 +519,7 @@ def _run(s: Setup, torch, workdir: str, backend: dict, resuming: bool, earlier: 
     say(f"  {note}")
   say(f"  {s.world} x {backend['device_kind']} ({s.device.type}), torch {torch.__version__}, "
       f"parallel {s.parallel}, dtype {c.dtype}, {s.info['compile']}, AdamW {s.info['adamw']}")
-  attention = _sdpa_backend(torch, c, s.model_cfg, s.device)
+  attention = _sdpa_backend(torch, c, s.model_cfg, s.device, s.mesh_shape["tensor"])
   say(f"  attention: SDPA, backend {attention['backend']}; initial weights: {s.info['init']}")
   peak = _peak(torch, s)
   peak_text = f"{peak.tflops:.4g} TFLOP/s" if peak.tflops is not None else "unknown"
@@ -506,7 +531,7 @@ def _run(s: Setup, torch, workdir: str, backend: dict, resuming: bool, earlier: 
       "config": c.to_dict(), "framework": "torch", "started_at": sysinfo.now_iso(),
       "versions": versions, **backend,
       "distributed": f"torchrun: {s.world} processes" if s.world > 1 else "single process",
-      "mesh": s.mesh_shape, "torch": s.info, "attention": attention,
+      "mesh": s.mesh_shape, "torch": s.info, "placements": s.placements, "attention": attention,
       "n_params": s.n_params, "param_counts": s.param_counts, **flops,
       "peak": dataclasses.asdict(peak),
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
@@ -585,7 +610,7 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
   config_dict = c.to_dict()
 
   def put(batch):
-    return torch.from_numpy(local_rows(batch, s.rank, s.world)).to(s.device, torch.long)
+    return torch.from_numpy(local_rows(batch, s.rank, s.mesh_shape)).to(s.device, torch.long)
 
   p.status = "compiling" if c.torch.compile else "warming up"
   batch = put(train_data.batch(start_step))
@@ -616,11 +641,15 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
       step = i + 1
       last = step == c.steps
       trace.before_step(step)
-      loss_t, norm_t = train_step(s, batch, i)
+      counting = i == start_step and s.world > 1  # the first step of each start
+      with _collectives_counted(s, run_info, step, on=counting):
+        loss_t, norm_t = train_step(s, batch, i)
       loss, grad_norm = float(loss_t), float(norm_t)  # waits for this step's loss and norm
       _synchronize(torch, s.device)  # and for the optimizer's update
       step_time = time.perf_counter() - t_prev
       trace.after_step(step)  # a trace's writing is in no step's time: t_prev is taken below
+      if counting:
+        out.write("run.json", run_info)
       finite = math.isfinite(loss) and math.isfinite(grad_norm)
       stopping = _any_process(torch, s, stop.signal_name is not None)
       eval_loss = eval_s = None
@@ -646,7 +675,10 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
         record["checkpoint_save_s"] = save_s
       if trace.traced(step):
         record["profiled"] = True
-      record["timed"] = i - start_step >= c.warmup_steps_excluded and not trace.traced(step)
+      if counting:
+        record["collectives_counted"] = True
+      record["timed"] = (i - start_step >= c.warmup_steps_excluded and not trace.traced(step)
+                         and not counting)
       out.append_metrics(record)
       if record["timed"]:
         p.step_times.append(step_time)
@@ -672,6 +704,25 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
     if trace.steps is not None:
       run_info["profile"] = trace.describe(out.path)
       out.write("run.json", run_info)
+
+
+@contextlib.contextmanager
+def _collectives_counted(s: Setup, run_info: dict, step: int, on: bool):
+  """With `on`, the collectives this step issues (twin/collectives.py), process 0's into run.json's
+  `collectives`: what `jaxbench compare` sets beside XLA's (its compile.collectives). Every
+  process counts, so that all run the same program (torch.compile's frames step aside for a
+  dispatch mode: counting on one process alone had it issue other collectives than the rest, and
+  the run hung). The counting mode slows the step: it is left out of the timing."""
+  if not on:
+    yield
+    return
+  from jaxbench.twin import collectives as collectives_lib
+  with collectives_lib.CollectiveCounter() as counter:
+    yield
+  run_info["collectives"] = {
+      "per_device": collectives_lib.summarize(counter.calls), "step": step,
+      "source": "the collective calls process 0 issued in this step (a TorchDispatchMode "
+                "counting DTensor's, FSDP2's and DDP's calls), bytes of each call's result"}
 
 
 # --- command line (reached through jaxbench train's main) -----------------------------------------
