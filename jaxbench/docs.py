@@ -115,7 +115,8 @@ def configuration_md() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxbench.docs", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m jaxbench.docs",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--check", action="store_true",
                       help="exit 1 when docs/configuration.md differs; write nothing")
   args = parser.parse_args(argv)
