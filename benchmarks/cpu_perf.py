@@ -22,7 +22,7 @@ import jax
 
 from jaxbench import data as data_lib
 from jaxbench import peak as peak_lib
-from jaxbench import sharding, train
+from jaxbench import runlog, sharding, train
 
 CONFIG = "configs/mpt.py:small"
 SHAPE = {"n_layers": 6, "d_model": 384, "n_heads": 6, "vocab_size": 8192}
@@ -98,7 +98,9 @@ def main() -> None:
     tokens[dtype, layers] = c.batch_size * c.seq_len / med
     tflops = s.flops["flops_per_token"] * tokens[dtype, layers] / 1e12
     peak = peak_lib.cached_peak(jax.local_devices(), dtype)
-    mfu = f"{tflops / peak.tflops:.1%}" if peak and peak.tflops else "n/a"
+    ratio = runlog.mfu(tflops, peak.tflops if peak else None)
+    mfu = (f"{ratio:.1%}" if ratio is not None
+           else "above the peak" if peak and peak.tflops else "n/a")
     cached = f"{peak.tflops:.4f}" if peak and peak.tflops else "not cached"
     live = common.median(r["peaks"])
     print(f"| {dtype} | {layers} | {r['compile_s']:.1f} | {med * 1e3:.0f} | {tokens[dtype, layers]:,.0f} "

@@ -212,6 +212,8 @@ def mfu_text(run: Run) -> tuple[str, str | None]:
     return f"{fmt_pct(mfu, 2)} ({source} peak)", None
   if not _finite(run.summary.get("tflops_per_s_per_device_median")):
     return "unknown (no timed steps)", "no timed steps, so no throughput"
+  if run.summary.get("mfu_note"):
+    return f"unknown (above the {source} peak)", run.summary["mfu_note"]
   why = f"peak source {source}: {peak.get('detail') or run.info.get('mfu_note') or 'no peak known'}"
   return f"unknown (peak source {source})", why
 

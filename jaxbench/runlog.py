@@ -66,6 +66,27 @@ class Progress:
       self.status, self.error = "failed", f"{type(e).__name__}: {e}"
 
 
+def mfu(tflops: float | None, peak_tflops: float | None) -> float | None:
+  """Model FLOPs utilization, or None where it cannot be told: no peak, or a throughput above the
+  peak. No step runs faster than a true peak, so a ratio above 1 says the peak is wrong (a CPU's
+  measured while other jobs took its cores, which then left) or the FLOP count is: it is never
+  shown as a figure."""
+  if not tflops or not peak_tflops or tflops > peak_tflops:
+    return None
+  return tflops / peak_tflops
+
+
+def above_peak_note(tflops: float | None, peak_tflops: float | None, peak_source: str) -> str | None:
+  """Why MFU is unknown when the throughput exceeds the peak (None otherwise)."""
+  if not tflops or not peak_tflops or tflops <= peak_tflops:
+    return None
+  cause = ("measured under heavier load than the steps ran in: `jaxbench peak --no_cache` on a "
+           "quiet machine, or a peak from the datasheet table" if peak_source == "measured"
+           else "the FLOP count or the step timing is wrong: please report it")
+  return (f"MFU unknown: the median step's {tflops:.3g} TFLOP/s/device is above the "
+          f"{peak_source} peak of {peak_tflops:.3g} TFLOP/s; the peak was {cause}")
+
+
 def fmt(n: float) -> str:
   return f"{n:,.0f}" if n >= 100 else f"{n:.3g}"
 
@@ -84,7 +105,7 @@ def summary(p: Progress, *, tokens_per_step: int, n_devices: int, flops_per_toke
       "lower_s": p.lower_s, "init_s": p.init_s, **stats,
       "tokens_per_s_per_device_median": per_device,
       "tflops_per_s_per_device_median": tflops,
-      "mfu_median": tflops / peak_tflops if tflops and peak_tflops else None,
+      "mfu_median": mfu(tflops, peak_tflops),
       "peak_tflops_per_device": peak_tflops, "peak_source": peak_source,
       "final_loss": p.final_loss, "peak_memory_bytes_per_device": peak_memory[0],
       "peak_memory_source": peak_memory[1], "last_checkpoint_step": p.last_checkpoint,
@@ -94,6 +115,9 @@ def summary(p: Progress, *, tokens_per_step: int, n_devices: int, flops_per_toke
   if p.timed_since_step or p.timing_note:
     s["timed_since_step"] = p.timed_since_step
     s["timing_note"] = p.timing_note
+  note = above_peak_note(tflops, peak_tflops, peak_source)
+  if note:
+    s["mfu_note"] = note
   if p.error:
     s["error"] = p.error
   return s
@@ -191,11 +215,12 @@ def done_line(s: dict) -> str:
   if not s["step_time_s_median"]:
     return f"done: {s['status']} after {s['steps']} steps, before any timed step"
   mfu = f"{s['mfu_median']:.1%}" if s["mfu_median"] is not None else "unknown"
+  tail = f"\n  {s['mfu_note']}" if s.get("mfu_note") else ""
   return (f"done: {s['status']}. median {s['step_time_s_median'] * 1e3:.1f} ms/step "
           f"(p10 {s['step_time_s_p10'] * 1e3:.1f}, p90 {s['step_time_s_p90'] * 1e3:.1f}), "
           f"{fmt(s['tokens_per_s_per_device_median'])} tokens/s/device, "
           f"{s['tflops_per_s_per_device_median']:.3g} TFLOP/s/device, MFU {mfu}, "
-          f"final loss {s['final_loss']:.4f}")
+          f"final loss {s['final_loss']:.4f}{tail}")
 
 
 def step_record(step, loss, grad_norm, lr, step_time, tokens_per_step, n_devices, flops_per_token,
@@ -207,11 +232,13 @@ def step_record(step, loss, grad_norm, lr, step_time, tokens_per_step, n_devices
   return {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": step_time,
           "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
           "tflops_per_s_per_device": tflops,
-          "mfu": tflops / peak_tflops if peak_tflops else None}
+          "mfu": mfu(tflops, peak_tflops), **({"mfu_above_peak": True}
+                                               if peak_tflops and tflops > peak_tflops else {})}
 
 
 def progress_line(r: dict, steps: int, eta: float | None) -> str:
-  mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+  mfu = (f"{r['mfu']:.1%}" if r["mfu"] is not None
+         else "unknown (above the peak)" if r.get("mfu_above_peak") else "n/a")
   width = len(str(steps))
   line = (f"step {r['step']:>{width}}/{steps}  loss {r['loss']:.4f}  grad_norm {r['grad_norm']:.3g}  "
           f"lr {r['lr']:.2e}  {r['step_time_s'] * 1e3:.1f} ms/step  "

@@ -352,3 +352,32 @@ def test_gpu_cache_entries_are_not_aged():
 
 def test_cores_as_taskset_writes_them():
   assert peak._ranges({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8" and peak._ranges({3}) == "3"
+
+
+def test_mfu_above_the_peak_is_never_a_figure():
+  # Found by a run on a loaded CPU: its peak, measured while other jobs held the cores, was below
+  # what the steps later reached, and progress lines read "MFU 116.3%".
+  from jaxbench import compare, runlog
+  assert runlog.mfu(0.05, 0.1) == pytest.approx(0.5) and runlog.mfu(0.1, 0.1) == 1.0
+  assert runlog.mfu(0.0686, 0.0586) is None and runlog.mfu(0.05, None) is None
+  r = runlog.step_record(3, 2.0, 1.0, 1e-3, 0.01, 1000, 1, 586_000, 0.0586)  # 0.0586 TFLOP/s: at it
+  assert r["mfu"] == pytest.approx(1.0) and "mfu_above_peak" not in r
+  r = runlog.step_record(3, 2.0, 1.0, 1e-3, 0.01, 1000, 1, 686_000, 0.0586)
+  assert r["mfu"] is None and r["mfu_above_peak"]
+  assert "MFU unknown (above the peak)" in runlog.progress_line(r, 10, None)
+  p = runlog.Progress()
+  p.status, p.steps, p.step_times, p.final_loss = "finished", 3, [0.01, 0.01], 2.0
+  s = runlog.summary(p, tokens_per_step=1000, n_devices=1, flops_per_token=686_000, peak_tflops=0.0586,
+                     peak_source="measured", peak_memory=(None, "none"), backend="cpu",
+                     device_kind="cpu", n_params=1)
+  assert s["mfu_median"] is None
+  assert "0.0686 TFLOP/s/device is above the measured peak of 0.0586" in s["mfu_note"]
+  assert "jaxbench peak --no_cache" in s["mfu_note"]
+  assert "MFU unknown" in runlog.done_line(s) and "%" not in runlog.done_line(s).split("MFU")[1][:12]
+  table = runlog.summary(p, tokens_per_step=1000, n_devices=1, flops_per_token=686_000,
+                         peak_tflops=0.05, peak_source="table", peak_memory=(None, "none"),
+                         backend="cpu", device_kind="cpu", n_params=1)
+  assert "the FLOP count or the step timing is wrong" in table["mfu_note"]
+  run = compare.Run("a", "a", {"peak": {"source": "measured", "tflops": 0.0586}}, s, [])
+  text, why = compare.mfu_text(run)
+  assert text == "unknown (above the measured peak)" and why == s["mfu_note"]

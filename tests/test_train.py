@@ -116,7 +116,10 @@ def test_default_run_writes_the_contract_files(tmp_path):
   assert min(times[1:]) > 0.25 * float(np.median(times)), times
   for r in records:
     assert METRIC_FIELDS <= set(r)
-    assert r["mfu"] > 0 and r["step_time_s"] > 0 and np.isfinite(r["loss"])
+    assert r["step_time_s"] > 0 and np.isfinite(r["loss"])
+    # MFU against the peak this run measured; a step faster than it (the load fell after the
+    # measurement) has none, never a figure above 100%.
+    assert (0 < r["mfu"] <= 1) if r["mfu"] is not None else r["mfu_above_peak"]
     assert r["tokens_per_s_per_device"] == pytest.approx(r["tokens_per_s"])  # one device
     assert r["tflops_per_s_per_device"] == pytest.approx(
         info["flops_per_token"] * r["tokens_per_s_per_device"] / 1e12)
@@ -125,9 +128,12 @@ def test_default_run_writes_the_contract_files(tmp_path):
   assert SUMMARY_FIELDS <= set(summary)
   assert summary["status"] == "finished" and summary["steps"] == steps
   assert summary["timed_steps"] == steps - info["config"]["warmup_steps_excluded"]
-  assert 0 < summary["mfu_median"] < 1
-  assert summary["mfu_median"] == pytest.approx(
-      summary["tflops_per_s_per_device_median"] / info["peak"]["tflops"])
+  if summary["tflops_per_s_per_device_median"] <= info["peak"]["tflops"]:
+    assert 0 < summary["mfu_median"] <= 1
+    assert summary["mfu_median"] == pytest.approx(
+        summary["tflops_per_s_per_device_median"] / info["peak"]["tflops"])
+  else:
+    assert summary["mfu_median"] is None and "above the measured peak" in summary["mfu_note"]
   timed = sorted(r["step_time_s"] for r in records[info["config"]["warmup_steps_excluded"]:])
   assert summary["step_time_s_median"] == pytest.approx(float(np.median(timed)))
   assert summary["final_loss"] == records[-1]["loss"]
