@@ -51,6 +51,7 @@ from jaxbench import cli
 from jaxbench import intervals
 from jaxbench import rundir as rundir_lib
 from jaxbench import timing
+from jaxbench.errors import BadInput, bad_input
 
 LOSS_TOLERANCE = 0.01
 RUN_FILES = ("run.json", "summary.json", "metrics.jsonl")
@@ -72,10 +73,6 @@ MISSING = "(absent)"
 COLLECTIVES_NOTE = ("(one step, per device: calls and the bytes of their results, "
                     "jaxbench/hlo.py's units; XLA may fuse several into one call, the twin issues "
                     "each)")
-
-
-class BadInput(ValueError):
-  pass
 
 
 @dataclasses.dataclass
@@ -828,14 +825,8 @@ def write_outputs(runs: list[Run], result: dict, out: str) -> None:
 
 
 # --- `jaxbench compare` ----------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):  # one line on stderr and exit 2, as every jaxbench command
-    raise BadInput(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog=argv[0] if argv else "jaxbench compare", add_help=False)
+  parser = cli.FlagParser(prog=argv[0] if argv else "jaxbench compare", add_help=False)
   parser.add_argument("run_dirs", nargs="*")
   parser.add_argument("--out", default=None)
   parser.add_argument("--labels", default=None)
@@ -868,8 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or default_labels(args.run_dirs)
     runs = [load_run(path, label) for path, label in zip(args.run_dirs, labels)]
   except BadInput as e:
-    print(f"jaxbench compare: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench compare", e)
   result = compare(runs, args.loss_tolerance)
   for w in result["warnings"]:
     print(f"jaxbench compare: WARNING: {w}", file=sys.stderr)

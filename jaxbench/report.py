@@ -44,6 +44,7 @@ from jaxbench import intervals
 from jaxbench import rundir as rundir_lib
 from jaxbench import sweep as sweep_lib
 from jaxbench.compare import fmt_bytes, fmt_count, fmt_pct, fmt_seconds
+from jaxbench.errors import BadInput, bad_input
 
 # Override keys that set the model's size (plotted on the size axis, not split into series) or
 # the batch (the batch axis).
@@ -53,10 +54,6 @@ BATCH_KEYS = ("batch_size",)
 # Fields of a result line (run.json's config) that set the tables' groups where not varied.
 GROUP_FIELDS = ("framework", "backend", "device_kind")
 CONFIDENCE = f"{intervals.CONFIDENCE:.0%}"
-
-
-class BadInput(ValueError):
-  pass
 
 
 # --- Reading ---------------------------------------------------------------------------------------
@@ -528,14 +525,8 @@ def report(sweep_dir: str, out: str | None = None) -> tuple[str, dict | None]:
   return path, plots
 
 
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise BadInput(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog=argv[0] if argv else "jaxbench report", add_help=False)
+  parser = cli.FlagParser(prog=argv[0] if argv else "jaxbench report", add_help=False)
   parser.add_argument("sweep_dirs", nargs="+")
   parser.add_argument("--out", default=None)
   parser.add_argument("--baseline", default=None)
@@ -563,8 +554,7 @@ def main(argv: list[str] | None = None) -> int:
       return study.run(args)
     path, plots = report(args.sweep_dirs[0], args.out)
   except BadInput as e:
-    print(f"jaxbench report: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench report", e)
   if plots is None:
     print("jaxbench report: matplotlib is not installed: tables only "
           "(pip install 'jaxbench[plots]' for the plots)", file=sys.stderr)

@@ -42,7 +42,8 @@ from jaxbench import report as report_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import sweep as sweep_lib
 from jaxbench.compare import fmt_pct
-from jaxbench.report import BadInput, CONFIDENCE
+from jaxbench.errors import BadInput
+from jaxbench.report import CONFIDENCE
 
 ABSENT = compare_lib.MISSING
 

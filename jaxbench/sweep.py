@@ -76,9 +76,9 @@ from jaxbench import cli
 from jaxbench import config as config_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import timing
-from jaxbench.errors import ConfigError
+from jaxbench.errors import BadInput, bad_input
 from jaxbench.outcome import STATUSES, classify, error_tail
-from jaxbench.sweepfile import BadInput, Point, Sweep, build, get_path, override_keys
+from jaxbench.sweepfile import Point, Sweep, build, get_path, override_keys
 
 # summary.json fields copied into results.jsonl.
 SUMMARY_FIELDS = ("tokens_per_s_per_device_median", "mfu_median", "step_time_s_median", "compile_s",
@@ -599,14 +599,8 @@ def describe_point(p: Point) -> str:
 
 
 # --- `jaxbench sweep` --------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise BadInput(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog=argv[0] if argv else "jaxbench sweep", add_help=False)
+  parser = cli.FlagParser(prog=argv[0] if argv else "jaxbench sweep", add_help=False)
   parser.add_argument("--sweep", required=True)
   parser.add_argument("--out", default=None)
   parser.add_argument("--dry_run", action="store_true")
@@ -677,26 +671,22 @@ def main(argv: list[str] | None = None) -> int:
     sweep = build(args.sweep, args.timeout_s, args.max_batch, args.compile_only, args.topology,
                   args.repeats)
   except BadInput as e:
-    print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench sweep", e)
   results = read_results(args.out) if args.out else {}
   if args.dry_run:
     dry_run(sweep, results, args.retry)
     return 0
   try:
     rundir_lib.check_output_folder(args.out, "--out")
-  except ConfigError as e:
-    print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
-    return 2
+  except BadInput as e:
+    return bad_input("jaxbench sweep", e)
   os.makedirs(args.out, exist_ok=True)
   lock = open(os.path.join(args.out, ".sweep.lock"), "w")
   try:  # held while the sweep runs; the kernel lets go of it however the process ends
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     lock.close()
-    print(f"jaxbench sweep: bad input: --out={args.out}: another sweep is running there",
-          file=sys.stderr)
-    return 2
+    return bad_input("jaxbench sweep", f"--out={args.out}: another sweep is running there")
   results = read_results(args.out)  # again, now that no other sweep writes it
   runs = schedule(sweep.points, sweep.repeats)
   todo = [(p, k) for p, k in runs

@@ -177,7 +177,7 @@ def test_profile_steps_traces_the_twin_with_torch_profiler(runs, capsys):
   with open(tmp / "torch" / "metrics.jsonl") as f:
     assert [json.loads(line).get("profiled", False) for line in f] == [s in (4, 5) for s in range(1, 11)]
   from jaxbench import profiling
-  assert profiling.main([str(tmp / "torch")]) == 0
+  assert profiling.main(["jaxbench profile", str(tmp / "torch")]) == 0
   table = capsys.readouterr().out
   assert table.startswith("torch ops of steps 4-5") and "aten::" in table
 
