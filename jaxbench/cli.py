@@ -70,6 +70,8 @@ def help_keys(patterns: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
+  from jaxbench import startup
+  startup.configure()  # the command's module may import JAX: before it does
   if len(argv) < 2:
     print(usage(), file=sys.stderr)
     return 2  # a command is needed: usage, not success
