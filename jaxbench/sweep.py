@@ -79,6 +79,7 @@ from jaxbench import timing
 from jaxbench.errors import BadInput, bad_input
 from jaxbench.outcome import STATUSES, classify, error_tail
 from jaxbench.sweepfile import Point, Sweep, build, get_path, override_keys
+from jaxbench.tables import fmt_bytes, fmt_count, fmt_pct, fmt_seconds, md_cell
 
 # summary.json fields copied into results.jsonl.
 SUMMARY_FIELDS = ("tokens_per_s_per_device_median", "mfu_median", "step_time_s_median", "compile_s",
@@ -481,12 +482,7 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _md(text) -> str:
-  return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def format_results_md(sweep: Sweep, results: dict) -> str:
-  from jaxbench.compare import fmt_bytes, fmt_count, fmt_pct, fmt_seconds
   keys = sweep.varying
   head = ["#", *keys, "status", "tokens/s/device", "MFU", "step time", "compile", "peak memory",
           "final loss", "point"]
@@ -496,14 +492,14 @@ def format_results_md(sweep: Sweep, results: dict) -> str:
     r = results.get((p.id, repeat))
     number = f"{p.index}" if sweep.repeats == 1 else f"{p.index} ({repeat}/{sweep.repeats})"
     if r is None:
-      rows.append([number, *(_md(p.overrides.get(k, "")) for k in keys), "pending",
+      rows.append([number, *(md_cell(p.overrides.get(k, "")) for k in keys), "pending",
                    *[""] * 6, p.id])
       continue
     status = r["status"]
     if r.get("max_batch") and r["max_batch"].get("batch_size"):
       status += f" (max batch {r['max_batch']['batch_size']})"
     loss = r.get("final_loss")
-    rows.append([number, *(_md(p.overrides.get(k, "")) for k in keys), status,
+    rows.append([number, *(md_cell(p.overrides.get(k, "")) for k in keys), status,
                  fmt_count(r.get("tokens_per_s_per_device_median")), fmt_pct(r.get("mfu_median")),
                  fmt_seconds(r.get("step_time_s_median")), fmt_seconds(r.get("compile_s")),
                  fmt_bytes(r.get("peak_memory_bytes_per_device")),
@@ -527,8 +523,8 @@ def format_results_md(sweep: Sweep, results: dict) -> str:
     for p, repeat, r in failed:
       last = (r.get("error") or "").splitlines()
       which = f" (run {repeat})" if sweep.repeats > 1 else ""
-      lines.append(f"- `{p.id}`{which}: **{r['status']}** ({_md(r.get('reason', ''))})"
-                   + (f": `{_md(last[-1])[:300]}`" if last else ""))
+      lines.append(f"- `{p.id}`{which}: **{r['status']}** ({md_cell(r.get('reason', ''))})"
+                   + (f": `{md_cell(last[-1])[:300]}`" if last else ""))
   return "\n".join(lines) + "\n"
 
 
