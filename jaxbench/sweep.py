@@ -149,14 +149,18 @@ class Runner:
     if self.proc is not None and self.proc.poll() is None:
       _signal_group(self.proc, signal.SIGTERM)
 
-  def run(self, cmd: list[str], env: dict, log_path: str, timeout_s: float, label: str) -> dict:
+  def run(self, cmd: list[str], env: dict, log_path: str, timeout_s: float, label: str,
+          cwd: str | None = None) -> dict:
+    """cmd in a session of its own, its output in log_path; past timeout_s (or on a stop request)
+    SIGTERM, a clean stop that writes summary.json, then SIGKILL after TERM_GRACE_S.
+    {"returncode", "timed_out", "log" (its text), "duration_s"}; Stopped on a stop request."""
     if self.stop_signal:
       raise Stopped(self.stop_signal)
     start = time.monotonic()
     with open(log_path, "w") as log:
       log.write("$ " + " ".join(cmd) + "\n")
       log.flush()
-      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                    start_new_session=True, preexec_fn=_die_with_parent)
     timed_out, kill_at = False, None
     try:
@@ -290,11 +294,13 @@ def run_once(runner: Runner, point: Point, workdir: str, log_path: str, timeout_
           "error": None if status == "ok" else error_tail(out["log"])}
 
 
-def search_batch(probe, start: int, limit: int) -> tuple[int | None, list[dict]]:
+def search_batch(probe, start: int, limit: int,
+                 bisect: bool = True) -> tuple[int | None, list[dict]]:
   """The largest multiple n (1 <= n <= limit) of the unit batch for which probe(n) is "ok": n
   doubles until a probe fails, then bisection between the last that fit and the first that did
-  not. `probe(n)` returns a status; anything but "ok" counts as does-not-fit (the trail records
-  which). Returns (n or None when even 1 fails, the trail in probe order)."""
+  not (bisect=False: none, the largest start * 2**k that fits). `probe(n)` returns a status;
+  anything but "ok" counts as does-not-fit (the trail records which). Returns (n or None when
+  even `start` fails, the trail in probe order)."""
   trail = []
 
   def fits(n: int) -> bool:
@@ -313,7 +319,7 @@ def search_batch(probe, start: int, limit: int) -> tuple[int | None, list[dict]]
       good = nxt
     else:
       bad = nxt
-  while bad - good > 1:
+  while bisect and bad - good > 1:
     mid = (good + bad) // 2
     if fits(mid):
       good = mid
