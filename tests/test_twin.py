@@ -54,7 +54,8 @@ def random_params(cfg, seed=0):
   shapes = nn.unbox(jax.eval_shape(lambda: model.Transformer(cfg).init(
       jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"])
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (1.0 * (len(s.shape) == 1) + rng.normal(size=s.shape) * 0.05).astype(np.float32), shapes)
+  return jax.tree.map(lambda s: (1.0 * (len(s.shape) == 1)
+                                 + rng.normal(size=s.shape) * 0.05).astype(np.float32), shapes)
 
 
 @pytest.fixture(scope="module", params=list(PARITY_CASES), ids=list(PARITY_CASES))
