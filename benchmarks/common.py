@@ -13,8 +13,12 @@ if REPO not in sys.path:
 
 from jaxbench import config as config_lib  # noqa: E402
 from jaxbench import hostalloc  # noqa: E402
+from jaxbench import startup  # noqa: E402
 from jaxbench import sysinfo  # noqa: E402
 
+# A benchmark script is a program: JAX's platforms as `jaxbench` chooses them, before the script
+# imports JAX (every script imports this module first).
+startup.configure()
 # The scripts that time steps in-process get the host allocator `jaxbench train` sets by default
 # (before any backend starts), so their figures and the CLI's agree.
 HOST_ALLOCATOR = hostalloc.configure("auto", "jax")

@@ -13,7 +13,8 @@ changed: the long cases of issue #25 (the short ones are tests/test_faults.py).
    the restart must exit 2 naming it, never resume from it.
 
 Prints a table: faults injected, runs resumed, steps trained again (the steps a kill cut off
-after the last checkpoint), silent differences (the goal is 0), with the machine and versions, for benchmarks/RESULTS.md. Not a test: it takes minutes.
+after the last checkpoint), silent differences (the goal is 0), with the machine and versions,
+for benchmarks/RESULTS.md. Not a test: it takes minutes.
 """
 
 from __future__ import annotations

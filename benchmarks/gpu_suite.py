@@ -33,6 +33,8 @@ sys.path.insert(0, REPO)
 # The driver process only predicts memory (shapes, no arrays): it must not take a GPU's memory.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from jaxbench import sweep as sweep_lib  # noqa: E402
+
 GIB = 2**30
 # JAX's allocator takes this share of the device by default; the prediction must fit in it.
 JAX_POOL_FRACTION = 0.75
@@ -153,77 +155,67 @@ def compiled_bytes(args, size: str, batches: list[int]) -> dict[int, dict]:
 
 def choose_batch(args, size: str, pool_bytes: int) -> tuple[int, list[dict]]:
   """The largest power-of-two batch that fits, and the figures looked at: XLA's compiled memory
-  for --target (--batch_search=compile) or the analytic model's prediction (model)."""
-  if args.batch_search == "compile":
-    batches = []
-    b = args.min_batch
-    while b <= args.max_batch:
-      batches.append(b)
-      b *= 2
+  for --target (--batch_search=compile) or the analytic model's prediction (model). The sweep's
+  --max_batch search (sweep.search_batch) doubles the batch from --min_batch until one does not
+  fit (powers of two only: no bisection)."""
+  batches = [args.min_batch * 2**k for k in range(64) if args.min_batch * 2**k <= args.max_batch]
+  if args.batch_search == "compile":  # every batch at once: the compiles run side by side
     compiled = compiled_bytes(args, size, batches)
-    trail, best = [], None
-    for b in batches:
+  trail = []
+
+  def probe(n: int) -> str:  # n: a multiple of --min_batch
+    batch = n * args.min_batch
+    predicted = predicted_bytes(args, config_for(args, size, batch, "jax"))[0]
+    if args.batch_search == "compile":
       # Room for the next step's temporaries too (jaxbench/compile.py memory_report).
-      need = compiled[b]["with_next_step_bytes"]
-      fits = need is not None and need <= pool_bytes * COMPILED_MARGIN
-      trail.append({"batch_size": b, "compiled_bytes": compiled[b]["bytes"],
-                    "with_next_step_bytes": need, "error": compiled[b]["error"],
-                    "predicted_bytes": predicted_bytes(args, config_for(args, size, b, "jax"))[0],
-                    "fits": fits})
-      if not fits:
-        break
-      best = b
-    return best or args.min_batch, trail
-  trail, best = [], None
-  batch = args.min_batch
-  while batch <= args.max_batch:
-    need, _ = predicted_bytes(args, config_for(args, size, batch, "jax"))
-    fits = need <= pool_bytes * MARGIN
-    trail.append({"batch_size": batch, "predicted_bytes": need, "fits": fits})
-    if not fits:
-      break
-    best = batch
-    batch *= 2
-  return best or args.min_batch, trail
+      need = compiled[batch]["with_next_step_bytes"]
+      trail.append({"batch_size": batch, "compiled_bytes": compiled[batch]["bytes"],
+                    "with_next_step_bytes": need, "error": compiled[batch]["error"],
+                    "predicted_bytes": predicted,
+                    "fits": need is not None and need <= pool_bytes * COMPILED_MARGIN})
+    else:
+      trail.append({"batch_size": batch, "predicted_bytes": predicted,
+                    "fits": predicted <= pool_bytes * MARGIN})
+    return "ok" if trail[-1]["fits"] else "does not fit"
+
+  found, _ = (sweep_lib.search_batch(probe, 1, batches[-1] // args.min_batch, bisect=False)
+              if batches else (None, []))
+  return (found * args.min_batch if found else args.min_batch), trail
+
+
+class _Quiet:
+  """The sweep's runner shows progress through a display; the suite prints its own lines."""
+
+  def tick(self, label: str, running_s: float) -> None:
+    pass
 
 
 def train_process(flags: list[str], workdir: str, timeout_s: float, platforms: str | None = None,
                   env_settings: list[str] = ()) -> dict:
-  """One `jaxbench train FLAGS --workdir=WORKDIR` process on the device (the driver's own
-  JAX_PLATFORMS is not passed on; `platforms` sets the run's), with extra environment settings
-  NAME=VALUE (XLA_FLAGS appended), its log in WORKDIR.log; its status from the sweep's
-  classifier. {"status", "reason", "log", "wall_s", "error_tail", "summary"}."""
+  """One `jaxbench train FLAGS --workdir=WORKDIR` process on the device, run by the sweep's
+  runner (a clean stop at the timeout, then a kill) and classified by the sweep's rules (the
+  driver's own JAX_PLATFORMS is not passed on; `platforms` sets the run's), with extra
+  environment settings NAME=VALUE (XLA_FLAGS appended), its log in WORKDIR.log.
+  {"status", "reason", "log", "wall_s", "error_tail", "summary"}."""
   from jaxbench import outcome
   os.makedirs(os.path.dirname(workdir), exist_ok=True)
   log_path = workdir + ".log"
-  env = dict(os.environ)
-  env.pop("JAX_PLATFORMS", None)
-  if platforms:
-    env["JAX_PLATFORMS"] = platforms
+  env = {"JAX_PLATFORMS": platforms or None}
   for assignment in env_settings:
     name, _, value = assignment.partition("=")
-    env[name] = (env.get(name, "") + " " + value).strip() if name == "XLA_FLAGS" else value
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env[name] = ((os.environ.get(name, "") + " " + value).strip() if name == "XLA_FLAGS"
+                 else value)
   cmd = [sys.executable, "-m", "jaxbench", "train", *flags, f"--workdir={workdir}"]
-  t0 = time.time()
-  with open(log_path, "w") as log:
-    log.write(" ".join([*env_settings, *cmd]) + "\n")
-    log.flush()
-    try:
-      proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            timeout=timeout_s)
-      returncode, timed_out = proc.returncode, False
-    except subprocess.TimeoutExpired:
-      returncode, timed_out = None, True
-  with open(log_path) as f:
-    text = f.read()
+  run = sweep_lib.Runner(_Quiet()).run(cmd, sweep_lib.child_env(env), log_path, timeout_s,
+                                       os.path.basename(workdir), cwd=REPO)
   summary = None
   if os.path.exists(os.path.join(workdir, "summary.json")):
     with open(os.path.join(workdir, "summary.json")) as f:
       summary = json.load(f)
-  status, reason = outcome.classify(returncode, text, timed_out, summary)
-  return {"status": status, "reason": reason, "log": log_path, "wall_s": time.time() - t0,
-          "error_tail": None if status == "ok" else outcome.error_tail(text), "summary": summary}
+  status, reason = outcome.classify(run["returncode"], run["log"], run["timed_out"], summary)
+  return {"status": status, "reason": reason, "log": log_path, "wall_s": run["duration_s"],
+          "error_tail": None if status == "ok" else outcome.error_tail(run["log"]),
+          "summary": summary}
 
 
 def run_train(args, size: str, batch: int, framework: str, timeout_s: float) -> dict:

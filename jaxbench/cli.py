@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+
+from jaxbench.errors import BadInput, bad_input
 
 COMMANDS = {
     "train": ("jaxbench.train", "one training run (absl flags + an ml_collections config file)"),
@@ -22,7 +25,19 @@ COMMANDS = {
     "peak": ("jaxbench.peak", "measure this machine's matmul peak (TFLOP/s per device)"),
     "export-hf": ("jaxbench.export_hf", "a run's latest checkpoint as a Hugging Face model folder "
                   "(safetensors + config.json)"),
+    "profile": ("jaxbench.profiling", "the XLA ops that took the most time in a run's trace "
+                "(profile_steps), with the model code each came from"),
 }
+
+
+class FlagParser(argparse.ArgumentParser):
+  """How every jaxbench command with plain flags reads them (train, compile and portability read
+  absl flags with a config: config.parse_flags): a usage error raises BadInput, which the
+  command's main turns into one line and exit 2 (errors.bad_input), where argparse would print
+  its usage and exit by itself."""
+
+  def error(self, message):
+    raise BadInput(message)
 
 
 def asks_for_help(argv: list[str]) -> bool:
@@ -55,6 +70,8 @@ def help_keys(patterns: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
+  from jaxbench import startup
+  startup.configure()  # the command's module may import JAX: before it does
   if len(argv) < 2:
     print(usage(), file=sys.stderr)
     return 2  # a command is needed: usage, not success
@@ -70,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   name = argv[1]
   if name not in COMMANDS:
-    print(f"jaxbench: bad input: unknown command {name!r}; allowed: {', '.join(COMMANDS)}",
-          file=sys.stderr)
-    return 2
+    return bad_input("jaxbench", f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}")
   module = importlib.import_module(COMMANDS[name][0])
   return module.main([f"jaxbench {name}", *argv[2:]])
 

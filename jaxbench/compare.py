@@ -51,6 +51,9 @@ from jaxbench import cli
 from jaxbench import intervals
 from jaxbench import rundir as rundir_lib
 from jaxbench import timing
+from jaxbench.errors import BadInput, bad_input
+from jaxbench.tables import (figure, finite, fmt_bytes, fmt_count, fmt_pct, fmt_seconds, md_cell,
+                             md_table, require_matplotlib, text_table)
 
 LOSS_TOLERANCE = 0.01
 RUN_FILES = ("run.json", "summary.json", "metrics.jsonl")
@@ -72,10 +75,6 @@ MISSING = "(absent)"
 COLLECTIVES_NOTE = ("(one step, per device: calls and the bytes of their results, "
                     "jaxbench/hlo.py's units; XLA may fuse several into one call, the twin issues "
                     "each)")
-
-
-class BadInput(ValueError):
-  pass
 
 
 @dataclasses.dataclass
@@ -163,35 +162,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def _finite(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt_count(x) -> str:
-  if not _finite(x):
-    return "unknown"
-  return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def fmt_pct(x, digits: int = 1) -> str:
-  return f"{x * 100:.{digits}f}%" if _finite(x) else "unknown"
-
-
-def fmt_seconds(x) -> str:
-  if not _finite(x):
-    return "unknown"
-  return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.1f} s"
-
-
-def fmt_bytes(x) -> str:
-  if not _finite(x):
-    return "unknown"
-  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-    if abs(x) >= size:
-      return f"{x / size:.1f} {unit}"
-  return f"{x:.0f} B"
-
-
 def fmt_value(v) -> str:
   if isinstance(v, str):
     return v if v else '""'
@@ -208,9 +178,9 @@ def mfu_text(run: Run) -> tuple[str, str | None]:
   mfu = run.summary.get("mfu_median")
   peak = run.info.get("peak") or {}
   source = peak.get("source") or run.summary.get("peak_source") or "unknown"
-  if _finite(mfu):
+  if finite(mfu):
     return f"{fmt_pct(mfu, 2)} ({source} peak)", None
-  if not _finite(run.summary.get("tflops_per_s_per_device_median")):
+  if not finite(run.summary.get("tflops_per_s_per_device_median")):
     return "unknown (no timed steps)", "no timed steps, so no throughput"
   if run.summary.get("mfu_note"):
     return f"unknown (above the {source} peak)", run.summary["mfu_note"]
@@ -226,17 +196,17 @@ def timed_step_times(run: Run) -> list[float]:
   if any("timed" in m for m in run.metrics):
     since = run.summary.get("timed_since_step") or 0
     return [m["step_time_s"] for m in run.metrics
-            if m.get("timed") and (m.get("step") or 0) > since and _finite(m.get("step_time_s"))]
+            if m.get("timed") and (m.get("step") or 0) > since and finite(m.get("step_time_s"))]
   first_timed = (run.summary.get("resumed_from_step") or 0) + (run.config("warmup_steps_excluded") or 0)
   return [m["step_time_s"] for m in run.metrics
-          if (m.get("step") or 0) > first_timed and _finite(m.get("step_time_s"))]
+          if (m.get("step") or 0) > first_timed and finite(m.get("step_time_s"))]
 
 
 def work_per_step(run: Run) -> float | None:
   """Tokens one device processes in a step: what a step time is turned into tokens/s per device
   with (the summary's median throughput times its median step time; else from the config)."""
   tps, step = (run.summary.get(k) for k in ("tokens_per_s_per_device_median", "step_time_s_median"))
-  if _finite(tps) and _finite(step):
+  if finite(tps) and finite(step):
     return tps * step
   tokens, n = _tokens_per_step(run), run.info.get("n_devices", run.summary.get("n_devices"))
   return tokens / n if tokens and isinstance(n, int) and n > 0 else None
@@ -260,13 +230,13 @@ def throughput(base: Run, run: Run) -> dict:
     mine = interval.value
   if base.repeats and base_interval:
     theirs = base_interval.value
-  ratio = mine / theirs if _finite(mine) and _finite(theirs) and theirs > 0 else None
+  ratio = mine / theirs if finite(mine) and finite(theirs) and theirs > 0 else None
   ratio_interval = None
   if ratio is not None and work and base_work and run is not base:
     ratio_interval = intervals.ratio_interval(base_times, base_work, times, work)
   spreads = [x for x in map(intervals.spread, times) if x is not None]
   spread = max(spreads) if spreads else None
-  return {"tokens_per_s_per_device": mine if _finite(mine) else None, "ratio": ratio,
+  return {"tokens_per_s_per_device": mine if finite(mine) else None, "ratio": ratio,
           "interval": interval, "ratio_interval": ratio_interval, "spread": spread,
           "noisy": intervals.spread_note(spread), "runs": 1 + len(run.repeats)}
 
@@ -287,7 +257,7 @@ def loss_agreement(base: Run, run: Run, tolerance: float) -> dict:
   if not steps:
     result["note"] = "no common steps"
     return result
-  bad = [s for s in steps if not (_finite(a[s]) and _finite(b[s]))]
+  bad = [s for s in steps if not (finite(a[s]) and finite(b[s]))]
   if bad:
     # Training records a non-finite loss as null; such curves cannot match anything.
     result["note"] = f"non-finite loss at step {bad[0]}"
@@ -480,13 +450,13 @@ def peak_condition_differences(base_peak: dict, peak: dict, same_dtype: bool = T
 
   def quiet(c):
     load = c.get("load_per_core")
-    return None if not _finite(load) else load <= QUIET_LOAD
+    return None if not finite(load) else load <= QUIET_LOAD
 
   if quiet(a) is not None and quiet(b) is not None and quiet(a) != quiet(b):
     out.append(f"load average {a.get('load_avg_1m')} vs {b.get('load_avg_1m')} on "
                f"{a.get('host_cpus')} vs {b.get('host_cpus')} cores: a busy machine and a quiet one")
   tflops = (peak.get("tflops"), base_peak.get("tflops"))
-  if (same_dtype and a.get("cpu") == b.get("cpu") and all(_finite(t) and t > 0 for t in tflops)
+  if (same_dtype and a.get("cpu") == b.get("cpu") and all(finite(t) and t > 0 for t in tflops)
       and max(tflops) / min(tflops) > PEAK_APART):
     out.append(f"{tflops[0]:.3g} vs {tflops[1]:.3g} TFLOP/s on one CPU model "
                f"({max(tflops) / min(tflops):.2f}x apart; load average {a.get('load_avg_1m')} vs "
@@ -575,7 +545,7 @@ def combined_summary(run: Run) -> dict:
     return run.summary
   s = dict(run.summary, **timing.summarize([t for times in step_time_sets(run) for t in times]))
   for key in ("mfu_median", "tflops_per_s_per_device_median"):
-    values = [r.summary.get(key) for r in (run, *run.repeats) if _finite(r.summary.get(key))]
+    values = [r.summary.get(key) for r in (run, *run.repeats) if finite(r.summary.get(key))]
     s[key] = statistics.median(values) if values else None
   return s
 
@@ -598,7 +568,7 @@ def _run_entry(base: Run, run: Run, tolerance: float, diff: list[dict], index: i
       "distinguishable": intervals.distinguishable(tp["ratio_interval"]),
       "step_time_p90_over_p10": tp["spread"], "noisy": tp["noisy"],
       "tflops_per_s_per_device": s.get("tflops_per_s_per_device_median"),
-      "mfu": s.get("mfu_median") if _finite(s.get("mfu_median")) else None, "mfu_text": mfu,
+      "mfu": s.get("mfu_median") if finite(s.get("mfu_median")) else None, "mfu_text": mfu,
       "mfu_unknown_reason": mfu_unknown,
       "peak_tflops_per_device": lookup(run.info, "peak.tflops", s.get("peak_tflops_per_device")),
       "peak_source": lookup(run.info, "peak.source", s.get("peak_source")),
@@ -647,7 +617,7 @@ def table_rows(result: dict) -> list[list[str]]:
   header = [""] + [f"{e['label']} (baseline)" if e["baseline"] else e["label"] for e in runs]
 
   def spread(e):
-    if not _finite(e["step_time_s_p10"]):
+    if not finite(e["step_time_s_p10"]):
       return "unknown"
     text = f"{fmt_seconds(e['step_time_s_p10'])} - {fmt_seconds(e['step_time_s_p90'])}"
     return text + (f" ({e['noisy']})" if e["noisy"] else "")
@@ -676,7 +646,7 @@ def table_rows(result: dict) -> list[list[str]]:
       ("step time p10 - p90", spread),
       ("compile", lambda e: fmt_seconds(e["compile_s"])),
       ("peak memory/device", lambda e: fmt_bytes(e["peak_memory_bytes_per_device"])),
-      ("final loss", lambda e: f"{e['final_loss']:.4f}" if _finite(e["final_loss"]) else "unknown"),
+      ("final loss", lambda e: f"{e['final_loss']:.4f}" if finite(e["final_loss"]) else "unknown"),
       ("loss vs baseline", _loss_cell),
   ]
   return [header] + [[name] + [cell(e) for e in runs] for name, cell in rows]
@@ -687,37 +657,19 @@ def diff_rows(result: dict) -> list[list[str]]:
   return [header] + [[row["key"]] + [fmt_value(v) for v in row["values"]] for row in result["diff"]]
 
 
-def format_text_table(rows: list[list[str]]) -> str:
-  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(lines)
-
-
-def _md_cell(text: str) -> str:
-  return text.replace("|", "\\|").replace("\n", " ")
-
-
-def format_md_table(rows: list[list[str]]) -> str:
-  lines = ["| " + " | ".join(_md_cell(c) for c in rows[0]) + " |",
-           "|" + "|".join(" --- " for _ in rows[0]) + "|"]
-  lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows[1:]]
-  return "\n".join(lines)
-
-
 def format_terminal(result: dict) -> str:
   parts = []
   if result["warnings"]:
     parts.append(f"!! {len(result['warnings'])} comparability warning(s), printed on stderr: these "
                  "runs do not measure the same thing")
-  parts += [format_text_table(table_rows(result)), ""]
+  parts += [text_table(table_rows(result)), ""]
   parts += result["headlines"] + [f"(intervals: {result['interval_rule']})",
                                   f"(loss curves: {result['loss_rule']})", ""]
   if result.get("collectives"):
-    parts += [format_text_table(collectives_rows(result["collectives"])), COLLECTIVES_NOTE]
+    parts += [text_table(collectives_rows(result["collectives"])), COLLECTIVES_NOTE]
     parts += [e["note"] for e in result["collectives"]["runs"] if e["note"]] + [""]
   if result["diff"]:
-    parts.append(format_text_table(diff_rows(result)))
+    parts.append(text_table(diff_rows(result)))
   else:
     parts.append("what differs: nothing recorded differs between the runs")
   return "\n".join(parts)
@@ -727,25 +679,25 @@ def format_markdown(result: dict) -> str:
   parts = ["# jaxbench compare", ""]
   if result["warnings"]:
     parts += ["## WARNING: not comparable", ""]
-    parts += [f"- **WARNING** {_md_cell(w)}" for w in result["warnings"]] + [""]
+    parts += [f"- **WARNING** {md_cell(w)}" for w in result["warnings"]] + [""]
   parts += ["## Summary", ""]
   parts += [f"- {h}" for h in result["headlines"]]
   parts += ["", f"Intervals: {result['interval_rule']}.", f"Loss curves: {result['loss_rule']}.",
             "", "## Runs", "",
-            format_md_table(table_rows(result)), ""]
+            md_table(table_rows(result)), ""]
   # Where each number came from: the run folder, and what its peak memory counts (a GPU's
   # allocator peak and a CPU process's RSS are not the same measure).
-  paths = [f"- {e['label']}: `{e['path']}`; peak memory: {_md_cell(str(e['peak_memory_source']))}"
+  paths = [f"- {e['label']}: `{e['path']}`; peak memory: {md_cell(str(e['peak_memory_source']))}"
            for e in result["runs"]]
-  unknown = [f"- MFU of {e['label']} is unknown: {_md_cell(e['mfu_unknown_reason'])}"
+  unknown = [f"- MFU of {e['label']} is unknown: {md_cell(e['mfu_unknown_reason'])}"
              for e in result["runs"] if e["mfu_unknown_reason"]]
   parts += paths + unknown
   if result.get("collectives"):
-    parts += ["", "## Collectives", "", format_md_table(collectives_rows(result["collectives"])),
+    parts += ["", "## Collectives", "", md_table(collectives_rows(result["collectives"])),
               "", COLLECTIVES_NOTE]
-    parts += [f"- {_md_cell(e['note'])}" for e in result["collectives"]["runs"] if e["note"]]
+    parts += [f"- {md_cell(e['note'])}" for e in result["collectives"]["runs"] if e["note"]]
   parts += ["", "## What differs", ""]
-  parts.append(format_md_table(diff_rows(result)) if result["diff"]
+  parts.append(md_table(diff_rows(result)) if result["diff"]
                else "Nothing recorded differs between the runs.")
   if result["plots"]:
     parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in result["plots"]]
@@ -753,31 +705,16 @@ def format_markdown(result: dict) -> str:
 
 
 # --- Plots -----------------------------------------------------------------------------------------
-def require_matplotlib() -> None:
-  try:
-    import matplotlib  # noqa: F401
-  except ImportError:
-    raise BadInput("--out writes PNG plots with matplotlib, which is not installed: "
-                   "pip install 'jaxbench[plots]'") from None
-
-
-def _figure(rows: int = 1, height: float = 4.5):
-  # Figure without pyplot renders with Agg and leaves the caller's global backend alone.
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(8, height), layout="constrained")
-  return fig, fig.subplots(rows, 1, squeeze=False)[:, 0]
-
-
 def plot_losses(runs: list[Run], tolerance: float, path: str) -> None:
-  fig, (ax, rel_ax) = _figure(2, 7)
+  fig, (ax, rel_ax) = figure(2, 7)
   base = loss_by_step(runs[0].metrics)
   for i, run in enumerate(runs):
     # One colour per run in both panels; the baseline drawn wide underneath, so a run that matches
     # it exactly still shows both lines.
     style = {"color": f"C{i}", "linewidth": 3.0 if i == 0 else 1.2, "label": run.label}
-    curve = sorted((s, v) for s, v in loss_by_step(run.metrics).items() if _finite(v))
+    curve = sorted((s, v) for s, v in loss_by_step(run.metrics).items() if finite(v))
     ax.plot([s for s, _ in curve], [v for _, v in curve], **style)
-    common = [(s, v) for s, v in curve if _finite(base.get(s))]
+    common = [(s, v) for s, v in curve if finite(base.get(s))]
     if i > 0 and common:
       rel = [100 * abs(v - base[s]) / max(abs(base[s]), 1e-12) for s, v in common]
       rel_ax.plot([s for s, _ in common], rel, **style)
@@ -792,7 +729,7 @@ def plot_losses(runs: list[Run], tolerance: float, path: str) -> None:
 
 
 def plot_step_times(runs: list[Run], path: str) -> None:
-  fig, (ax,) = _figure()
+  fig, (ax,) = figure(1, 4.5)
   data = [[t * 1e3 for t in timed_step_times(r)] for r in runs]
   positions = [i + 1 for i, d in enumerate(data) if d]
   if positions:
@@ -804,7 +741,7 @@ def plot_step_times(runs: list[Run], path: str) -> None:
 
 
 def plot_throughput(result: dict, path: str) -> None:
-  fig, (ax,) = _figure()
+  fig, (ax,) = figure(1, 4.5)
   entries = result["runs"]
   heights = [e["tokens_per_s_per_device"] or 0 for e in entries]
   bars = ax.bar(range(len(entries)), heights, color="tab:blue")
@@ -830,14 +767,8 @@ def write_outputs(runs: list[Run], result: dict, out: str) -> None:
 
 
 # --- `jaxbench compare` ----------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):  # one line on stderr and exit 2, as every jaxbench command
-    raise BadInput(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog=argv[0] if argv else "jaxbench compare", add_help=False)
+  parser = cli.FlagParser(prog=argv[0] if argv else "jaxbench compare", add_help=False)
   parser.add_argument("run_dirs", nargs="*")
   parser.add_argument("--out", default=None)
   parser.add_argument("--labels", default=None)
@@ -870,8 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or default_labels(args.run_dirs)
     runs = [load_run(path, label) for path, label in zip(args.run_dirs, labels)]
   except BadInput as e:
-    print(f"jaxbench compare: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench compare", e)
   result = compare(runs, args.loss_tolerance)
   for w in result["warnings"]:
     print(f"jaxbench compare: WARNING: {w}", file=sys.stderr)

@@ -1,5 +1,7 @@
 """Exit codes of the contract and the exceptions that map onto them."""
 
+import sys
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # flags, config or data: one line on stderr, nothing compiled
 EXIT_DIVERGED = 3  # non-finite loss: the step is named
@@ -12,6 +14,18 @@ class ConfigError(ValueError):
     # One argument: re-raised by a library with the formatted text as its only argument.
     super().__init__(key if message is None else f"{key}: {message}")
     self.key = key if message is not None else None
+
+
+# The one bad-input type, under the name that reads better where no config key is at fault (a
+# sweep file, a run directory, a flag of a command without a config): raise BadInput(message).
+BadInput = ConfigError
+
+
+def bad_input(prog: str, error: BaseException | str) -> int:
+  """Every command's answer to bad input: one line on stderr, `<prog>: bad input: <why>`, and
+  EXIT_BAD_INPUT for its main to return (nothing compiled, nothing written)."""
+  print(f"{prog}: bad input: {error}", file=sys.stderr)
+  return EXIT_BAD_INPUT
 
 
 class Diverged(RuntimeError):

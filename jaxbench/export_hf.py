@@ -16,14 +16,14 @@ torch or transformers. JAX runs on the CPU here.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
+from jaxbench import cli
 from jaxbench import rundir as rundir_lib
-from jaxbench.errors import ConfigError, first_line
+from jaxbench.errors import ConfigError, bad_input, first_line
 
 
 def architecture(config: dict) -> str:
@@ -206,25 +206,18 @@ def export(workdir: str, out: str, overwrite: bool = False) -> dict:
           "out": os.path.abspath(out)}
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line on stderr and exit 2, as every jaxbench command
-    print(f"jaxbench export-hf: bad input: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  parser = _Parser(prog="jaxbench export-hf", description=__doc__.split("\n\n")[0])
+  parser = cli.FlagParser(prog="jaxbench export-hf", description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a run directory with checkpoints")
   parser.add_argument("--out", required=True, help="the Hugging Face model folder to write")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace model.safetensors and config.json in an --out that holds files")
-  args = parser.parse_args(argv[1:])
   try:
+    args = parser.parse_args(argv[1:])
     result = export(args.workdir, args.out, overwrite=args.overwrite)
   except ConfigError as e:
-    print(f"jaxbench export-hf: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench export-hf", e)
   print(f"wrote {result['architecture']} (checkpoint of step {result['step']}, "
         f"{result['tensors']} tensors) to {result['out']}: model.safetensors, config.json")
   return 0

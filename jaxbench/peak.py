@@ -19,7 +19,6 @@ were measured under different ones).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import datetime
@@ -35,6 +34,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxbench import cli
+from jaxbench.errors import BadInput, bad_input
 
 DTYPES = ("bfloat16", "float32")
 
@@ -446,20 +448,23 @@ def resolve_peak(devices, dtype: str, override_tflops: float = 0.0, *,
 # --- `jaxbench peak` ----------------------------------------------------------------------------------
 def main(argv=None) -> int:
   """argv as sys.argv: the program name first (the convention of every jaxbench command)."""
-  parser = argparse.ArgumentParser(
+  parser = cli.FlagParser(
       prog="jaxbench peak", description="Measure the matmul peak TFLOP/s per device, cached for MFU.")
   parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated: bfloat16,float32")
   parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per dtype")
   parser.add_argument("--size", type=int, default=None, help="square matmul size (default: per platform)")
   parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
   parser.add_argument("--no_cache", action="store_true", help="measure only; do not write the cache")
-  args = parser.parse_args((sys.argv if argv is None else argv)[1:])
-  if args.seconds <= 0 or (args.size is not None and args.size <= 0):
-    parser.error("--seconds and --size must be positive")
-  dtypes = [t.strip() for t in args.dtypes.split(",") if t.strip()]
-  for t in dtypes:
-    if t not in DTYPES:
-      parser.error(f"unknown dtype {t!r}; choose from {','.join(DTYPES)}")
+  try:
+    args = parser.parse_args((sys.argv if argv is None else argv)[1:])
+    if args.seconds <= 0 or (args.size is not None and args.size <= 0):
+      raise BadInput("--seconds and --size must be positive")
+    dtypes = [t.strip() for t in args.dtypes.split(",") if t.strip()]
+    for t in dtypes:
+      if t not in DTYPES:
+        raise BadInput(f"unknown dtype {t!r}; choose from {','.join(DTYPES)}")
+  except BadInput as e:
+    return bad_input("jaxbench peak", e)
 
   devices = jax.local_devices()
   d = devices[0]

@@ -37,7 +37,7 @@ import sys
 import time
 
 from jaxbench import cli
-from jaxbench.errors import first_line
+from jaxbench.errors import bad_input, first_line
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
@@ -315,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         rocm_row["compiled_for"] = rocm_compile(argv, extra["rocm_target"], r["n_devices"],
                                                 r["config"]["attention_requested"])
   except ConfigError as e:
-    print(f"jaxbench portability: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench portability", e)
   print(format_table(r))
   if extra["json"]:
     with open(extra["json"], "w") as f:

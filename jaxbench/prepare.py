@@ -53,8 +53,8 @@ import time
 
 import numpy as np
 
-from jaxbench import tokenfile
-from jaxbench.errors import EXIT_BAD_INPUT, ConfigError
+from jaxbench import cli, tokenfile
+from jaxbench.errors import ConfigError, bad_input, first_line
 
 FORMAT = "jaxbench-tokens-v1"
 OUTPUT_FILES = ("train.bin", "val.bin", "meta.json")
@@ -117,7 +117,7 @@ class JsonTokenizer:
       self.tokenizer = tokenizers.Tokenizer.from_str(blob.decode("utf-8"))
     except Exception as e:  # the Rust side raises plain Exception for any parse error
       raise ConfigError("--tokenizer",
-                        f"cannot load {path} as a tokenizer.json: {_one_line(e)}") from None
+                        f"cannot load {path} as a tokenizer.json: {first_line(e)}") from None
     # Corpus text that happens to spell a special token stays text (needs tokenizers >= 0.15).
     if hasattr(self.tokenizer, "encode_special_tokens"):
       self.tokenizer.encode_special_tokens = True
@@ -564,10 +564,6 @@ def _remove_if_empty(folder: str):
     pass
 
 
-def _one_line(e: BaseException) -> str:
-  return " ".join(str(e).split()) or type(e).__name__
-
-
 def _documents(n: int) -> str:
   return f"{n} document" + ("" if n == 1 else "s")
 
@@ -584,15 +580,8 @@ def summary_line(meta: dict, output: str) -> str:
           f"({meta['input_bytes'] / 1e6 / seconds:.1f} MB/s)")
 
 
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    # One line and exit 2 like every other bad input (argparse would print the usage first).
-    raise ConfigError(message)
-
-
 def _parse(args: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog="jaxbench prepare",
+  parser = cli.FlagParser(prog="jaxbench prepare",
                    description="Text files or folders -> train.bin, val.bin, meta.json for data.path.")
   parser.add_argument("--input", action="append", required=True,
                       help="text files or folders (recursive), comma-separated or repeated")
@@ -616,8 +605,7 @@ def main(argv=None) -> int:
     meta = prepare(inputs, args.output, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
                    seed=args.seed, chunk_bytes=args.chunk_bytes, progress=not args.quiet)
   except ConfigError as e:
-    print(f"jaxbench prepare: bad input: {e}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return bad_input("jaxbench prepare", e)
   except KeyboardInterrupt:  # the partial outputs are already removed
     print("jaxbench prepare: interrupted; nothing written", file=sys.stderr)
     return 130

@@ -4,7 +4,7 @@ Both are off by default and cost nothing then (the loop compares two integers pe
 trace lands in RUN_DIR/profile/ (TensorBoard's profile plugin or xprof read the .xplane.pb;
 Perfetto's UI reads perfetto_trace.json.gz); the HLO in RUN_DIR/hlo/. run.json names the files.
 
-  python -m jaxbench.profiling RUN_DIR [--top=25]
+  jaxbench profile RUN_DIR [--top=25]      (also: python -m jaxbench.profiling)
 
 prints the XLA ops that took the most time in the traced steps, with the model code each came
 from (from the HLO's metadata when the run also had dump_hlo=True).
@@ -12,7 +12,6 @@ from (from the HLO's metadata when the run also had dump_hlo=True).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -21,7 +20,8 @@ import sys
 
 import jax
 
-from jaxbench import hlo
+from jaxbench import cli, hlo
+from jaxbench.errors import BadInput, bad_input
 
 PROFILE_DIR = "profile"
 HLO_DIR = "hlo"
@@ -219,16 +219,19 @@ def top_ops(workdir: str, top: int = 25) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxbench.profiling",
-                                   description="The ops that took the most time in a run's trace.")
+  """`jaxbench profile RUN_DIR`; argv as sys.argv: the program name first (the convention of every
+  jaxbench command)."""
+  argv = list(sys.argv if argv is None else argv)
+  parser = cli.FlagParser(prog="jaxbench profile",
+                          description="The ops that took the most time in a run's trace.")
   parser.add_argument("workdir")
   parser.add_argument("--top", type=int, default=25)
-  args = parser.parse_args(argv)
   try:
-    print(top_ops(args.workdir, args.top))
-  except (FileNotFoundError, KeyError) as e:
-    print(f"jaxbench.profiling: {e}", file=sys.stderr)
-    return 2
+    args = parser.parse_args(argv[1:])
+    text = top_ops(args.workdir, args.top)
+  except (BadInput, FileNotFoundError, KeyError) as e:
+    return bad_input("jaxbench profile", e)
+  print(text)
   return 0
 
 

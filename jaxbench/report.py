@@ -32,7 +32,6 @@ study.json and plots; see `jaxbench/study.py`. Exit 0, or 2 on bad input.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import statistics
@@ -43,7 +42,9 @@ from jaxbench import compare as compare_lib
 from jaxbench import intervals
 from jaxbench import rundir as rundir_lib
 from jaxbench import sweep as sweep_lib
-from jaxbench.compare import fmt_bytes, fmt_count, fmt_pct, fmt_seconds
+from jaxbench.errors import BadInput, bad_input
+from jaxbench.tables import (figure, finite, fmt_bytes, fmt_count, fmt_pct, fmt_seconds,
+                             have_matplotlib, md_table)
 
 # Override keys that set the model's size (plotted on the size axis, not split into series) or
 # the batch (the batch axis).
@@ -53,10 +54,6 @@ BATCH_KEYS = ("batch_size",)
 # Fields of a result line (run.json's config) that set the tables' groups where not varied.
 GROUP_FIELDS = ("framework", "backend", "device_kind")
 CONFIDENCE = f"{intervals.CONFIDENCE:.0%}"
-
-
-class BadInput(ValueError):
-  pass
 
 
 # --- Reading ---------------------------------------------------------------------------------------
@@ -133,9 +130,9 @@ def measure_points(rows: list[dict]) -> list[dict]:
     work = compare_lib.work_per_step(loaded[0]) if loaded else None
     interval = intervals.throughput_interval(times, work) if work and times else None
     spreads = [s for s in map(intervals.spread, times) if s is not None]
-    mfus = [r["mfu_median"] for r in ok if _finite(r.get("mfu_median"))]
+    mfus = [r["mfu_median"] for r in ok if finite(r.get("mfu_median"))]
     tps = [r["tokens_per_s_per_device_median"] for r in ok
-           if _finite(r.get("tokens_per_s_per_device_median"))]
+           if finite(r.get("tokens_per_s_per_device_median"))]
     point = dict(ok[0] if ok else runs[0])
     point.update(
         runs=runs, ok_runs=len(ok), step_times=times, work_per_step=work, throughput=interval,
@@ -163,7 +160,7 @@ def size_label(r: dict) -> str:
   """The model: family:preset and its size (a preset's size can be overridden, e.g. d_model)."""
   name = f"{r.get('family') or ''}:{r.get('preset') or _value(r, 'preset') or '?'}".lstrip(":")
   n = r.get("n_params")
-  return f"{name} ({n / 1e6:.3g}M)" if _finite(n) else name
+  return f"{name} ({n / 1e6:.3g}M)" if finite(n) else name
 
 
 def short_key(key: str) -> str:
@@ -189,16 +186,11 @@ def ratio_cell(base: dict, p: dict) -> str:
   if r is not None:
     return intervals.ratio_words(r)
   mine, theirs = p["tokens_per_s_per_device"], base["tokens_per_s_per_device"]
-  return fmt_pct(mine / theirs) if _finite(mine) and _finite(theirs) and theirs else "unknown"
-
-
-def _md(text) -> str:
-  return str(text).replace("|", "\\|").replace("\n", " ")
+  return fmt_pct(mine / theirs) if finite(mine) and finite(theirs) and theirs else "unknown"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-  return (["| " + " | ".join(_md(c) for c in head) + " |", "|" + "---|" * len(head)]
-          + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows])
+  return md_table([head, *rows]).splitlines()
 
 
 def _order(p: dict, keys: list[str]) -> tuple:
@@ -303,23 +295,6 @@ def failures_table(rows: list[dict]) -> list[str]:
 
 
 # --- Plots ---------------------------------------------------------------------------------------
-def have_matplotlib() -> bool:
-  try:
-    return importlib.util.find_spec("matplotlib") is not None
-  except (ImportError, ValueError):  # e.g. sys.modules["matplotlib"] = None
-    return False
-
-
-def _figure():
-  from matplotlib.figure import Figure  # no pyplot: Agg, and no global backend change
-  fig = Figure(figsize=(8, 4.8), layout="constrained")
-  return fig, fig.subplots()
-
-
-def _finite(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def legend_labels(parts: list[dict]) -> tuple[list[str], str]:
   """Each series' name from its named parts, leaving out the parts every series shares: those
   go in the title once (the second value), not into every legend entry."""
@@ -339,9 +314,9 @@ def _y(p: dict, metric: str):
     i = p["ratio"]
     return (i.value, i.low, i.high) if i else (None, None, None)
   if metric == "mfu":
-    return (p["mfu"] * 100 if _finite(p["mfu"]) else None), None, None
+    return (p["mfu"] * 100 if finite(p["mfu"]) else None), None, None
   b = p.get("peak_memory_bytes_per_device")
-  return (b / 2**30 if _finite(b) else None), None, None
+  return (b / 2**30 if finite(b) else None), None, None
 
 
 METRICS = {"throughput": "tokens/s per device (median)", "mfu": "MFU (%)",
@@ -359,13 +334,13 @@ def plot_lines(series: dict, title: str, x_label: str, metric: str, path: str, l
                tick=lambda x: f"{x:g}", reference: float | None = None) -> bool:
   """series: tuple of parts -> [(x, point)]. One line per series, error bars where the metric
   has an interval, y from zero; `reference`: a dashed line at that y (a ratio's parity)."""
-  series = {k: sorted((x, p) for x, p in v if _finite(x) and _y(p, metric)[0] is not None)
+  series = {k: sorted((x, p) for x, p in v if finite(x) and _y(p, metric)[0] is not None)
             for k, v in series.items()}
   series = {k: v for k, v in series.items() if v}
   if not series:
     return False
   labels, shared = legend_labels([dict(k) for k in series])
-  fig, ax = _figure()
+  fig, (ax,) = figure()
   for i, (label, points) in enumerate(zip(labels, series.values())):
     values = [_y(p, metric) for _, p in points]
     _errorbars(ax, [x for x, _ in points], [v[0] for v in values], [v[1] for v in values],
@@ -394,7 +369,7 @@ def plot_bars(categories: dict, title: str, metric: str, path: str, x_label: str
   if not bars or all(_y(p, metric)[0] is None for g in categories.values() for p in g.values()):
     return False
   labels, shared = legend_labels([dict(b) for b in bars])
-  fig, ax = _figure()
+  fig, (ax,) = figure()
   width = 0.8 / len(bars)
   for j, (bar, label) in enumerate(zip(bars, labels)):
     xs, ys, lows, highs = [], [], [], []
@@ -438,8 +413,8 @@ def write_plots(rows: list[dict], out: str, points: list[dict] | None = None) ->
   ok = [p for p in points if p["ok_runs"]]
   keys = other_keys(rows)
   groups = len({p["group"] for p in ok})
-  sizes = {p.get("n_params") for p in ok if _finite(p.get("n_params"))}
-  batches = {p.get("batch_size") for p in ok if _finite(p.get("batch_size"))}
+  sizes = {p.get("n_params") for p in ok if finite(p.get("n_params"))}
+  batches = {p.get("batch_size") for p in ok if finite(p.get("batch_size"))}
   written = {}
 
   def lines(x_field, extra, name, title, x_label, metric, tick):
@@ -528,14 +503,8 @@ def report(sweep_dir: str, out: str | None = None) -> tuple[str, dict | None]:
   return path, plots
 
 
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise BadInput(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog=argv[0] if argv else "jaxbench report", add_help=False)
+  parser = cli.FlagParser(prog=argv[0] if argv else "jaxbench report", add_help=False)
   parser.add_argument("sweep_dirs", nargs="+")
   parser.add_argument("--out", default=None)
   parser.add_argument("--baseline", default=None)
@@ -563,8 +532,7 @@ def main(argv: list[str] | None = None) -> int:
       return study.run(args)
     path, plots = report(args.sweep_dirs[0], args.out)
   except BadInput as e:
-    print(f"jaxbench report: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench report", e)
   if plots is None:
     print("jaxbench report: matplotlib is not installed: tables only "
           "(pip install 'jaxbench[plots]' for the plots)", file=sys.stderr)

@@ -41,8 +41,9 @@ from jaxbench import intervals
 from jaxbench import report as report_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import sweep as sweep_lib
-from jaxbench.compare import fmt_pct
-from jaxbench.report import BadInput, CONFIDENCE
+from jaxbench.errors import BadInput
+from jaxbench.report import CONFIDENCE
+from jaxbench.tables import fmt_pct, have_matplotlib, md_cell, md_table, text_table
 
 ABSENT = compare_lib.MISSING
 
@@ -326,14 +327,14 @@ def format_terminal(result: dict) -> str:
             f"{result['baseline']}); points matched by "
             + (", ".join(result["match_keys"]) or "nothing: each sweep is one point"), ""]
   if result["points"]:
-    parts += [compare_lib.format_text_table(table_rows(result)), ""]
+    parts += [text_table(table_rows(result)), ""]
   else:
     parts += ["no point is in every sweep", ""]
   parts += result["headlines"] + [f"(intervals: {result['interval_rule']})",
                                   f"(loss curves: max relative difference over the common steps "
                                   f"< {compare_lib.fmt_tolerance(result['loss_tolerance'])})"]
   if result["one_sided"]:
-    parts += ["", "in some sweeps only:", compare_lib.format_text_table(one_sided_rows(result))]
+    parts += ["", "in some sweeps only:", text_table(one_sided_rows(result))]
   return "\n".join(parts)
 
 
@@ -341,7 +342,7 @@ def format_markdown(result: dict) -> str:
   parts = ["# jaxbench study", ""]
   if result["warnings"]:
     parts += ["## WARNING: not comparable", ""]
-    parts += [f"- **WARNING** {compare_lib._md_cell(w)}" for w in result["warnings"]] + [""]
+    parts += [f"- **WARNING** {md_cell(w)}" for w in result["warnings"]] + [""]
   parts += ["## Summary", ""] + [f"- {h}" for h in result["headlines"]]
   parts += ["", f"Intervals: {result['interval_rule']}.",
             f"Loss curves: matching when the max relative difference over the common steps is "
@@ -350,11 +351,11 @@ def format_markdown(result: dict) -> str:
                                    "runs)" for s in result["sweeps"]) + ".",
             "Points matched by: " + (", ".join(f"`{k}`" for k in result["match_keys"]) or "nothing")
             + ".", "", "## Points in every sweep", ""]
-  parts.append(compare_lib.format_md_table(table_rows(result)) if result["points"]
+  parts.append(md_table(table_rows(result)) if result["points"]
                else "None.")
   if result["one_sided"]:
     parts += ["", "## Points in some sweeps only", "",
-              compare_lib.format_md_table(one_sided_rows(result))]
+              md_table(one_sided_rows(result))]
   if result["plots"]:
     parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in result["plots"]]
   return "\n".join(parts) + "\n"
@@ -409,7 +410,7 @@ def write_plots(result: dict, sides: list[Side], out: str) -> list[str]:
 
 def write_outputs(result: dict, sides: list[Side], out: str) -> None:
   os.makedirs(out, exist_ok=True)
-  if report_lib.have_matplotlib():
+  if have_matplotlib():
     result["plots"] = write_plots(result, sides, out)
   with open(os.path.join(out, "study.md"), "w") as f:
     f.write(format_markdown(result))

@@ -76,9 +76,10 @@ from jaxbench import cli
 from jaxbench import config as config_lib
 from jaxbench import rundir as rundir_lib
 from jaxbench import timing
-from jaxbench.errors import ConfigError
+from jaxbench.errors import BadInput, bad_input
 from jaxbench.outcome import STATUSES, classify, error_tail
-from jaxbench.sweepfile import BadInput, Point, Sweep, build, get_path, override_keys
+from jaxbench.sweepfile import Point, Sweep, build, get_path, override_keys
+from jaxbench.tables import fmt_bytes, fmt_count, fmt_pct, fmt_seconds, md_cell
 
 # summary.json fields copied into results.jsonl.
 SUMMARY_FIELDS = ("tokens_per_s_per_device_median", "mfu_median", "step_time_s_median", "compile_s",
@@ -148,14 +149,18 @@ class Runner:
     if self.proc is not None and self.proc.poll() is None:
       _signal_group(self.proc, signal.SIGTERM)
 
-  def run(self, cmd: list[str], env: dict, log_path: str, timeout_s: float, label: str) -> dict:
+  def run(self, cmd: list[str], env: dict, log_path: str, timeout_s: float, label: str,
+          cwd: str | None = None) -> dict:
+    """cmd in a session of its own, its output in log_path; past timeout_s (or on a stop request)
+    SIGTERM, a clean stop that writes summary.json, then SIGKILL after TERM_GRACE_S.
+    {"returncode", "timed_out", "log" (its text), "duration_s"}; Stopped on a stop request."""
     if self.stop_signal:
       raise Stopped(self.stop_signal)
     start = time.monotonic()
     with open(log_path, "w") as log:
       log.write("$ " + " ".join(cmd) + "\n")
       log.flush()
-      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+      self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                    start_new_session=True, preexec_fn=_die_with_parent)
     timed_out, kill_at = False, None
     try:
@@ -289,11 +294,13 @@ def run_once(runner: Runner, point: Point, workdir: str, log_path: str, timeout_
           "error": None if status == "ok" else error_tail(out["log"])}
 
 
-def search_batch(probe, start: int, limit: int) -> tuple[int | None, list[dict]]:
+def search_batch(probe, start: int, limit: int,
+                 bisect: bool = True) -> tuple[int | None, list[dict]]:
   """The largest multiple n (1 <= n <= limit) of the unit batch for which probe(n) is "ok": n
   doubles until a probe fails, then bisection between the last that fit and the first that did
-  not. `probe(n)` returns a status; anything but "ok" counts as does-not-fit (the trail records
-  which). Returns (n or None when even 1 fails, the trail in probe order)."""
+  not (bisect=False: none, the largest start * 2**k that fits). `probe(n)` returns a status;
+  anything but "ok" counts as does-not-fit (the trail records which). Returns (n or None when
+  even `start` fails, the trail in probe order)."""
   trail = []
 
   def fits(n: int) -> bool:
@@ -312,7 +319,7 @@ def search_batch(probe, start: int, limit: int) -> tuple[int | None, list[dict]]
       good = nxt
     else:
       bad = nxt
-  while bad - good > 1:
+  while bisect and bad - good > 1:
     mid = (good + bad) // 2
     if fits(mid):
       good = mid
@@ -481,12 +488,7 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _md(text) -> str:
-  return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def format_results_md(sweep: Sweep, results: dict) -> str:
-  from jaxbench.compare import fmt_bytes, fmt_count, fmt_pct, fmt_seconds
   keys = sweep.varying
   head = ["#", *keys, "status", "tokens/s/device", "MFU", "step time", "compile", "peak memory",
           "final loss", "point"]
@@ -496,14 +498,14 @@ def format_results_md(sweep: Sweep, results: dict) -> str:
     r = results.get((p.id, repeat))
     number = f"{p.index}" if sweep.repeats == 1 else f"{p.index} ({repeat}/{sweep.repeats})"
     if r is None:
-      rows.append([number, *(_md(p.overrides.get(k, "")) for k in keys), "pending",
+      rows.append([number, *(md_cell(p.overrides.get(k, "")) for k in keys), "pending",
                    *[""] * 6, p.id])
       continue
     status = r["status"]
     if r.get("max_batch") and r["max_batch"].get("batch_size"):
       status += f" (max batch {r['max_batch']['batch_size']})"
     loss = r.get("final_loss")
-    rows.append([number, *(_md(p.overrides.get(k, "")) for k in keys), status,
+    rows.append([number, *(md_cell(p.overrides.get(k, "")) for k in keys), status,
                  fmt_count(r.get("tokens_per_s_per_device_median")), fmt_pct(r.get("mfu_median")),
                  fmt_seconds(r.get("step_time_s_median")), fmt_seconds(r.get("compile_s")),
                  fmt_bytes(r.get("peak_memory_bytes_per_device")),
@@ -527,8 +529,8 @@ def format_results_md(sweep: Sweep, results: dict) -> str:
     for p, repeat, r in failed:
       last = (r.get("error") or "").splitlines()
       which = f" (run {repeat})" if sweep.repeats > 1 else ""
-      lines.append(f"- `{p.id}`{which}: **{r['status']}** ({_md(r.get('reason', ''))})"
-                   + (f": `{_md(last[-1])[:300]}`" if last else ""))
+      lines.append(f"- `{p.id}`{which}: **{r['status']}** ({md_cell(r.get('reason', ''))})"
+                   + (f": `{md_cell(last[-1])[:300]}`" if last else ""))
   return "\n".join(lines) + "\n"
 
 
@@ -599,14 +601,8 @@ def describe_point(p: Point) -> str:
 
 
 # --- `jaxbench sweep` --------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise BadInput(message)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog=argv[0] if argv else "jaxbench sweep", add_help=False)
+  parser = cli.FlagParser(prog=argv[0] if argv else "jaxbench sweep", add_help=False)
   parser.add_argument("--sweep", required=True)
   parser.add_argument("--out", default=None)
   parser.add_argument("--dry_run", action="store_true")
@@ -677,26 +673,22 @@ def main(argv: list[str] | None = None) -> int:
     sweep = build(args.sweep, args.timeout_s, args.max_batch, args.compile_only, args.topology,
                   args.repeats)
   except BadInput as e:
-    print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
-    return 2
+    return bad_input("jaxbench sweep", e)
   results = read_results(args.out) if args.out else {}
   if args.dry_run:
     dry_run(sweep, results, args.retry)
     return 0
   try:
     rundir_lib.check_output_folder(args.out, "--out")
-  except ConfigError as e:
-    print(f"jaxbench sweep: bad input: {e}", file=sys.stderr)
-    return 2
+  except BadInput as e:
+    return bad_input("jaxbench sweep", e)
   os.makedirs(args.out, exist_ok=True)
   lock = open(os.path.join(args.out, ".sweep.lock"), "w")
   try:  # held while the sweep runs; the kernel lets go of it however the process ends
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     lock.close()
-    print(f"jaxbench sweep: bad input: --out={args.out}: another sweep is running there",
-          file=sys.stderr)
-    return 2
+    return bad_input("jaxbench sweep", f"--out={args.out}: another sweep is running there")
   results = read_results(args.out)  # again, now that no other sweep writes it
   runs = schedule(sweep.points, sweep.repeats)
   todo = [(p, k) for p, k in runs

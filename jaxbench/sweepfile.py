@@ -16,17 +16,13 @@ import os
 import re
 
 from jaxbench import config as config_lib
-from jaxbench.errors import ConfigError
+from jaxbench.errors import BadInput, ConfigError
 
 SWEEP_DIR = os.path.join(config_lib.CONFIG_DIR, "sweeps")
 SWEEP_KEYS = ("base", "fixed", "axes", "zip", "timeout_s", "max_batch", "compile_only", "repeats")
 DEFAULT_TIMEOUT_S = 3600.0
 MAX_BATCH_DEFAULTS = {"steps": 3, "limit": 64, "timeout_s": None}
 ENV_PREFIX = "env."
-
-
-class BadInput(ValueError):
-  pass
 
 
 @dataclasses.dataclass

@@ -17,9 +17,9 @@ import jax
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections",
             "absl-py", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-cuda12-pjrt",
             "jax-cuda13-pjrt", "jax-rocm7-plugin", "jax-rocm7-pjrt", "jax-rocm-plugin", "libtpu")
-ENV_PREFIXES = ("JAXBENCH_", "XLA_", "JAX_", "MALLOC_", "TF_CPP_", "NCCL_", "RCCL_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_",
-                "HSA_", "ROCM_", "MIOPEN_", "LIBTPU_", "TPU_", "OMP_", "MKL_", "OPENBLAS_",
-                "SLURM_JOB_", "SLURM_NNODES", "SLURM_NTASKS")
+ENV_PREFIXES = ("JAXBENCH_", "XLA_", "JAX_", "MALLOC_", "TF_CPP_", "NCCL_", "RCCL_", "CUDA_",
+                "NVIDIA_", "HIP_", "ROCR_", "HSA_", "ROCM_", "MIOPEN_", "LIBTPU_", "TPU_", "OMP_",
+                "MKL_", "OPENBLAS_", "SLURM_JOB_", "SLURM_NNODES", "SLURM_NTASKS")
 
 
 def versions() -> dict[str, str]:

@@ -12,10 +12,10 @@ import tempfile
 import pytest
 
 # Tests run on the CPU, with JAX's platforms fixed before any test imports JAX (JAX reads
-# JAX_PLATFORMS once, on import). Left unset, the first test module to import JAX decided: when
-# it imported JAX before jaxbench (which sets it), the CUDA plugin (test extra) ran its CUDA
-# version checks on this GPU-less machine, failed them and stayed unregistered, and every later
-# deviceless compile in the process failed ("topology not implemented for cuda").
+# JAX_PLATFORMS once, on import; importing jaxbench leaves it alone, only a command's start sets
+# it: jaxbench/startup.py). Left unset, the CUDA plugin (test extra) ran its CUDA version checks
+# on this GPU-less machine, failed them and stayed unregistered, and every later deviceless
+# compile in the process failed ("topology not implemented for cuda").
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -70,6 +70,19 @@ def _tokens(line: str) -> list[str]:
   return out
 
 
+# Words after which the next token is a command: `time jaxbench ...`, `srun jaxbench ...`.
+PREFIXES = {"-m", "time", "exec", "nohup", "srun", "sudo", "env", "$", "else"}
+
+
+def _starts_command(before: list[str]) -> bool:
+  """Whether a token after `before` stands where a shell reads a command name."""
+  if not before:
+    return True
+  prev = before[-1]
+  return (prev in SEPARATORS or prev in PREFIXES or prev.isdigit()  # `timeout 600 jaxbench`
+          or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", prev) is not None)  # XLA_FLAGS=... jaxbench
+
+
 def commands(line: str) -> list[tuple[str, list[str]]]:
   """(program, argv) for each command in a line: program is `jaxbench`, `launch.sh` or a module
   (`jaxbench.profiling`); argv runs to the next shell separator. Quoted arguments that hold a
@@ -80,6 +93,8 @@ def commands(line: str) -> list[tuple[str, list[str]]]:
       found += commands(token)
       continue
     program = None
+    if token == "jaxbench" and not _starts_command(tokens[:i]):
+      continue  # an argument of another program: `ruff check jaxbench tests`
     if token == "jaxbench" or token.endswith("/bin/jaxbench"):
       program = "jaxbench"
     elif token.endswith("launch.sh") and (token.startswith("./") or "/" not in token):
@@ -296,6 +311,8 @@ def test_the_checker_finds_what_is_wrong(line, problem):
     "jaxbench compile: mpt:7b (6,657.4M params) bfloat16, batch 64",  # a line of output
     "./launch.sh --backend=cpu --local_processes=2 --devices_per_process=2 -- train",
     "python -m jaxbench.docs --check",
+    ".venv/bin/python -m ruff check jaxbench tests benchmarks",
+    "XLA_FLAGS=--xla_force_host_platform_device_count=4 jaxbench train --config.mesh.fsdp=4",
 ])
 def test_the_checker_passes_what_is_right(line):
   assert check_line(line) == []

@@ -132,3 +132,30 @@ def test_table_gives_each_variant_against_the_twin_and_against_its_plain_run():
       "- 125m at batch 32: jax-dsfusion runs at 110% of plain jax's tokens/s per device"]
   results[0]["runs"] = [run("jax", 0, "oom"), run("jax-dsfusion", 440.0)]
   assert suite.table(results).endswith("- no size has two runs ok")
+
+
+def test_model_batch_search_walks_the_powers_of_two_with_the_sweeps_search(monkeypatch):
+  suite = _script(SUITE, "gpu_suite")
+  gib = 2**30
+  # 1 GiB a sample: 0.75 * 0.85 of 100 GiB holds 63 samples, so batch 32 is the largest power.
+  monkeypatch.setattr(suite, "predicted_bytes", lambda args, flags: (int(
+      next(f for f in flags if f.startswith("--config.batch_size=")).split("=")[1]) * gib, 0))
+  args = suite.parse_args(["--out=/tmp/x", "--max_batch=256"])
+  batch, trail = suite.choose_batch(args, "125m", int(100 * gib * suite.JAX_POOL_FRACTION))
+  assert batch == 32 and [t["batch_size"] for t in trail] == [1, 2, 4, 8, 16, 32, 64]
+  assert [t["fits"] for t in trail] == [True] * 6 + [False]
+  args = suite.parse_args(["--out=/tmp/x", "--min_batch=3", "--max_batch=100"])
+  batch, trail = suite.choose_batch(args, "125m", int(1000 * gib))  # all fit: up to --max_batch
+  assert batch == 96 and [t["batch_size"] for t in trail] == [3, 6, 12, 24, 48, 96]
+  args = suite.parse_args(["--out=/tmp/x", "--min_batch=8", "--max_batch=8"])
+  assert suite.choose_batch(args, "125m", gib)[0] == 8  # nothing fits: the smallest, as before
+
+
+def test_a_run_goes_through_the_sweeps_runner_and_classifier(tmp_path):
+  suite = _script(SUITE, "gpu_suite")
+  workdir = str(tmp_path / "runs" / "nano-jax-b1")
+  run = suite.train_process(["--config=configs/mpt.py:nano", "--config.no_such_key=1"], workdir,
+                            timeout_s=120, platforms="cpu")
+  assert run["status"] == "bad_config" and run["summary"] is None
+  with open(run["log"]) as f:
+    assert "jaxbench train" in f.readline() and "no_such_key" in f.read()

@@ -290,8 +290,9 @@ def test_main_table_output_and_no_cache(capsys, cache_dir):
   out = capsys.readouterr().out
   assert "float32" in out and "TFLOP/s per device" in out and "not written" in out
   assert not (cache_dir / "peaks.json").exists()
-  with pytest.raises(SystemExit):
-    peak.main(["jaxbench peak", "--dtypes=float16"])
+  assert peak.main(["jaxbench peak", "--dtypes=float16"]) == 2  # bad input: one line, as every command
+  assert capsys.readouterr().err == ("jaxbench peak: bad input: unknown dtype 'float16'; choose from "
+                                     "bfloat16,float32\n")
 
 
 @pytest.mark.parametrize("conditions, why", [

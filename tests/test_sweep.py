@@ -249,6 +249,12 @@ def test_search_batch_doubles_then_bisects(capacity, limit, found, probes):
   assert got == found and [t["multiple"] for t in trail] == probes
 
 
+def test_search_batch_without_bisection_stops_at_the_last_power_of_two_that_fits():
+  # benchmarks/gpu_suite.py's batches: powers of two only
+  got, trail = sweep_lib.search_batch(lambda n: "ok" if n <= 50 else "oom", 1, 128, bisect=False)
+  assert got == 32 and [t["multiple"] for t in trail] == [1, 2, 4, 8, 16, 32, 64]
+
+
 class FakeRunner(sweep_lib.Runner):
   """Runs no process: a point "fits" up to `capacity` sequences, else XLA's OOM text."""
 

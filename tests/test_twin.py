@@ -54,7 +54,8 @@ def random_params(cfg, seed=0):
   shapes = nn.unbox(jax.eval_shape(lambda: model.Transformer(cfg).init(
       jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"])
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (1.0 * (len(s.shape) == 1) + rng.normal(size=s.shape) * 0.05).astype(np.float32), shapes)
+  return jax.tree.map(lambda s: (1.0 * (len(s.shape) == 1)
+                                 + rng.normal(size=s.shape) * 0.05).astype(np.float32), shapes)
 
 
 @pytest.fixture(scope="module", params=list(PARITY_CASES), ids=list(PARITY_CASES))
@@ -177,7 +178,7 @@ def test_profile_steps_traces_the_twin_with_torch_profiler(runs, capsys):
   with open(tmp / "torch" / "metrics.jsonl") as f:
     assert [json.loads(line).get("profiled", False) for line in f] == [s in (4, 5) for s in range(1, 11)]
   from jaxbench import profiling
-  assert profiling.main([str(tmp / "torch")]) == 0
+  assert profiling.main(["jaxbench profile", str(tmp / "torch")]) == 0
   table = capsys.readouterr().out
   assert table.startswith("torch ops of steps 4-5") and "aten::" in table
 
