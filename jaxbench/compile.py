@@ -2,7 +2,7 @@
 
   jaxbench compile [--config=...] [--config.KEY=VALUE ...] [--topology=PxHxD] [--dump=DIR]
                    --target=h100|a100|a100-40|mi300x|mi250x|mi250|PATH.txtpb[,...] [--json]
-                   [--report=PATH]
+                   [--report=PATH] [--suggest=False]
   jaxbench compile --describe_local[=PATH] [--device_index=0]
 
 XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
@@ -19,7 +19,9 @@ hardware:
 - the collectives the mesh implies (kind, count, bytes), after SPMD partitioning;
 - the kernels it chose (Triton GEMM fusions, cuBLAS, cuDNN attention, other custom calls);
 - a roofline lower bound on the step time on that GPU: FLOPs over its peak, bytes over its
-  bandwidth, and the MFU that bound allows.
+  bandwidth, which binds, and the MFU that bound allows;
+- when it does not fit, the cheapest change that does (microbatches, remat, FSDP), found by
+  compiling a few (find_fit; --suggest=False skips the search).
 
 The topology is PARTITIONS x HOSTS-PER-PARTITION x DEVICES-PER-HOST (XLA's GPU topology string);
 its device count must equal the mesh's (default: one host with as many devices as the mesh needs,
@@ -407,7 +409,7 @@ def roofline(*, model_flops: float, xla: dict, has_loops: bool, has_library_gemm
 
 # --- when it does not fit: the cheapest change that does, found by compiling ---------------------
 
-MAX_FIT_COMPILES = 6
+MAX_FIT_COMPILES = 6  # for one command: several targets that do not fit share them (2 at least)
 
 
 def fit_candidates(r: dict) -> list[tuple[dict, str | None]]:
@@ -416,7 +418,9 @@ def fit_candidates(r: dict) -> list[tuple[dict, str | None]]:
   in a loop); full remat recomputes the forward (a third more FLOPs); FSDP over every device
   (data parallelism turned into sharding) adds all-gathers and reduce-scatters each step, across
   hosts at scale. The first two shrink only the temporaries, so neither can help when the state
-  alone (arguments, outputs, code) exceeds the pool; then only sharding can."""
+  alone (arguments, outputs, code) exceeds the pool; then only sharding can. Nor can k times the
+  microbatches when the state and 1/k of the temporaries exceed it (the microbatch's activations
+  shrink k-fold at best; the gradient accumulator does not), so that compile is left out too."""
   c, m = r["config"], r["memory"]
   mesh, mb, full = c["mesh"], c["microbatches"], c["remat"] == "full"
   shards = mesh["data"] * mesh["fsdp"]
@@ -436,8 +440,11 @@ def fit_candidates(r: dict) -> list[tuple[dict, str | None]]:
       why = (f"batch {c['batch_size']} does not split into {n} microbatches over {shards} batch "
              "shard(s)")
     elif "mesh.fsdp" not in change and state > m["pool_bytes"]:
-      why = (f"the state alone ({_gib(state)}) exceeds the pool; microbatches and remat shrink "
+      why = (f"the state alone ({_size(state)}) exceeds the pool; microbatches and remat shrink "
              "only temporaries")
+    elif set(change) == {"microbatches"} and state + m["temp_bytes"] * mb / n > m["pool_bytes"]:
+      why = (f"even 1/{n // mb} of the temporaries would need "
+             f"{_size(state + m['temp_bytes'] * mb / n)}")
     out.append((change, why))
   return out
 
@@ -889,11 +896,13 @@ def main(argv: list[str] | None = None) -> int:
       t0 = time.perf_counter()
       reports.append(compile_for(c, argv, target, topology_name, dump, warn))
       seconds.append(time.perf_counter() - t0)
-    if extra["suggest"]:
-      for target, r, s in zip(targets, reports, seconds):
-        if verdict(r) == "DOES NOT FIT":
-          compile_with = _compiler_with(argv, target, topology_name, warn)
-          r["fit_search"] = find_fit(r, compile_with, _progress, seconds_each=s)
+    short = [i for i, r in enumerate(reports) if verdict(r) == "DOES NOT FIT"]
+    if extra["suggest"] and short:
+      # A few compiles in all (each can take a minute), and at least two for each target.
+      each = max(2, MAX_FIT_COMPILES // len(short))
+      for i in short:
+        compile_with = _compiler_with(argv, targets[i], topology_name, warn)
+        reports[i]["fit_search"] = find_fit(reports[i], compile_with, _progress, each, seconds[i])
   except ConfigError as e:
     print(f"jaxbench compile: bad input: {e}", file=sys.stderr)
     return 2
