@@ -918,6 +918,7 @@ def _compiler_with(argv: list[str], target: Target, topology_name: str, warn):
   def compile_with(overrides: dict) -> dict:
     changed = argv + [f"--config.{k}={v}" for k, v in overrides.items()]
     c, _ = config_lib.parse_flags(changed, define_flags)
+    log = {"text": ""}
     try:
       with _captured_stderr() as log:
         return compile_for(c, changed, target, topology_name, None, warn)
