@@ -2,7 +2,7 @@
 
   jaxbench compile [--config=...] [--config.KEY=VALUE ...] [--topology=PxHxD] [--dump=DIR]
                    --target=h100|a100|a100-40|mi300x|mi250x|mi250|PATH.txtpb[,...] [--json]
-                   [--report=PATH]
+                   [--report=PATH] [--suggest=False]
   jaxbench compile --describe_local[=PATH] [--device_index=0]
 
 XLA compiles for a described GPU (a `GpuTargetConfigProto`, see jaxbench/targets/) with no GPU
@@ -19,7 +19,9 @@ hardware:
 - the collectives the mesh implies (kind, count, bytes), after SPMD partitioning;
 - the kernels it chose (Triton GEMM fusions, cuBLAS, cuDNN attention, other custom calls);
 - a roofline lower bound on the step time on that GPU: FLOPs over its peak, bytes over its
-  bandwidth, and the MFU that bound allows.
+  bandwidth, which binds, and the MFU that bound allows;
+- when it does not fit, the cheapest change that does (microbatches, remat, FSDP), found by
+  compiling a few (find_fit; --suggest=False skips the search).
 
 The topology is PARTITIONS x HOSTS-PER-PARTITION x DEVICES-PER-HOST (XLA's GPU topology string);
 its device count must equal the mesh's (default: one host with as many devices as the mesh needs,
@@ -27,8 +29,12 @@ or one device). NVIDIA targets need the `cuda-aot` extra (the CUDA PJRT plugin, 
 cuDNN); AMD targets the `rocm-aot` extra (the ROCm PJRT plugin) and a C compiler: the plugin runs
 in a child process, with link-only stand-ins for the ROCm libraries where ROCm is not installed,
 and its code objects are checked to be for the requested gfx architecture (jaxbench/rocm_aot.py).
-Nothing runs on any device. Exit 0 when it compiled (whether or not it fits), 1 when the compiler
-rejected the step, 2 on bad input.
+Nothing runs on any device.
+
+Exit codes, one per verdict, so that a script can act on them: 0 FITS (or the description gives no
+memory size, so there is no verdict), 4 TIGHT (fits once, not beside the next step's temporaries),
+5 DOES NOT FIT, 1 the compiler rejected the step, 2 bad input (nothing compiled). With several
+targets, the worst verdict of any: did not compile, then DOES NOT FIT, then TIGHT, then FITS.
 
 `--describe_local` runs on a machine with an NVIDIA GPU instead: it writes that card's own
 description (from the CUDA driver; see jaxbench/gpu_target.py) to PATH (default: named after the
@@ -60,6 +66,9 @@ TARGETS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb", "a100-80": "a1
 AOT_EXTRA = ("the `cuda-aot` extra: pip install -e \".[cuda-aot]\" (the CUDA PJRT plugin matching "
              "jax, plus nvidia-cuda-nvcc and nvidia-nvvm for ptxas and libdevice, and cuDNN for the "
              "fused attention)")
+# Measured step times over the compute bound (FLOPs over the datasheet's dense bf16 peak), mpt
+# 125m-1b on an H200: benchmarks/RESULTS.md, "Deviceless against the device".
+MEASURED_OVER_BOUND = (2.3, 3.3)
 # JAX's GPU allocator takes this fraction of device memory up front, unless told otherwise
 # (https://docs.jax.dev/en/latest/gpu_memory_allocation.html).
 DEFAULT_MEM_FRACTION = 0.75
@@ -280,6 +289,32 @@ def memory_report(analysis, device_memory: int | None, mem_fraction: float) -> d
   return m
 
 
+# Exit codes of the verdicts (CONTRACT.md: 0 success, 2 bad input, 3 diverged; README's table).
+EXIT_FITS, EXIT_REJECTED, EXIT_TIGHT, EXIT_DOES_NOT_FIT = 0, 1, 4, 5
+VERDICT_EXIT = {"FITS": EXIT_FITS, "UNKNOWN": EXIT_FITS, "TIGHT": EXIT_TIGHT,
+                "DOES NOT FIT": EXIT_DOES_NOT_FIT, "DID NOT COMPILE": EXIT_REJECTED}
+_WORST_FIRST = ("DID NOT COMPILE", "DOES NOT FIT", "TIGHT", "FITS", "UNKNOWN")
+
+
+def verdict(r: dict) -> str:
+  """A report's verdict: DID NOT COMPILE, DOES NOT FIT, TIGHT (fits once, not with the next step's
+  temporaries beside it), FITS, or UNKNOWN (the description gives no memory size)."""
+  if not r["compiled"]:
+    return "DID NOT COMPILE"
+  m = r["memory"]
+  if m.get("fits") is None:
+    return "UNKNOWN"
+  if not m["fits"]:
+    return "DOES NOT FIT"
+  return "TIGHT" if m.get("fits_with_next_step") is False else "FITS"
+
+
+def exit_code(reports: list[dict]) -> int:
+  """The exit code of the worst verdict among the targets' reports."""
+  worst = min((verdict(r) for r in reports), key=_WORST_FIRST.index)
+  return VERDICT_EXIT[worst]
+
+
 _CUSTOM_CALL_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _FUSION_KIND = re.compile(r'"kind":"(__[\w$]+)"')
 
@@ -331,7 +366,7 @@ def xla_cost(compiled) -> dict:
 
 def roofline(*, model_flops: float, xla: dict, has_loops: bool, has_library_gemms: bool,
              memory: dict, peak_tflops: float | None, bandwidth: float | None,
-             remat: str = "none") -> dict:
+             remat: str = "none", peak_assumption: str = "") -> dict:
   """A lower bound on the step time per device: max(FLOPs / peak, bytes / bandwidth).
 
   Each term uses the larger of two counts that the step cannot beat: the model FLOPs (the count
@@ -368,8 +403,132 @@ def roofline(*, model_flops: float, xla: dict, has_loops: bool, has_library_gemm
       "bound_by": None if bound is None else ("compute" if bound == compute_s else "memory"),
       "mfu_upper_bound": (model_flops / (bound * peak_tflops * 1e12)
                           if bound and peak_tflops else None),
-      "notes": notes,
+      "peak_assumption": peak_assumption, "notes": notes,
   }
+
+
+# --- when it does not fit: the cheapest change that does, found by compiling ---------------------
+
+MAX_FIT_COMPILES = 6  # for one command: several targets that do not fit share them (2 at least)
+
+
+def fit_candidates(r: dict) -> list[tuple[dict, str | None]]:
+  """What to try when the step of report `r` does not fit, cheapest first: ({config key: value},
+  None, or why it cannot work here). More microbatches keep every FLOP (the batch is accumulated
+  in a loop); full remat recomputes the forward (a third more FLOPs); FSDP over every device
+  (data parallelism turned into sharding) adds all-gathers and reduce-scatters each step, across
+  hosts at scale. The first two shrink only the temporaries, so neither can help when the state
+  alone (arguments, outputs, code) exceeds the pool; then only sharding can. Nor can k times the
+  microbatches when the state and 1/k of the temporaries exceed it (the microbatch's activations
+  shrink k-fold at best; the gradient accumulator does not), so that compile is left out too."""
+  c, m = r["config"], r["memory"]
+  mesh, mb, full = c["mesh"], c["microbatches"], c["remat"] == "full"
+  shards = mesh["data"] * mesh["fsdp"]
+  changes = [{"microbatches": 2 * mb}, {"microbatches": 4 * mb}]
+  if not full:
+    changes += [{"model.remat": "full"}, {"microbatches": 4 * mb, "model.remat": "full"}]
+  if mesh["data"] > 1:
+    wider = {"mesh.data": 1, "mesh.fsdp": shards}
+    remat = {} if full else {"model.remat": "full"}
+    changes += [wider, {**wider, "microbatches": 4 * mb, **remat}]
+  state = m["total_bytes"] - m["temp_bytes"]
+  out = []
+  for change in changes:
+    why = None
+    n = change.get("microbatches", mb)
+    if c["batch_size"] % (shards * n):
+      why = (f"batch {c['batch_size']} does not split into {n} microbatches over {shards} batch "
+             "shard(s)")
+    elif "mesh.fsdp" not in change and state > m["pool_bytes"]:
+      why = (f"the state alone ({_size(state)}) exceeds the pool; microbatches and remat shrink "
+             "only temporaries")
+    elif set(change) == {"microbatches"} and state + m["temp_bytes"] * mb / n > m["pool_bytes"]:
+      why = (f"even 1/{n // mb} of the temporaries would need "
+             f"{_size(state + m['temp_bytes'] * mb / n)}")
+    out.append((change, why))
+  return out
+
+
+def override_flags(overrides: dict) -> str:
+  return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+
+
+def find_fit(r: dict, compile_with, progress, max_compiles: int = MAX_FIT_COMPILES,
+             seconds_each: float | None = None) -> dict:
+  """The first of fit_candidates(r) that compiles to FITS or TIGHT, by compiling each in turn
+  (`compile_with(overrides)` returns its report), at most `max_compiles` of them: {"fits_with":
+  the entry that fits or None, "tried": every candidate's entry, "compiles": how many ran}.
+  `progress` is told each compile as it starts and ends (each can take a minute). Ctrl-C stops
+  the search with what it found so far. `seconds_each`: what the first compile took, for the
+  progress line's estimate."""
+  candidates = fit_candidates(r)
+  runnable = sum(why is None for _, why in candidates)
+  name = r["target"]["name"]
+  if runnable:
+    each = seconds_each or r["lower_s"] + r["compile_s"]
+    progress(f"{name}: DOES NOT FIT; compiling up to {min(runnable, max_compiles)} changes, "
+             f"cheapest first, about {each:.0f}s each (--suggest=False skips this):")
+  tried, fits_with, compiles = [], None, 0
+  for overrides, why in candidates:
+    if why is None and compiles == max_compiles:
+      why = f"beyond the search's {max_compiles} compiles"
+    if why is not None:
+      tried.append({"overrides": overrides, "not_tried": why})
+      continue
+    compiles += 1
+    progress(f"  {override_flags(overrides)} ...", end=" ")
+    t0 = time.perf_counter()
+    try:
+      candidate = compile_with(overrides)
+    except ConfigError as e:  # the change is not a valid config here (mesh, divisibility)
+      compiles -= 1
+      entry = {"overrides": overrides, "not_tried": str(e)}
+    except KeyboardInterrupt:
+      progress("interrupted")
+      tried.append({"overrides": overrides, "not_tried": "interrupted"})
+      break
+    else:
+      entry = {"overrides": overrides, "verdict": verdict(candidate),
+               "seconds": time.perf_counter() - t0}
+      if candidate["compiled"]:
+        entry.update({k: candidate["memory"][k] for k in ("total_bytes", "pool_bytes")})
+      else:
+        entry["error"] = candidate["error"].splitlines()[0]
+    tried.append(entry)
+    progress(fit_outcome(entry) + (f" ({entry['seconds']:.0f}s)" if "seconds" in entry else ""))
+    if entry.get("verdict") in ("FITS", "TIGHT"):
+      fits_with = entry
+      break
+  return {"fits_with": fits_with, "tried": tried, "compiles": compiles}
+
+
+def fit_outcome(entry: dict) -> str:
+  """One tried change in a few words: "7.35 MiB of a 8.58 MiB pool: TIGHT"."""
+  if "not_tried" in entry:
+    return f"not tried: {entry['not_tried']}"
+  if entry["verdict"] == "DID NOT COMPILE":
+    return f"did not compile: {entry['error']}"
+  return f"{_size(entry['total_bytes'])} of a {_size(entry['pool_bytes'])} pool: {entry['verdict']}"
+
+
+def _size(n: float) -> str:
+  """GiB, or MiB below a tenth of one (the tests' tiny pools)."""
+  return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.2f} MiB"
+
+
+def fit_search_lines(search: dict) -> list[str]:
+  """find_fit's result for the report: the change that fits, or that nothing tried does."""
+  found, tried = search["fits_with"], search["tried"]
+  before = [e for e in tried if e is not found]
+  lines = []
+  if found:
+    lines.append(f"  fits with {override_flags(found['overrides'])}: {fit_outcome(found)} "
+                 f"(compiled; {search['compiles']} compile(s) searched, cheapest change first)")
+  else:
+    lines.append(f"  nothing tried fits ({search['compiles']} compile(s)); left: more devices "
+                 "(a larger --topology, with mesh.fsdp), or a smaller batch or model")
+  lines += [f"    {override_flags(e['overrides'])}: {fit_outcome(e)}" for e in before]
+  return lines
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -453,7 +612,7 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
           has_loops=bool(re.search(r"\bwhile\(", text)),
           has_library_gemms=any(k.startswith("vendor BLAS") for k in kernels),
           memory=memory, peak_tflops=peak.tflops, bandwidth=target.bandwidth_bytes_per_s,
-          remat=c.model.remat),
+          remat=c.model.remat, peak_assumption=peak_assumption(c.dtype)),
   })
   return report
 
@@ -494,12 +653,11 @@ def format_report(r: dict) -> str:
            f"{r['n_devices']} devices in {r['processes']} process(es), mesh {mesh}; jax {r['jax']}",
            f"  attention {r['attention']['implementation']} ({r['attention']['reason']})"
            + (f"; {blocks}" if (blocks := model.attention_blocks_text(r["attention"])) else "")]
-  if t["dropped_fields"]:
-    lines.append(f"  description fields this XLA does not know, dropped: {', '.join(t['dropped_fields'])}")
   if r.get("rocm"):
     lines += rocm_lines(r["rocm"])
   if not r["compiled"]:
     lines.append(f"  did NOT compile after {r['compile_s']:.1f}s: {r['error'].splitlines()[0]}")
+    lines.append(f"verdict: DID NOT COMPILE (exit {EXIT_REJECTED})")
     return "\n".join(lines)
   lines.append(f"  compiled in {r['lower_s'] + r['compile_s']:.1f}s (lower {r['lower_s']:.1f}s + "
                f"compile {r['compile_s']:.1f}s), nothing run")
@@ -508,35 +666,62 @@ def format_report(r: dict) -> str:
                f"+ outputs {_gib(m['output_bytes'])} - aliased {_gib(m['alias_bytes'])} + temporaries "
                f"{_gib(m['temp_bytes'])} + code {_gib(m['generated_code_bytes'])}")
   if m["device_memory_bytes"]:
-    verdict = ("FITS" if m["fits"] else f"DOES NOT FIT: short by {_gib(m['short_by_bytes'])}")
-    lines.append(f"  {verdict} in JAX's pool of {_gib(m['pool_bytes'])} ({m['mem_fraction']:.0%} of "
+    fits = ("FITS" if m["fits"] else f"DOES NOT FIT: short by {_gib(m['short_by_bytes'])}")
+    lines.append(f"  {fits} in JAX's pool of {_gib(m['pool_bytes'])} ({m['mem_fraction']:.0%} of "
                  f"{_gib(m['device_memory_bytes'])}; XLA_PYTHON_CLIENT_MEM_FRACTION sets the share)")
     if m["fits"] and m.get("fits_with_next_step") is False:
       lines.append(f"  but TIGHT for training: with room for the next step's temporaries it needs "
                    f"{_gib(m['with_next_step_bytes'])}; steps like this ran one step and then ran "
                    "out of memory on an H200 with the next step queued (jaxbench train now runs "
                    "them one at a time; not yet checked on a GPU)")
+  if r.get("fit_search"):
+    lines += fit_search_lines(r["fit_search"])
   found = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 2**20:,.1f} MiB)"
                     for k, v in r["collectives"].items() if v["count"]) or "none"
   lines.append(f"collectives: {found}")
   lines.append("kernels: " + (", ".join(f"{k} x{v}" for k, v in r["kernels"].items()) or "none"))
-  rf = r["roofline"]
-  if rf["step_time_lower_bound_s"] is None:
-    lines.append(f"roofline: unknown ({r['peak']['detail']})")
-  else:
-    mfu = f"{rf['mfu_upper_bound']:.1%}" if rf["mfu_upper_bound"] is not None else "unknown"
-    parts = []
-    if rf["compute_bound_s"] is not None:
-      parts.append(f"compute {rf['compute_bound_s'] * 1e3:.2f} ms ({rf['flops_used'] / 1e12:.3g} "
-                   f"TFLOP at {rf['peak_tflops_per_device']:g} TFLOP/s, {rf['flops_source']})")
-    if rf["memory_bound_s"] is not None:
-      parts.append(f"memory {rf['memory_bound_s'] * 1e3:.2f} ms ({rf['bytes_used'] / GIB:.3g} GiB at "
-                   f"{rf['bandwidth_bytes_per_s'] / 1e12:.3g} TB/s, {rf['bytes_source']})")
-    lines.append(f"roofline: step >= {rf['step_time_lower_bound_s'] * 1e3:.2f} ms per device "
-                 f"({rf['bound_by']}-bound), so MFU <= {mfu}")
-    lines += [f"  {p}" for p in parts]
-    lines += [f"  note: {n}" for n in rf["notes"]]
+  lines += roofline_lines(r["roofline"], r["peak"])
+  lines.append(f"verdict: {verdict(r)} (exit {VERDICT_EXIT[verdict(r)]})")
   return "\n".join(lines)
+
+
+def peak_assumption(dtype: str) -> str:
+  """Which peak the compute bound assumes (peak.table_peak's rows)."""
+  return ("the datasheet's dense bf16 peak" if dtype == "bfloat16" else
+          "the datasheet's dense float32 peak at default matmul precision")
+
+
+def roofline_lines(rf: dict, peak: dict) -> list[str]:
+  """The roofline as a bound in ms per device: which term binds, each term's count and rate, the
+  MFU it leaves where that is not 100%, and how far measured steps were from such bounds."""
+  bound = rf["step_time_lower_bound_s"]
+  if bound is None:
+    return [f"roofline: unknown ({peak['detail']})"]
+  terms = {}  # name: (ms, what over what)
+  if rf["compute_bound_s"] is not None:
+    terms["compute"] = (rf["compute_bound_s"] * 1e3,
+                        f"{rf['flops_used'] / 1e12:.3g} TFLOP ({rf['flops_source']}) at "
+                        f"{rf['peak_tflops_per_device']:g} TFLOP/s, "
+                        f"{rf.get('peak_assumption') or 'the datasheet peak'}")
+  if rf["memory_bound_s"] is not None:
+    terms["memory"] = (rf["memory_bound_s"] * 1e3,
+                       f"{rf['bytes_used'] / GIB:.3g} GiB ({rf['bytes_source']}) at "
+                       f"{rf['bandwidth_bytes_per_s'] / 1e12:.3g} TB/s, the described bandwidth")
+  by = rf["bound_by"]
+  lines = [f"roofline: step >= {bound * 1e3:.2f} ms per device, bound by {by}: {terms[by][1]}"]
+  lines += [f"  {name} {ms:.2f} ms: {text}" for name, (ms, text) in terms.items() if name != by]
+  mfu = rf["mfu_upper_bound"]
+  if mfu is not None and mfu < 0.995:
+    why = ("bytes over bandwidth exceed FLOPs over peak" if by == "memory" else
+           "the bound's FLOPs include recomputation that MFU does not count")
+    lines.append(f"  MFU <= {mfu:.1%} ({why})")
+  low, high = MEASURED_OVER_BOUND
+  measured = (f", here {bound * low * 1e3:.4g}-{bound * high * 1e3:.4g} ms" if by == "compute"
+              else "")
+  lines.append(f"  a floor, not a forecast: measured compute-bound steps on an H200 took "
+               f"{low:g}-{high:g}x such bounds{measured} (benchmarks/RESULTS.md)")
+  lines += [f"  note: {n}" for n in rf["notes"]]
+  return lines
 
 
 _KERNEL_GROUPS = (("Triton GEMM fusion", "Triton GEMM"), ("Triton fusion", "Triton"),
@@ -554,12 +739,12 @@ def kernel_summary(kernels: dict) -> str:
   return ", ".join(f"{k} {v}" for k, v in groups.items()) or "none"
 
 
-def _verdict(m: dict) -> str:
-  if m.get("fits") is None:
-    return "?"
-  if not m["fits"]:
-    return f"NO: short {m['short_by_bytes'] / GIB:.1f} GiB"
-  return "TIGHT" if m.get("fits_with_next_step") is False else "FITS"
+def _verdict_cell(r: dict) -> str:
+  """The table's fits column: FITS, TIGHT, NO: short X GiB, or ? (no memory size)."""
+  v = verdict(r)
+  if v == "DOES NOT FIT":
+    return f"NO: short {r['memory']['short_by_bytes'] / GIB:.1f} GiB"
+  return {"UNKNOWN": "?"}.get(v, v)
 
 
 def format_table(reports: list[dict]) -> str:
@@ -588,10 +773,20 @@ def format_table(reports: list[dict]) -> str:
     if by == "memory" and rf["mfu_upper_bound"] is not None:
       by += f", MFU <= {rf['mfu_upper_bound']:.0%}"
     lines.append(row + f"{m['total_bytes'] / GIB:>9.2f} GiB {_gib(m['pool_bytes']):>10}  "
-                 f"{_verdict(m):<18} " + (f"{bound * 1e3:>7.1f} ms  {by}" if bound else
+                 f"{_verdict_cell(r):<18} " + (f"{bound * 1e3:>7.1f} ms  {by}" if bound else
                                           f"{'?':>10}  (no peak)"))
   lines.append("")
   width = max(len(r["target"]["name"]) for r in reports)
+  searched = [r for r in reports if r.get("fit_search")]
+  if searched:
+    lines.append("to fit (found by compiling, cheapest change first):")
+    for r in searched:
+      first, *rest = fit_search_lines(r["fit_search"])
+      lines.append(f"  {r['target']['name']:<{width}}{first[1:]}")
+      lines += [f"  {'':<{width}}{line[1:]}" for line in rest]
+  worst = min((verdict(r) for r in reports), key=_WORST_FIRST.index)
+  lines.append(f"verdict: the worst of the targets, {worst} (exit {VERDICT_EXIT[worst]})")
+  lines.append("")
   lines.append("kernels:")
   lines += [f"  {r['target']['name']:<{width}}  {kernel_summary(r['kernels'])}"
             for r in reports if r["compiled"]]
@@ -623,9 +818,6 @@ def format_table(reports: list[dict]) -> str:
       if rocm.get("unexpected_standin_calls"):
         notes.append(f"{name}: the compile called into stand-ins: "
                      f"{', '.join(rocm['unexpected_standin_calls'])} (results may be wrong)")
-    if r["target"].get("dropped_fields"):
-      notes.append(f"{name}: description fields this XLA does not know, dropped: "
-                   f"{', '.join(r['target']['dropped_fields'])}")
     if r["compiled"] and r["peak"].get("tflops") is None:
       notes.append(f"{name}: no peak for the roofline: {r['peak']['detail']}")
   notes.append("every row is compiled without its GPU, so without autotuning: kernel choices and "
@@ -633,11 +825,38 @@ def format_table(reports: list[dict]) -> str:
                "within 0.7%: benchmarks/RESULTS.md)")
   notes.append("pool: JAX's allocator's share of the device (XLA_PYTHON_CLIENT_MEM_FRACTION, "
                "default 75%); TIGHT: fits once, not with the next step's temporaries beside it; "
-               "step >=: roofline lower bound per device (compute: model FLOPs at the datasheet "
-               "peak; memory: bytes at the bandwidth, and the MFU that leaves)")
+               "step >=: roofline lower bound per device (compute: model FLOPs at the datasheet's "
+               "dense peak; memory: bytes at the bandwidth, and the MFU that leaves); measured "
+               f"compute-bound steps on an H200 took {MEASURED_OVER_BOUND[0]:g}-"
+               f"{MEASURED_OVER_BOUND[1]:g}x such bounds")
   lines.append("notes:")
   lines += [f"  {n}" for n in notes]
   return "\n".join(lines)
+
+
+def define_flags(fv) -> dict:
+  """`jaxbench compile`'s own flags, beside the config's."""
+  from absl import flags
+  return {
+      "target": flags.DEFINE_string("target", "h100", f"{', '.join(TARGETS)} or a "
+                                    "GpuTargetConfigProto .txtpb file.", flag_values=fv),
+      "topology": flags.DEFINE_string("topology", None, "PARTITIONSxHOSTSxDEVICES (default: "
+                                      "1x1x<devices the mesh names>).", flag_values=fv),
+      "dump": flags.DEFINE_string("dump", None, "Keep the optimized HLO (and XLA's dumps, PTX "
+                                  "included) in this folder.", flag_values=fv),
+      "json": flags.DEFINE_bool("json", False, "Print the report as JSON.", flag_values=fv),
+      "report": flags.DEFINE_string("report", None, "Also write the report as JSON to this "
+                                    "file (how `jaxbench sweep --compile_only` reads it).",
+                                    flag_values=fv),
+      "suggest": flags.DEFINE_bool("suggest", True, "When the step does not fit, compile a few "
+                                   "changes (microbatches, remat, fsdp) and report the cheapest "
+                                   "that fits.", flag_values=fv),
+      "describe_local": flags.DEFINE_string("describe_local", None, "Write this machine's "
+                                            "GPU as a target description to this file (empty: "
+                                            "named after the card) and exit.", flag_values=fv),
+      "device_index": flags.DEFINE_integer("device_index", 0, "Which local GPU "
+                                           "--describe_local describes.", flag_values=fv),
+  }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -645,37 +864,14 @@ def main(argv: list[str] | None = None) -> int:
   if cli.asks_for_help(argv):
     print(__doc__.strip())
     return 0
-  from absl import flags
-
   from jaxbench import config as config_lib
 
-  def define(fv):
-    return {
-        "target": flags.DEFINE_string("target", "h100", f"{', '.join(TARGETS)} or a "
-                                      "GpuTargetConfigProto .txtpb file.", flag_values=fv),
-        "topology": flags.DEFINE_string("topology", None, "PARTITIONSxHOSTSxDEVICES (default: "
-                                        "1x1x<devices the mesh names>).", flag_values=fv),
-        "dump": flags.DEFINE_string("dump", None, "Keep the optimized HLO (and XLA's dumps, PTX "
-                                    "included) in this folder.", flag_values=fv),
-        "json": flags.DEFINE_bool("json", False, "Print the report as JSON.", flag_values=fv),
-        "report": flags.DEFINE_string("report", None, "Also write the report as JSON to this "
-                                      "file (how `jaxbench sweep --compile_only` reads it).",
-                                      flag_values=fv),
-        "describe_local": flags.DEFINE_string("describe_local", None, "Write this machine's "
-                                              "GPU as a target description to this file (empty: "
-                                              "named after the card) and exit.", flag_values=fv),
-        "device_index": flags.DEFINE_integer("device_index", 0, "Which local GPU "
-                                             "--describe_local describes.", flag_values=fv),
-    }
-
-  def warn(message):
-    print(message, file=sys.stderr)
-
+  warn = warn_once(sys.stderr)
   # `--describe-local` as the docs of other tools spell it, with or without a value.
   argv = [re.sub(r"^--describe-local", "--describe_local", a) for a in argv]
   argv = ["--describe_local=" if a == "--describe_local" else a for a in argv]
   try:
-    c, extra = config_lib.parse_flags(argv, define)
+    c, extra = config_lib.parse_flags(argv, define_flags)
     if extra["describe_local"] is not None:
       return _describe_local(extra["describe_local"] or None, extra["device_index"])
     targets = [read_target(name) for name in target_names(extra["target"])]
@@ -693,15 +889,60 @@ def main(argv: list[str] | None = None) -> int:
       os.environ["XLA_FLAGS"] = compat.xla_flags_with_dump(os.environ.get("XLA_FLAGS", ""),
                                                            os.path.abspath(extra["dump"]))
     _compile_only_environment()
-    reports = []
+    reports, seconds = [], []
     for target in targets:
       dump = extra["dump"] and (os.path.join(extra["dump"], target.name) if len(targets) > 1
                                 else extra["dump"])
+      t0 = time.perf_counter()
       reports.append(compile_for(c, argv, target, topology_name, dump, warn))
+      seconds.append(time.perf_counter() - t0)
+    short = [i for i, r in enumerate(reports) if verdict(r) == "DOES NOT FIT"]
+    if extra["suggest"] and short:
+      # A few compiles in all (each can take a minute), and at least two for each target.
+      each = max(2, MAX_FIT_COMPILES // len(short))
+      for i in short:
+        compile_with = _compiler_with(argv, targets[i], topology_name, warn)
+        reports[i]["fit_search"] = find_fit(reports[i], compile_with, _progress, each, seconds[i])
   except ConfigError as e:
     print(f"jaxbench compile: bad input: {e}", file=sys.stderr)
     return 2
   return _finish(reports, extra)
+
+
+def _compiler_with(argv: list[str], target: Target, topology_name: str, warn):
+  """compile_with(overrides) for find_fit: the command's step with `--config.KEY=VALUE` added,
+  compiled for `target` with XLA's log of that compile held back (the progress line says what
+  it found; its log is written out only if the compile raises)."""
+  from jaxbench import config as config_lib
+
+  def compile_with(overrides: dict) -> dict:
+    changed = argv + [f"--config.{k}={v}" for k, v in overrides.items()]
+    c, _ = config_lib.parse_flags(changed, define_flags)
+    log = {"text": ""}
+    try:
+      with _captured_stderr() as log:
+        return compile_for(c, changed, target, topology_name, None, warn)
+    except Exception:
+      sys.stderr.write(log["text"])
+      raise
+  return compile_with
+
+
+def _progress(text: str, end: str = "\n") -> None:
+  print(text, end=end, file=sys.stderr, flush=True)
+
+
+def warn_once(stream):
+  """A `warn` that writes each distinct message once: several targets can share a description
+  (and its dropped fields), and every compile of one, the search for a change that fits
+  included, reads it again."""
+  seen = set()
+
+  def warn(message):
+    if message not in seen:
+      seen.add(message)
+      print(message, file=stream, flush=True)
+  return warn
 
 
 def target_names(value: str) -> list[str]:
@@ -749,7 +990,7 @@ def _finish(reports: list[dict], extra: dict) -> int:
     print(json.dumps(out, indent=2))
   else:
     print(format_report(reports[0]) if len(reports) == 1 else format_table(reports))
-  return 0 if all(r["compiled"] for r in reports) else 1
+  return exit_code(reports)
 
 
 def _describe_local(path: str | None, index: int) -> int:

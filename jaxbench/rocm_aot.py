@@ -610,7 +610,8 @@ def compile_in_child(argv: list[str], target_path: str, warn, dump: str | None =
   try:
     report_path = os.path.join(folder, "report.json")
     cmd = [sys.executable, "-m", "jaxbench.compile", *child_argv(argv), f"--target={target_path}",
-           f"--report={report_path}"] + ([f"--dump={os.path.abspath(dump)}"] if dump else [])
+           f"--report={report_path}", "--suggest=False"] + (
+               [f"--dump={os.path.abspath(dump)}"] if dump else [])
     proc = subprocess.run(cmd, env=child_env(libs, folder), capture_output=True, text=True,
                           timeout=timeout_s)
     for line in proc.stderr.splitlines():
@@ -620,7 +621,9 @@ def compile_in_child(argv: list[str], target_path: str, warn, dump: str | None =
       lines = [l for l in proc.stderr.strip().splitlines() if "bad input:" in l]
       raise ConfigError(lines[-1].split("bad input:", 1)[1].strip() if lines
                         else first_line(RuntimeError(proc.stderr)))
-    if proc.returncode not in (0, 1) or not os.path.exists(report_path):
+    from jaxbench import compile as compile_lib  # (it imports this module: here, not above)
+    if (proc.returncode not in compile_lib.VERDICT_EXIT.values()
+        or not os.path.exists(report_path)):
       raise RuntimeError(f"the compiling process for {os.path.basename(target_path)} failed "
                          f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     with open(report_path) as f:
@@ -637,7 +640,8 @@ def compile_in_child(argv: list[str], target_path: str, warn, dump: str | None =
 
 
 # Flags of `jaxbench compile` that the parent decides for each child.
-_PARENT_FLAGS = ("target", "report", "dump", "json", "nojson")
+_PARENT_FLAGS = ("target", "report", "dump", "json", "nojson", "suggest", "nosuggest")
+_PARENT_BOOLS = ("json", "nojson", "suggest", "nosuggest")
 
 
 def child_argv(argv: list[str]) -> list[str]:
@@ -650,7 +654,7 @@ def child_argv(argv: list[str]) -> list[str]:
       continue
     name = arg.lstrip("-").split("=", 1)[0]
     if arg.startswith("-") and name in _PARENT_FLAGS:
-      skip = "=" not in arg and name not in ("json", "nojson")
+      skip = "=" not in arg and name not in _PARENT_BOOLS
       continue
     out.append(arg)
   return out

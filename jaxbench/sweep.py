@@ -220,7 +220,8 @@ def compile_command(point: Point, report_path: str, aot: dict, extra_args=()) ->
   """The point's `jaxbench compile` for the sweep's target (compile_only): nothing runs."""
   cmd = train_command(point, "-", extra_args)[:-1]  # without --workdir
   cmd[3] = "compile"
-  cmd += [f"--target={aot['target']}", f"--report={report_path}"]
+  # The sweep's own max_batch search decides what fits: no search for a change per point.
+  cmd += [f"--target={aot['target']}", f"--report={report_path}", "--suggest=False"]
   if aot.get("topology"):
     cmd.append(f"--topology={aot['topology']}")
   return cmd
@@ -253,7 +254,9 @@ def classify_compile(returncode, log: str, timed_out: bool, summary: dict | None
   """A compile-only point: ok when the step compiled and fits the target with room for the next
   step's temporaries (see compile.memory_report), oom when it compiled and does not, compile_error
   when the compiler rejected it."""
-  if returncode == 0 and summary and summary["status"] == "compiled":
+  from jaxbench import compile as compile_lib
+  verdicts = (compile_lib.EXIT_FITS, compile_lib.EXIT_TIGHT, compile_lib.EXIT_DOES_NOT_FIT)
+  if returncode in verdicts and summary and summary["status"] == "compiled":
     if summary["fits"] is False:
       return "oom", (f"does not fit {summary['device_kind']}: short by "
                      f"{summary['short_by_bytes'] / 2**30:.2f} GiB")

@@ -199,7 +199,7 @@ def test_stand_in_sources_keep_symbol_versions():
 
 def test_child_arguments_drop_what_the_parent_sets():
   argv = ["jaxbench compile", "--config=configs/mpt.py:tiny", "--target", "mi300x", "--json",
-          "--report=r.json", "--topology=1x1x2", "--config.batch_size=4"]
+          "--report=r.json", "--nosuggest", "--topology=1x1x2", "--config.batch_size=4"]
   assert rocm_aot.child_argv(argv) == ["--config=configs/mpt.py:tiny", "--topology=1x1x2",
                                        "--config.batch_size=4"]
 
