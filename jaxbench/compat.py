@@ -82,6 +82,23 @@ def compilation_cache_hang(platform: str, process_count: int) -> str | None:
 PTX_EMITTER = "ptx"
 
 
+def pallas_triton_attention():
+  """(module, None) with Pallas's Triton flash attention (`mha` with its backward kernels,
+  `BlockSizes`), or (None, why) where the installed JAX has none.
+
+  jax 0.10.2-0.12.0: jax.experimental.pallas.ops.gpu.attention. jax 0.12.1 removed it (its
+  pallas.ops.gpu keeps only Mosaic GPU kernels, for Hopper and newer NVIDIA GPUs), so
+  `model.attention=pallas` needs jax 0.12.0 or older there."""
+  try:
+    from jax.experimental.pallas.ops.gpu import attention
+  except ImportError:
+    import jax
+    return None, (f"jax {jax.__version__} has no Pallas Triton attention "
+                  "(jax.experimental.pallas.ops.gpu.attention, removed in 0.12.1); it needs "
+                  "jax 0.12.0 or older")
+  return attention, None
+
+
 def xla_flags_with_dump(xla_flags: str, directory: str) -> str:
   """`xla_flags` plus what makes XLA dump its per-module files and each kernel's PTX to `directory`.
 

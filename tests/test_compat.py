@@ -96,3 +96,11 @@ def test_no_private_jax_api_outside_compat():
                      or "jax._src." in line.split("#")[0] and "import" in line
                      for line in p.read_text().splitlines()))
   assert users == []
+
+
+def test_pallas_triton_attention_is_found_or_says_why():
+  module, why = compat.pallas_triton_attention()
+  if compat.jax_release() <= (0, 12, 0):
+    assert why is None and callable(module.mha) and module.BlockSizes
+  else:  # 0.12.1 removed it
+    assert module is None and "needs jax 0.12.0 or older" in why
