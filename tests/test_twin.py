@@ -30,7 +30,7 @@ PARITY_CASES = {
     "mpt-nano-alibi-bias-unrolled": ("mpt", "nano", {"model.position": "alibi", "model.bias": True,
                                                      "model.scan_layers": False}),
     "llama-nano-gqa": ("llama", "nano", {}),  # 4 query heads over 2 key/value heads
-    # The attention in blocks of 24, 24 and 16 query rows (model.causal_attention).
+    # The attention in blocks of 24, 24 and 16 query rows (kernels.causal_attention).
     "mpt-nano-alibi-blocks": ("mpt", "nano", {"model.position": "alibi",
                                               "model.attention_block": 24}),
     "llama-nano-gqa-blocks": ("llama", "nano", {"model.attention_block": 24}),
