@@ -3,7 +3,8 @@
 Each computes what autodiff of the plain expression computes, to rounding, and keeps less for the
 backward pass or runs faster on XLA's backends: matmul, causal_attention, gelu, swiglu,
 activated_matmul, normalize and normalized_matmuls. Why each is written as it is, with the
-measurements behind it, is in docs/kernels.md, one section per kernel.
+measurements behind it, is in docs/kernels.md, one section per kernel. Beside them, the same
+functions in plain jnp for autodiff (reference_*): IMPLEMENTATIONS maps model.impl to one set.
 
 Shared rules: a matmul accumulates in float32 and rounds once to the compute dtype (_einsum); a
 weight comes in its float32 storage and is cast to the compute dtype in the forward and again in
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -407,3 +409,66 @@ def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
 
 
 normalized_matmuls.defvjp(_normalized_matmuls_fwd, _normalized_matmuls_bwd)
+
+
+# --- the reference: the same functions in plain jnp, differentiated by autodiff ------------------
+
+def reference_matmul(spec: str, x, weight, keep_bits: bool = False):
+  """matmul's function, jnp.einsum(spec, x, weight.astype(x.dtype)), with autodiff's backward
+  (`keep_bits` has no meaning here)."""
+  del keep_bits
+  return jnp.einsum(spec, x, weight.astype(x.dtype))
+
+
+def reference_attention(q, k, v, bias, rows: int):
+  """causal_attention's function, by the same query blocks (`rows`; a block of seq_len rows is
+  the plain [S, S] attention), with jax.nn.softmax and autodiff's backward."""
+  q, k, v = _heads_major(q, k, v)
+  outs = []
+  for start, n in query_blocks(q.shape[3], rows):
+    end = start + n
+    scores = _attention_scores(q[:, :, :, start:end], k[:, :, :end], bias, start)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    outs.append(jnp.einsum("bkgst,bktd->bkgsd", probs, v[:, :, :end]))
+  return jnp.transpose(_joined(outs, 3), (0, 3, 1, 2, 4))
+
+
+REFERENCE_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x.astype(jnp.float32), approximate=False).astype(x.dtype),
+    "swiglu": lambda gate, up: jax.nn.silu(gate) * up,
+}
+
+
+def reference_activated_matmul(activation: str, hs, kernel):
+  """activated_matmul's function, the activation's output kept by autodiff for the backward."""
+  a = REFERENCE_ACTIVATIONS[activation](*hs)
+  return jnp.einsum("tf,fd->td", a, kernel.astype(a.dtype))
+
+
+def reference_normalize(x, scale, bias, epsilon: float, rms: bool, dtype):
+  """normalize's function, differentiated by autodiff."""
+  return normalized(x, *norm_stats(x.astype(jnp.float32), epsilon, rms), scale, bias, dtype)
+
+
+def reference_normalized_matmuls(x, scale, bias, kernels, epsilon: float, rms: bool, dtype):
+  """normalized_matmuls' function: reference_normalize, then each matmul, by autodiff."""
+  y = reference_normalize(x, scale, bias, epsilon, rms, dtype)
+  return tuple(jax.lax.dot_general(y, k.astype(dtype), (((y.ndim - 1,), (0,)), ((), ())))
+               for k in kernels)
+
+
+class Ops(NamedTuple):
+  """The ops model.py's layers call, one implementation of each."""
+  matmul: Callable
+  causal_attention: Callable
+  activated_matmul: Callable
+  normalize: Callable
+  normalized_matmuls: Callable
+
+
+# model.impl: `tuned`, the custom VJPs above; `reference`, plain jnp with autodiff.
+IMPLEMENTATIONS = {
+    "tuned": Ops(matmul, causal_attention, activated_matmul, normalize, normalized_matmuls),
+    "reference": Ops(reference_matmul, reference_attention, reference_activated_matmul,
+                     reference_normalize, reference_normalized_matmuls),
+}

@@ -24,6 +24,15 @@ an H100, mpt and llama, bf16 and f32):
   dots_no_batch  as dots without the two attention matmuls (they have batch dimensions)
 Policies other than none also hold part of one layer's full set (half, fitted) while that layer
 is recomputed in the backward pass.
+
+model.impl=reference (plain jnp, autodiff: docs/kernels.md) keeps more in the full set: three
+float32 copies of each norm's normalized tensor (24d), the einsum attention's probabilities
+(float32, and rounded to the compute dtype where that is narrower: (4 + a)hS/t, the blocks'
+share of them), and the MLP's activation state (GELU: four float32 hidden-size tensors, 16f/t;
+SwiGLU: the output and four more in the compute dtype, 5af/t). Compiled for a CPU (mpt and llama
+tiny, seq 256, remat none) these are 91-92% of the difference in XLA's peaks in float32 and
+57-78% in bfloat16, where XLA's CPU backend also keeps float32 copies for its widened bf16
+matmuls; not yet checked against a GPU's compiled step.
 """
 
 from __future__ import annotations
@@ -68,6 +77,19 @@ def _param_bytes(cfg: model_lib.ModelConfig, mesh_items: tuple) -> int:
   return _shard_bytes(boxed, dict(mesh_items))
 
 
+def _autodiff_extra_bytes_per_token(c, tensor: int, fused_attention: bool,
+                                    blocks: float) -> float:
+  """What autodiff of the plain layers (model.impl=reference) keeps per token per layer beyond
+  the custom VJPs' full set, in bytes (module docstring)."""
+  m = c.model
+  a = DTYPE_BYTES[c.dtype]
+  d, f, h, s = m.d_model, m.d_ff, m.n_heads, c.seq_len
+  norms = 2 * 3 * 4 * d
+  probabilities = 0 if fused_attention else (4 + (a if a < 4 else 0)) * h * s * blocks / tensor
+  activation = (5 * a if m.mlp == "swiglu" else 16) * f / tensor
+  return norms + probabilities + activation
+
+
 def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bool,
                                 attention_block: int) -> tuple[float, float]:
   """(kept per token per layer, one layer's full set per token) in bytes."""
@@ -79,9 +101,11 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   norms = 2 * (a * d + 8)
   attention_state = 4 * h / tensor  # the softmax statistics (cuDNN; kernels.causal_attention's)
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor  # the MLP's pre-activations
-  full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
   # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.
   blocks = kernels.scores_fraction(s, kernels.query_block_rows(s, attention_block))
+  full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
+  if m.get("impl", "tuned") == "reference":
+    full_set += _autodiff_extra_bytes_per_token(c, tensor, fused_attention, blocks)
   attention_dots = 0 if fused_attention else 4 * h * s * blocks / tensor + a * d / tensor
   kept = {
       "none": full_set,

@@ -73,6 +73,7 @@ class ModelConfig:
   scan_layers: bool
   dtype: Any = jnp.float32
   attention_block: int = 0  # query rows per block of the xla attention (0: query_block_rows's)
+  impl: str = "tuned"  # tuned: kernels.py's custom VJPs | reference: plain jnp, autodiff
 
   @property
   def head_dim(self) -> int:
@@ -87,7 +88,8 @@ class ModelConfig:
                tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
                init_std=m.init_std, attention=attention, remat=m.remat,
                scan_layers=m.scan_layers, dtype=DTYPES[c.dtype],
-               attention_block=m.get("attention_block", 0))  # absent from older run.json
+               attention_block=m.get("attention_block", 0),  # absent from older run.json
+               impl=m.get("impl", "tuned"))
 
 
 def param_count(cfg: ModelConfig) -> dict[str, int]:
@@ -131,14 +133,14 @@ def alibi_bias(n_heads: int, seq_len: int) -> jax.Array:
   return -slopes[:, None, None] * distance[None]
 
 
-def xla_attention(q, k, v, bias=None, block: int = 0):
+def xla_attention(q, k, v, bias=None, block: int = 0, impl: str = "tuned"):
   """Causal attention in einsums, grouped-query heads without copies; scores and softmax in
-  float32, by blocks of `block` query rows (0: query_block_rows's choice). Its backward
-  (causal_attention) keeps the softmax's log-normalizer, not the [S, S] probabilities."""
+  float32, by blocks of `block` query rows (0: query_block_rows's choice). Tuned, its backward
+  (kernels.causal_attention) keeps the softmax's log-normalizer, not the [S, S] probabilities."""
   b, s, h, d = q.shape
   kv = k.shape[2]
-  out = kernels.causal_attention(q.reshape(b, s, kv, h // kv, d), k, v, bias,
-                                 kernels.query_block_rows(s, block))
+  attend = kernels.IMPLEMENTATIONS[impl].causal_attention
+  out = attend(q.reshape(b, s, kv, h // kv, d), k, v, bias, kernels.query_block_rows(s, block))
   return out.reshape(b, s, h, d)
 
 
@@ -302,7 +304,7 @@ class Attention(nn.Module):
     bias = alibi_bias(c.n_heads, q.shape[1]) if c.position == "alibi" else None
     attend = ATTENTION_KERNELS[c.attention]
     if c.attention == "xla":
-      attend = functools.partial(attend, block=c.attention_block)
+      attend = functools.partial(attend, block=c.attention_block, impl=c.impl)
     if c.attention.startswith("pallas"):
       # One opaque kernel that XLA's partitioner cannot split: each device runs it on its shard.
       attend = sharding.per_shard(
@@ -319,7 +321,7 @@ class Attention(nn.Module):
                                         ("heads", "head_dim", "embed")),
                                   _zeros(("embed",)), name="out")()
     # The "xla" attention keeps its output head-major, another array (causal_attention).
-    out = kernels.matmul("bshd,hde->bse", out, kernel, c.attention == "xla")
+    out = kernels.IMPLEMENTATIONS[c.impl].matmul("bshd,hde->bse", out, kernel, c.attention == "xla")
     return out if out_bias is None else out + out_bias
 
 
@@ -331,12 +333,13 @@ class ActivatedDense(nn.Module):
   dtype: Any
   kernel_init: Any
   bias_init: Any
+  impl: str = "tuned"  # model.impl: which activated_matmul (kernels.IMPLEMENTATIONS)
 
   @nn.compact
   def __call__(self, *hs):
     kernel = self.param("kernel", self.kernel_init, (hs[0].shape[-1], self.features), jnp.float32)
     hs = tuple(h.astype(self.dtype) for h in hs)
-    y = kernels.activated_matmul(self.activation, hs, kernel)
+    y = kernels.IMPLEMENTATIONS[self.impl].activated_matmul(self.activation, hs, kernel)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
@@ -357,16 +360,17 @@ class Mlp(nn.Module):
           for h in over_tokens(lambda rows: _project(norm, rows, weights), x)]
     down = ActivatedDense(c.d_model, c.mlp, c.bias, c.dtype,
                           _init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
-                          _zeros(("embed",)), name="down")
+                          _zeros(("embed",)), c.impl, name="down")
     return over_tokens(down, *hs)
 
 
 class Norm(nn.Module):
-  """LayerNorm or RMSNorm with flax's parameter names (scale, bias) and math (see normalize)."""
+  """LayerNorm or RMSNorm with flax's parameter names (scale, bias) and math (kernels.normalize)."""
   rms: bool
   epsilon: float
   use_bias: bool
   dtype: Any
+  impl: str = "tuned"  # model.impl: which normalize (kernels.IMPLEMENTATIONS)
 
   @nn.compact
   def __call__(self, x, matrices: tuple | None = None):
@@ -378,14 +382,15 @@ class Norm(nn.Module):
     bias = None
     if not self.rms and self.use_bias:
       bias = self.param("bias", _zeros(("norm",)), (d,), jnp.float32)
+    ops = kernels.IMPLEMENTATIONS[self.impl]
     if matrices is None:
-      return kernels.normalize(x, scale, bias, self.epsilon, self.rms, self.dtype)
-    return kernels.normalized_matmuls(x, scale, bias, matrices, self.epsilon, self.rms, self.dtype)
+      return ops.normalize(x, scale, bias, self.epsilon, self.rms, self.dtype)
+    return ops.normalized_matmuls(x, scale, bias, matrices, self.epsilon, self.rms, self.dtype)
 
 
 def norm(c: ModelConfig, name: str) -> nn.Module:
   return Norm(rms=c.norm == "rmsnorm", epsilon=c.norm_eps, use_bias=c.bias, dtype=c.dtype,
-              name=name)
+              impl=c.impl, name=name)
 
 
 class Block(nn.Module):
@@ -407,14 +412,14 @@ def block_class(c: ModelConfig):
   return nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
 
 
-def logits(x, head):
+def logits(x, head, impl: str = "tuned"):
   """Final hidden states [B, S, d] x output matrix [d, vocab] -> float32 logits [B, S, vocab].
   The matmul writes them in the compute dtype, as PyTorch's autocast does (the twin's
   `F.linear(x, head).float()`): in bfloat16 the output layer's matmul writes half the bytes, and
   each pass of the loss over them reads half, while the loss still computes in float32 (XLA fuses
   the widening into its reductions). The backward rounds the float32 gradient to the compute dtype
   before both of the layer's matmuls, as every other layer's does."""
-  out = kernels.matmul("bsd,dv->bsv", x, head, False).astype(jnp.float32)
+  out = kernels.IMPLEMENTATIONS[impl].matmul("bsd,dv->bsv", x, head, False).astype(jnp.float32)
   return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
 
 
@@ -471,7 +476,7 @@ class Transformer(nn.Module):
                         (c.d_model, c.vocab_size), jnp.float32).astype(c.dtype)
     if return_hidden:
       return x, head
-    return logits(x, head)
+    return logits(x, head, c.impl)
 
 
 def init_params(model: Transformer, rng, seq_len: int, unbox: bool = True):

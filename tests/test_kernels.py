@@ -146,3 +146,101 @@ def test_gelu_and_swiglu_match_autodiff_of_their_library_forms():
     want = jax.grad(lambda *a: jnp.sum(jnp.sin(reference(*a))), argnums)(*args)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=2e-5)
+
+
+def _loss_and_grads(cfg, params, tokens, chunk: int = 0):
+  from jaxbench import model, step
+  loss_fn = step.make_loss_fn(model.Transformer(cfg), chunk)
+  return jax.jit(jax.value_and_grad(loss_fn))(params, tokens)
+
+
+# Configurations that run every kernel and each way a layer calls it: both families (GELU and
+# SwiGLU, LayerNorm with biases and RMSNorm, grouped-query heads), ALiBi's bias, query blocks,
+# unrolled and scanned layers, every remat policy, the library attention (the other kernels
+# alone) and the chunked loss (the logits' matmul outside the model's autodiff).
+IMPL_CASES = {
+    "mpt-scan": ("mpt", {}, 0),
+    "mpt-alibi-bias-blocks-unrolled-dots": ("mpt", {"position": "alibi", "bias": True,
+                                                    "attention_block": 5, "scan_layers": False,
+                                                    "remat": "dots"}, 0),
+    "mpt-jax-attention-full-chunked": ("mpt", {"attention": "jax", "remat": "full"}, 8),
+    "llama-gqa-blocks-dots_no_batch": ("llama", {"attention_block": 6,
+                                                 "remat": "dots_no_batch"}, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPL_CASES))
+def test_reference_and_tuned_models_give_the_same_loss_and_gradients(case):
+  """model.impl=reference (plain jnp, autodiff) and tuned (the custom VJPs) are one model: the
+  same parameters, and in float32 the same loss and gradients to rounding."""
+  import dataclasses
+
+  from jaxbench import config, model
+  family, overrides, chunk = IMPL_CASES[case]
+  c = config.load_config_file(f"configs/{family}.py:nano")
+  c.model.n_layers = 2
+  for key, value in overrides.items():
+    c.model[key] = value
+  tuned = model.ModelConfig.from_config(c, overrides.get("attention", "xla"))
+  reference = dataclasses.replace(tuned, impl="reference")
+  assert tuned.impl == "tuned"
+  key = jax.random.key(0)
+  params = model.init_params(model.Transformer(tuned), key, 16)
+  jax.tree.map(np.testing.assert_array_equal, params,
+               model.init_params(model.Transformer(reference), key, 16))
+  rng = np.random.default_rng(9)
+  # Parameters away from their initial values, so that norm scales and biases matter too.
+  params = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(p.dtype), params)
+  tokens = jnp.asarray(rng.integers(0, tuned.vocab_size, (2, 17)), jnp.int32)
+  loss, grads = _loss_and_grads(tuned, params, tokens, chunk)
+  ref_loss, ref_grads = _loss_and_grads(reference, params, tokens, chunk)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref_grads))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale),
+               grads, ref_grads)
+
+
+def test_reference_ops_are_plain_autodiff():
+  """The reference ops have no custom VJP: their pullbacks keep what autodiff keeps (the
+  attention's [.., S, S] probabilities), where the tuned attention keeps none."""
+  rng = np.random.default_rng(10)
+  b, s, kv, g, d = 1, 8, 2, 2, 4
+  q = jnp.asarray(rng.normal(size=(b, s, kv, g, d)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(b, s, kv, d)), jnp.float32) for _ in range(2))
+
+  def squares(impl):
+    attend = kernels.IMPLEMENTATIONS[impl].causal_attention
+    _, pullback = jax.vjp(lambda q, k, v: attend(q, k, v, None, s), q, k, v)
+    return [x.shape for x in jax.tree.leaves(pullback) if x.shape[-2:] == (s, s)]
+
+  assert squares("reference") and not squares("tuned")
+  assert set(kernels.IMPLEMENTATIONS) == {"tuned", "reference"}
+
+
+def test_flops_and_the_state_do_not_depend_on_impl_and_reference_keeps_more():
+  """model.impl changes neither the parameters, the MFU's FLOPs (the model's, not the hardware's)
+  nor the train state; the memory prediction adds what autodiff keeps (memory.py) to the
+  activations, not to the state."""
+  from jaxbench import config, flops, memory, model
+  one_device = {"data": 1, "fsdp": 1, "tensor": 1}
+  for family in ("mpt", "llama"):
+    tuned, reference = (config.load_with_overrides(f"configs/{family}.py:nano", {"model.impl": i})
+                        for i in ("tuned", "reference"))
+    cfgs = [model.ModelConfig.from_config(c, "xla") for c in (tuned, reference)]
+    assert flops.flops_per_token(cfgs[0], 64) == flops.flops_per_token(cfgs[1], 64)
+    p_tuned, p_reference = (memory.predict(c, one_device) for c in (tuned, reference))
+    assert p_tuned["floor_state"] == p_reference["floor_state"]
+    assert p_reference["activations"] > p_tuned["activations"]
+
+
+def test_a_checkpoint_resumes_under_the_other_impl_timed_from_the_restart():
+  """model.impl keeps the parameters (not in rundir.MUST_MATCH) but decides a step's time: a
+  resumed run's segments under the two impls are not timed as one."""
+  from jaxbench import config, rundir, runlog
+  reference = config.load_with_overrides("configs/mpt.py:tiny", {"model.impl": "reference"})
+  reference = reference.to_dict()
+  tuned = config.load_config_file("configs/mpt.py:tiny").to_dict()
+  rundir.check_compatible(tuned, reference)  # no ConfigError
+  change = runlog.timing_change(runlog.timing_context({"config": tuned}),
+                                runlog.timing_context({"config": reference}))
+  assert change == "config.model.impl tuned -> reference"
