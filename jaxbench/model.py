@@ -238,8 +238,8 @@ def over_tokens(layer, *xs):
 class Projection(nn.Module):
   """The kernel and bias of nn.DenseGeneral(features) over an input's trailing `in_features`
   axes: the same names, shapes, initial values and logical axes, for an op that applies them itself
-  (normalized_matmuls, matmul): the kernel in float32, which that op casts to the compute dtype
-  itself, the bias in the compute dtype."""
+  (kernels.normalized_matmuls, kernels.matmul): the kernel in float32, which that op casts to the
+  compute dtype itself, the bias in the compute dtype."""
   in_features: int | tuple[int, ...]
   features: tuple[int, ...]
   use_bias: bool
@@ -279,7 +279,7 @@ def _project(norm, x, weights):
 
 class Attention(nn.Module):
   """Self-attention on norm(x): the block's Norm is applied here, fused with the q/k/v matmuls
-  (normalized_matmuls), so the backward pass recomputes the normalized input."""
+  (kernels.normalized_matmuls), so the tuned backward pass recomputes the normalized input."""
   cfg: ModelConfig
 
   @nn.compact
@@ -320,13 +320,14 @@ class Attention(nn.Module):
                                   _init(c.init_std / math.sqrt(2 * c.n_layers),
                                         ("heads", "head_dim", "embed")),
                                   _zeros(("embed",)), name="out")()
-    # The "xla" attention keeps its output head-major, another array (causal_attention).
+    # The "xla" attention keeps its output head-major, another array (kernels.causal_attention).
     out = kernels.IMPLEMENTATIONS[c.impl].matmul("bshd,hde->bse", out, kernel, c.attention == "xla")
     return out if out_bias is None else out + out_bias
 
 
 class ActivatedDense(nn.Module):
-  """nn.Dense (same parameters, dtypes and result) applied to activation(*hs): activated_matmul."""
+  """nn.Dense (same parameters, dtypes and result) applied to activation(*hs):
+  kernels.activated_matmul."""
   features: int
   activation: str
   use_bias: bool
@@ -375,7 +376,7 @@ class Norm(nn.Module):
   @nn.compact
   def __call__(self, x, matrices: tuple | None = None):
     """norm(x); with matrices ([d, ...] each, float32), the tuple of norm(x) contracted with each,
-    by normalized_matmuls."""
+    by kernels.normalized_matmuls."""
     d = x.shape[-1]
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                        (d,), jnp.float32)
