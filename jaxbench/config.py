@@ -26,6 +26,7 @@ TORCH_MATMUL_PRECISIONS = ("highest", "high", "medium")
 DTYPES = ("bfloat16", "float32")
 ATTENTIONS = ("auto", "xla", "jax", "cudnn", "pallas")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+IMPLS = ("tuned", "reference")
 POSITIONS = ("learned", "alibi", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -144,6 +145,12 @@ def base_config() -> ml_collections.ConfigDict:
   m.remat = "none"
   # nn.scan over layers: compile time independent of depth.
   m.scan_layers = True
+  # The layers' ops: tuned (the hand-written backward passes of jaxbench/kernels.py, which keep
+  # less for the backward pass; docs/kernels.md) or reference (the same model in plain Flax and
+  # jnp, differentiated by autodiff: XLA before the hand-written kernels). Same parameters and
+  # function, to rounding; attention_block and loss_chunk_size apply to both. The twin has no
+  # custom kernels: it runs autograd either way.
+  m.impl = "tuned"
 
   c.optimizer = ml_collections.ConfigDict()
   o = c.optimizer
@@ -226,9 +233,10 @@ def base_config() -> ml_collections.ConfigDict:
 # Which values a key takes, where it is one of a list (validate() checks them).
 ALLOWED = {"framework": FRAMEWORKS, "family": FAMILIES, "dtype": DTYPES,
            "host_allocator": hostalloc.MODES, "model.attention": ATTENTIONS,
-           "model.remat": REMAT_POLICIES, "model.position": POSITIONS, "model.norm": NORMS,
-           "model.mlp": MLPS, "data.synthetic": SYNTHETIC, "torch.parallel": TORCH_PARALLEL,
-           "torch.init": TORCH_INITS, "torch.float32_matmul_precision": TORCH_MATMUL_PRECISIONS}
+           "model.remat": REMAT_POLICIES, "model.impl": IMPLS, "model.position": POSITIONS,
+           "model.norm": NORMS, "model.mlp": MLPS, "data.synthetic": SYNTHETIC,
+           "torch.parallel": TORCH_PARALLEL, "torch.init": TORCH_INITS,
+           "torch.float32_matmul_precision": TORCH_MATMUL_PRECISIONS}
 # The groups of the top-level keys in `jaxbench train --help` (the rest: run).
 _TOP_GROUPS = {"batch": ("batch_size", "microbatches", "seq_len", "dtype", "loss_chunk_size"),
                "measurement": ("warmup_steps_excluded", "peak_tflops", "log_every", "tensorboard",
@@ -459,6 +467,7 @@ def validate(c, n_devices: int) -> dict[str, int]:
     raise ConfigError("model.attention_block", f"{m.attention_block!r} must be an integer >= 0 "
                                                "(0: chosen from seq_len)")
   check_choice(c, "model.remat", REMAT_POLICIES)
+  check_choice(c, "model.impl", IMPLS)
   check_choice(c, "model.position", POSITIONS)
   check_choice(c, "model.norm", NORMS)
   check_choice(c, "model.mlp", MLPS)

@@ -9,21 +9,30 @@ Activations kept per token per layer, by policy (a = bytes of the compute dtype,
 kv = key/value width, f = d_ff, h = heads, S = seq_len, t = mesh.tensor), as XLA's buffer
 assignment of the scanned step keeps them (read off the stacked residuals of the compiled step for
 an H100, mpt and llama, bf16 and f32):
-  none           each layer norm's input (ad) and two float32 statistics: model.normalize
-                 recomputes the rest from them, and model.normalized_matmuls the normalized
+  none           each layer norm's input (ad) and two float32 statistics: kernels.normalize
+                 recomputes the rest from them, and kernels.normalized_matmuls the normalized
                  tensor the q/k/v and MLP matmuls take; q/k/v (a(d + 2kv)/t); the attention's own
                  state, the softmax statistics (4h/t): the fused kernel (cuDNN) and the einsum
-                 attention (model.causal_attention) both recompute the probabilities; the
+                 attention (kernels.causal_attention) both recompute the probabilities; the
                  attention output (ad/t); the MLP's pre-activations (GELU: af/t; SwiGLU: gate and
-                 up, 2af/t; model.activated_matmul recomputes the activation)
+                 up, 2af/t; kernels.activated_matmul recomputes the activation)
   full           only the block input (ad): each block is recomputed in the backward pass
   dots           the block input and every matmul output: q/k/v, the scores (float32, 4hS/t, not
                  with the fused kernel; the einsum attention's blocks skip the scores above the
-                 diagonal: model.scores_fraction of them), the attention output, the output
+                 diagonal: kernels.scores_fraction of them), the attention output, the output
                  projection (ad), the MLP's up (and gate) and down
   dots_no_batch  as dots without the two attention matmuls (they have batch dimensions)
 Policies other than none also hold part of one layer's full set (half, fitted) while that layer
 is recomputed in the backward pass.
+
+model.impl=reference (plain jnp, autodiff: docs/kernels.md) keeps more in the full set: three
+float32 copies of each norm's normalized tensor (24d), the einsum attention's probabilities
+(float32, and rounded to the compute dtype where that is narrower: (4 + a)hS/t, the blocks'
+share of them), and the MLP's activation state (GELU: four float32 hidden-size tensors, 16f/t;
+SwiGLU: the output and four more in the compute dtype, 5af/t). Compiled for a CPU (mpt and llama
+tiny, seq 256, remat none) these are 91-92% of the difference in XLA's peaks in float32 and
+57-78% in bfloat16, where XLA's CPU backend also keeps float32 copies for its widened bf16
+matmuls; not yet checked against a GPU's compiled step.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbench import kernels
 from jaxbench import model as model_lib
 from jaxbench import sharding
 
@@ -67,6 +77,19 @@ def _param_bytes(cfg: model_lib.ModelConfig, mesh_items: tuple) -> int:
   return _shard_bytes(boxed, dict(mesh_items))
 
 
+def _autodiff_extra_bytes_per_token(c, tensor: int, fused_attention: bool,
+                                    blocks: float) -> float:
+  """What autodiff of the plain layers (model.impl=reference) keeps per token per layer beyond
+  the custom VJPs' full set, in bytes (module docstring)."""
+  m = c.model
+  a = DTYPE_BYTES[c.dtype]
+  d, f, h, s = m.d_model, m.d_ff, m.n_heads, c.seq_len
+  norms = 2 * 3 * 4 * d
+  probabilities = 0 if fused_attention else (4 + (a if a < 4 else 0)) * h * s * blocks / tensor
+  activation = (5 * a if m.mlp == "swiglu" else 16) * f / tensor
+  return norms + probabilities + activation
+
+
 def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bool,
                                 attention_block: int) -> tuple[float, float]:
   """(kept per token per layer, one layer's full set per token) in bytes."""
@@ -76,11 +99,13 @@ def _activation_bytes_per_token(c, policy: str, tensor: int, fused_attention: bo
   kv = m.n_kv_heads * (d // m.n_heads)
   qkv = a * (d + 2 * kv) / tensor
   norms = 2 * (a * d + 8)
-  attention_state = 4 * h / tensor  # the softmax statistics (cuDNN; model.causal_attention's)
+  attention_state = 4 * h / tensor  # the softmax statistics (cuDNN; kernels.causal_attention's)
   up_outputs = (2 if m.mlp == "swiglu" else 1) * a * f / tensor  # the MLP's pre-activations
-  full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
   # The fused kernel is a custom call, not a dot: under the dots policies it is recomputed.
-  blocks = model_lib.scores_fraction(s, model_lib.query_block_rows(s, attention_block))
+  blocks = kernels.scores_fraction(s, kernels.query_block_rows(s, attention_block))
+  full_set = norms + qkv + attention_state + a * d / tensor + up_outputs
+  if m.get("impl", "tuned") == "reference":
+    full_set += _autodiff_extra_bytes_per_token(c, tensor, fused_attention, blocks)
   attention_dots = 0 if fused_attention else 4 * h * s * blocks / tensor + a * d / tensor
   kept = {
       "none": full_set,

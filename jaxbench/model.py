@@ -1,12 +1,13 @@
 """The decoder-only transformer (Flax linen), both families from one set of modules.
 
 Data flows top to bottom: ModelConfig, attention kernels, Attention, Mlp, Block, Transformer.
+The layers' hand-written backward passes (custom VJPs) are in kernels.py.
 MPT: LayerNorm, learned positions or ALiBi, GELU MLP, tied embeddings.
 Llama: RMSNorm, rotary embeddings (Hugging Face half-split), SwiGLU, grouped-query attention.
 
 Parameters are float32 and carry logical axis names (sharding.py maps them to the mesh); compute
-runs in `dtype`, every matmul accumulating in float32 (matmul); layer norms, softmax and the loss
-run in float32. The model knows nothing of meshes: it only names axes.
+runs in `dtype`, every matmul accumulating in float32 (kernels.matmul); layer norms, softmax and
+the loss run in float32. The model knows nothing of meshes: it only names axes.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
-from jaxbench import sharding
+from jaxbench import kernels, sharding
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -73,6 +73,7 @@ class ModelConfig:
   scan_layers: bool
   dtype: Any = jnp.float32
   attention_block: int = 0  # query rows per block of the xla attention (0: query_block_rows's)
+  impl: str = "tuned"  # tuned: kernels.py's custom VJPs | reference: plain jnp, autodiff
 
   @property
   def head_dim(self) -> int:
@@ -87,124 +88,8 @@ class ModelConfig:
                tie_embeddings=m.tie_embeddings, norm_eps=m.norm_eps, rope_theta=m.rope_theta,
                init_std=m.init_std, attention=attention, remat=m.remat,
                scan_layers=m.scan_layers, dtype=DTYPES[c.dtype],
-               attention_block=m.get("attention_block", 0))  # absent from older run.json
-
-
-def _rounded(y, dtype, batched: bool):
-  """A matmul's float32 result rounded to `dtype`, named for the remat policies that keep matmul
-  results ("dots": both names; "dots_no_batch": "matmul" only). A bfloat16 result is named as its
-  bits (_kept), so that a policy keeps the bits and a scan over layers stacks them in place: XLA's
-  CPU backend rewrote a whole bf16 stack every layer (mpt:small bf16 with remat=dots, 24 layers:
-  the scan's step took 1.38x the unrolled one's; benchmarks/RESULTS.md, goal 1). Only inside the
-  model's custom VJPs: autodiff does not differentiate through the integer bits."""
-  y = y.astype(dtype)
-  return _restored(checkpoint_name(_kept(y), "batched_matmul" if batched else "matmul"))
-
-
-def _einsum(spec: str, a, b):
-  """jnp.einsum(spec, a, b) accumulated in float32 and rounded once to the operands' dtype, as a
-  GPU's GEMM and PyTorch's bfloat16 matmul compute it. Asked for a bfloat16 result instead, XLA's
-  CPU backend widens both operands to float32 and runs its float32 kernels: at half the rate of
-  its bfloat16 ones on a CPU with AVX512-BF16 (benchmarks/RESULTS.md, goal 1)."""
-  operands, out = spec.split("->")
-  sa, sb = operands.split(",")
-  batched = any(i in sb and i in out for i in sa)
-  return _rounded(jnp.einsum(spec, a, b, preferred_element_type=jnp.float32),
-                  jnp.result_type(a, b), batched)
-
-
-def _dot_general(a, b, dimension_numbers):
-  """jax.lax.dot_general accumulated in float32 and rounded once, as _einsum."""
-  return _rounded(jax.lax.dot_general(a, b, dimension_numbers, preferred_element_type=jnp.float32),
-                  jnp.result_type(a, b), bool(dimension_numbers[1][0]))
-
-
-def _recast(weights, dtype):
-  """Weights kept for a backward pass in their float32 storage, cast to the compute dtype again
-  there. Keeping the forward's casts instead costs 2 bytes a parameter until the backward: a scan
-  over layers stacks them, and under FSDP they are the gathered, whole weights. The barrier stops
-  XLA from merging the cast with the forward's when layers are unrolled."""
-  return tuple(w.astype(dtype) for w in jax.lax.optimization_barrier(tuple(weights)))
-
-
-def _kept(x):
-  """A residual kept for a backward pass, a bfloat16 one as its bits (uint16; free).
-
-  A scan over layers stacks each layer's residuals with a dynamic-update-slice. XLA's CPU backend
-  runs a bf16 dynamic-update-slice in float32: it widens the whole stack, updates one layer and
-  rounds the whole stack back, every layer, so stacking costs grow with the square of the depth.
-  On integers it updates the slice in place. (A [2048, 1536] residual in a scan of 48 layers
-  cost 11.5 ms a layer in bf16, 3.9 as bits: benchmarks/RESULTS.md, goal 1.) For a GPU the
-  bitcasts compile away: deviceless, the same temporaries and bytes."""
-  return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
-
-
-def _restored(x):
-  """The residual _kept(x) kept, as x (unchanged if it was not bfloat16)."""
-  return jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x
-
-
-def _weight_grad(x, g, rows: int):
-  """A kernel's gradient: x [*tokens, *m] and the output gradient g [*tokens, *n], contracted
-  over their `rows` leading (token) dims -> [*m, *n], accumulated in float32 and rounded once
-  (_dot_general). Written so that XLA's CPU backend runs it on its bfloat16 kernels:
-  - A bf16 dot whose lhs contracts its single leading dim, XLA widens to float32 before it
-    decides layouts. Given two contracted dims it instead copies the lhs transposed, in bf16. So
-    one token dim is split in two (a bitcast: [T] -> [T / k, k], k its smallest factor: the
-    major part keeps the batch sharding where each shard's token count is a multiple of k); a
-    prime number of tokens is left as it is.
-  - The lhs is the operand XLA copies, so it is the one with fewer features (for the MLP's
-    [d_ff, d_model] kernel the output gradient, with the result transposed back).
-  For the MLP of configs/mpt.py:small in bf16 on an AVX512-BF16 CPU, each of these matmuls took
-  8.6 ms contracting one token dim and 3.4 ms so (benchmarks/RESULTS.md, goal 1). For a GPU XLA
-  compiles the same GEMMs (the swapped one writes its result transposed, a bitcast): deviceless
-  for the H200, the step's bytes accessed and temporaries are unchanged."""
-  if rows == 1:
-    tokens = x.shape[0]
-    factor = next((f for f in range(2, math.isqrt(tokens) + 1) if tokens % f == 0), None)
-    if factor:
-      x, g = (v.reshape(tokens // factor, factor, *v.shape[1:]) for v in (x, g))
-      rows = 2
-  r = tuple(range(rows))
-  m, n = x.ndim - rows, g.ndim - rows
-  if math.prod(x.shape[rows:]) <= math.prod(g.shape[rows:]):
-    return _dot_general(x, g, ((r, r), ((), ())))
-  swapped = _dot_general(g, x, ((r, r), ((), ())))
-  return swapped.transpose(*range(n, n + m), *range(n))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def matmul(spec: str, x, weight, keep_bits: bool = False):
-  """jnp.einsum(spec, x, weight.astype(x.dtype)) for a two-operand contraction (no index repeated
-  within an operand), each of its three matmuls (forward, and the backward's two) accumulated in
-  float32 and rounded once to x's dtype (_einsum). Autodiff's backward matmuls would ask XLA for
-  bfloat16 results. The weight may come in its float32 storage dtype: the backward casts it again
-  (_recast) and returns its gradient in that dtype.
-
-  keep_bits: x is kept for the backward as _kept keeps residuals. Not when another op keeps the
-  same x as it is: under cuDNN attention the output projection's x is the attention's output,
-  which the attention keeps too, and a scan stacks the two once only while they are one array
-  (deviceless for the H200, mpt-125m batch 32: 1.2 GB more temporaries with keep_bits)."""
-  return _matmul_fwd(spec, x, weight, keep_bits)[0]
-
-
-def _matmul_fwd(spec, x, weight, keep_bits):
-  # Computed here, not by calling matmul: a custom VJP nested in its own forward hides the named
-  # result from the remat policies (REMAT_POLICIES).
-  return _einsum(spec, x, weight.astype(x.dtype)), (_kept(x) if keep_bits else x, weight)
-
-
-def _matmul_bwd(spec, keep_bits, residuals, g):
-  x, weight = residuals
-  x = _restored(x)
-  (w,) = _recast((weight,), x.dtype)
-  operands, out = spec.split("->")
-  sx, sw = operands.split(",")
-  return (_einsum(f"{out},{sw}->{sx}", g, w),
-          _einsum(f"{sx},{out}->{sw}", x, g).astype(weight.dtype))
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
+               attention_block=m.get("attention_block", 0),  # absent from older run.json
+               impl=m.get("impl", "tuned"))
 
 
 def param_count(cfg: ModelConfig) -> dict[str, int]:
@@ -248,41 +133,23 @@ def alibi_bias(n_heads: int, seq_len: int) -> jax.Array:
   return -slopes[:, None, None] * distance[None]
 
 
-def xla_attention(q, k, v, bias=None, block: int = 0):
+def xla_attention(q, k, v, bias=None, block: int = 0, impl: str = "tuned"):
   """Causal attention in einsums, grouped-query heads without copies; scores and softmax in
-  float32, by blocks of `block` query rows (0: query_block_rows's choice). Its backward
-  (causal_attention) keeps the softmax's log-normalizer, not the [S, S] probabilities."""
+  float32, by blocks of `block` query rows (0: query_block_rows's choice). Tuned, its backward
+  (kernels.causal_attention) keeps the softmax's log-normalizer, not the [S, S] probabilities."""
   b, s, h, d = q.shape
   kv = k.shape[2]
-  out = causal_attention(q.reshape(b, s, kv, h // kv, d), k, v, bias, query_block_rows(s, block))
+  attend = kernels.IMPLEMENTATIONS[impl].causal_attention
+  out = attend(q.reshape(b, s, kv, h // kv, d), k, v, bias, kernels.query_block_rows(s, block))
   return out.reshape(b, s, h, d)
-
-
-def query_block_rows(seq_len: int, block: int = 0) -> int:
-  """Rows per query block of the causal attention: `block` if given (>= seq_len: one block),
-  else a block of 64 rows, or an eighth of the sequence where that is more (at most 8 blocks).
-  On a 2-core CPU, mpt small (seq 256, 6 heads of 64) ran its attention 1.8x as fast in blocks of
-  64 rows as unblocked, and 1.9x in blocks of 128 at seq 1024; blocks of 32 were slower again
-  (benchmarks/RESULTS.md, goal 1)."""
-  return min(seq_len, block if block > 0 else max(64, -(-seq_len // 8)))
-
-
-def query_blocks(seq_len: int, rows: int) -> list[tuple[int, int]]:
-  """(first row, rows) of each query block; a block's rows see the keys [0, first row + rows)."""
-  return [(start, min(rows, seq_len - start)) for start in range(0, seq_len, rows)]
-
-
-def scores_fraction(seq_len: int, rows: int) -> float:
-  """The share of the full [S, S] scores the blocks compute (1 for one block)."""
-  return sum(n * (start + n) for start, n in query_blocks(seq_len, rows)) / seq_len ** 2
 
 
 def attention_blocks(seq_len: int, block: int = 0) -> dict:
   """What the xla attention computes at this length (run.json's `attention`): its query blocks'
   rows, how many, and the share of the [S, S] scores they compute."""
-  rows = query_block_rows(seq_len, block)
-  return {"query_block_rows": rows, "query_blocks": len(query_blocks(seq_len, rows)),
-          "scores_computed": round(scores_fraction(seq_len, rows), 4)}
+  rows = kernels.query_block_rows(seq_len, block)
+  return {"query_block_rows": rows, "query_blocks": len(kernels.query_blocks(seq_len, rows)),
+          "scores_computed": round(kernels.scores_fraction(seq_len, rows), 4)}
 
 
 def attention_blocks_text(info: dict) -> str | None:
@@ -292,122 +159,6 @@ def attention_blocks_text(info: dict) -> str | None:
     return None
   return (f"{info['query_blocks']} blocks of {info['query_block_rows']} query rows, "
           f"{info['scores_computed']:.1%} of the scores")
-
-
-def _attention_scores(q, k, bias, start: int = 0):
-  """Scaled, biased, causally masked float32 scores [B, KV, G, R, C] of the head-major query rows
-  [start, start + R) of q [B, KV, G, R, D] against the keys [0, C) of k [B, KV, C, D]."""
-  _, kv, g, rows, d = q.shape
-  cols = k.shape[2]
-  q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  scores = checkpoint_name(  # kept in float32 by the "dots" remat policy, as jax's would
-      jnp.einsum("bkgsd,bktd->bkgst", q, k, preferred_element_type=jnp.float32), "batched_matmul")
-  if bias is not None:
-    s = bias.shape[-1]
-    scores = scores + bias.reshape(kv, g, s, s)[:, :, start:start + rows, :cols]
-  causal = jnp.tri(rows, cols, start, dtype=bool)
-  return jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-
-
-def _heads_major(q, k, v):
-  """q [B, S, KV, G, D] -> [B, KV, G, S, D]; k, v [B, T, KV, D] -> [B, KV, T, D]."""
-  return (jnp.transpose(q, (0, 2, 3, 1, 4)), jnp.transpose(k, (0, 2, 1, 3)),
-          jnp.transpose(v, (0, 2, 1, 3)))
-
-
-def _joined(blocks, axis: int):
-  return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=axis)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def causal_attention(q, k, v, bias, rows: int):
-  """softmax(q k^T / sqrt(D) + bias, causal) v for q [B, S, KV, G, D], k and v [B, T, KV, D],
-  bias [H, S, T] or None; the probabilities rounded to v's dtype before the second matmul.
-
-  By blocks of `rows` query rows (query_blocks), each against the keys it can see: the blocks
-  skip the scores above the diagonal that the mask would drop, as flash attention and PyTorch's
-  CPU attention do (62.5% of the scores' work at seq 256 in blocks of 64). XLA's CPU backend runs
-  a batch of small matmuls on one thread; the blocks' smaller ones ran faster there than their
-  share of the work (1.9x on one core, where the work alone gives 1.6x).
-
-  Its backward recomputes the scores from q and k and forms the probabilities from the saved
-  log-normalizer (flash attention's backward): autodiff kept the [B, H, S, S] float32
-  probabilities of every layer for the backward pass and reduced over their rows again there; this
-  keeps [B, H, S] and reduces dO * O over D instead. Deviceless for an H100 with this attention,
-  mpt-125m at batch 8 needs 10.2 GiB of temporaries instead of 50.2; on a CPU, 21% less and 6%
-  less op time (benchmarks/RESULTS.md).
-
-  The matmuls run on head-major copies ([B, heads, S, D], each transposed once): batched over
-  the leading dims and written contiguously, XLA's CPU backend ran them up to 2x faster than on
-  the projections' [B, S, heads, D] layout, whose strided output it wrote through a transpose."""
-  return _causal_attention_fwd(q, k, v, bias, rows)[0]
-
-
-def _causal_attention_fwd(q, k, v, bias, rows):
-  q, k, v = _heads_major(q, k, v)
-  outs, lses = [], []
-  for start, n in query_blocks(q.shape[3], rows):
-    end = start + n
-    scores = _attention_scores(q[:, :, :, start:end], k[:, :, :end], bias, start)
-    top = jnp.max(scores, axis=-1, keepdims=True)
-    unnormalized = jnp.exp(scores - top)
-    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
-    probs = (unnormalized / total).astype(v.dtype)
-    outs.append(_einsum("bkgst,bktd->bkgsd", probs, v[:, :, :end]))
-    lses.append(top + jnp.log(total))
-  out = _joined(outs, 3)
-  return (jnp.transpose(out, (0, 3, 1, 2, 4)),
-          (*map(_kept, (q, k, v)), bias, _kept(out), _joined(lses, 3)))
-
-
-def _causal_attention_bwd(rows, residuals, g):
-  q, k, v, bias, out, lse = residuals  # head-major
-  q, k, v, out = map(_restored, (q, k, v, out))
-  d, t = q.shape[-1], k.shape[2]
-  g = jnp.transpose(g, (0, 2, 3, 1, 4))
-  # The barrier keeps XLA from merging this recomputation with the forward's scores (CSE, as it
-  # did with unrolled layers): the merged step kept every layer's [B, H, S, S] float32 scores
-  # until the backward pass (deviceless for an H100, mpt-125m batch 8 with scan_layers=False:
-  # 27.7 GB of temporaries against 9.8 with scan). XLA's CPU backend expands barriers before its
-  # last CSE: with unrolled layers it still merges the blocks that take a slice of the keys.
-  q, k = jax.lax.optimization_barrier((q, k))
-  scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-  # Without unit dims in the row sums below: with one among its operands' dims (G = 1 without
-  # grouped-query heads, or a batch of 1) XLA's CPU backend (YNNPACK) ran that product-and-sum
-  # 6-40x slower. Only unit dims go: merging sharded dims would cost all-gathers under a mesh.
-  units = tuple(i for i, n in enumerate(g.shape[:-1]) if n == 1)
-  dqs, dks, dvs, dbiases = [], [], [], []
-  for start, n in query_blocks(q.shape[3], rows):
-    end = start + n
-    qb, gb, outb = (x[:, :, :, start:end] for x in (q, g, out))
-    kb, vb = k[:, :, :end], v[:, :, :end]
-    probs = jnp.exp(_attention_scores(qb, kb, bias, start) - lse[:, :, :, start:end])  # 0: masked
-    dprobs = jnp.einsum("bkgsd,bktd->bkgst", gb, vb, preferred_element_type=jnp.float32)
-    # Row sums of dprobs * probs, as the rows of dO . O (D wide instead of T); a product and a
-    # sum, not a float32 matmul.
-    g32, out32 = (jnp.squeeze(x, units).astype(jnp.float32) for x in (gb, outb))
-    delta = jnp.sum(g32 * out32, axis=-1).reshape(*gb.shape[:-1], 1)
-    dscores32 = probs * (dprobs - delta)
-    dscores = dscores32.astype(q.dtype)
-    dqs.append(_einsum("bkgst,bktd->bkgsd", dscores, kb) * scale)
-    # The keys' gradients are summed over the blocks that see them, in float32, and rounded once.
-    keys = [(0, 0)] * 2 + [(0, t - end), (0, 0)]
-    dks.append(jnp.pad(jnp.einsum("bkgst,bkgsd->bktd", dscores, qb * scale,
-                                  preferred_element_type=jnp.float32), keys))
-    dvs.append(jnp.pad(jnp.einsum("bkgst,bkgsd->bktd", probs.astype(v.dtype), gb,
-                                  preferred_element_type=jnp.float32), keys))
-    if bias is not None:
-      s = bias.shape[-1]
-      dbiases.append(jnp.pad(jnp.sum(dscores32, axis=0),
-                             [(0, 0)] * 2 + [(start, s - end), (0, s - end)]))
-  dq, dk, dv = _joined(dqs, 3), sum(dks[1:], dks[0]), sum(dvs[1:], dvs[0])
-  dbias = None if bias is None else sum(dbiases[1:], dbiases[0]).reshape(bias.shape)
-  return (jnp.transpose(dq, (0, 3, 1, 2, 4)), jnp.transpose(dk.astype(k.dtype), (0, 2, 1, 3)),
-          jnp.transpose(dv.astype(v.dtype), (0, 2, 1, 3)),
-          None if dbias is None else dbias.astype(bias.dtype))
-
-
-causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
 def dot_product_attention(q, k, v, bias=None, implementation="xla"):
@@ -477,13 +228,8 @@ def rotary(x, positions, theta: float):
 
 def over_tokens(layer, *xs):
   """layer(*xs) with the inputs' leading [batch, length] dims read as one token dim: one matmul
-  over B*S rows. Left as [B, S, d], autodiff's weight gradients contracted [B, S] with the MLP's
-  hidden gradient as the lhs, and XLA's CPU backend wrote that gradient transposed first
-  ([d_ff, B*S] per layer, with the GELU's derivative fused in: 13% of a CPU step of
-  configs/mpt.py:small). The kernels' gradients (_weight_grad) now split the token dim again,
-  with the smaller operand as the lhs. The reshapes are bitcasts; for an H100 the compiled step
-  is unchanged (deviceless: same temporaries). The attention projections gained nothing from it
-  on the CPU and cost 5% more temporaries on an H100, so they are left as they are."""
+  over B*S rows, whose weight gradients XLA's CPU backend forms without first writing the hidden
+  gradient transposed (docs/kernels.md, "Weight gradients"). The reshapes are bitcasts."""
   b, s = xs[0].shape[:2]
   ys = layer(*(x.reshape(b * s, *x.shape[2:]) for x in xs))
   return jax.tree.map(lambda y: y.reshape(b, s, *y.shape[1:]), ys)
@@ -492,8 +238,8 @@ def over_tokens(layer, *xs):
 class Projection(nn.Module):
   """The kernel and bias of nn.DenseGeneral(features) over an input's trailing `in_features`
   axes: the same names, shapes, initial values and logical axes, for an op that applies them itself
-  (normalized_matmuls, matmul): the kernel in float32, which that op casts to the compute dtype
-  itself, the bias in the compute dtype."""
+  (kernels.normalized_matmuls, kernels.matmul): the kernel in float32, which that op casts to the
+  compute dtype itself, the bias in the compute dtype."""
   in_features: int | tuple[int, ...]
   features: tuple[int, ...]
   use_bias: bool
@@ -527,13 +273,13 @@ class Projection(nn.Module):
 def _project(norm, x, weights):
   """norm(x) times each of `weights` ((kernel, bias) pairs from Projection), by the norm's fused
   normalized_matmuls, biases added."""
-  kernels, biases = zip(*weights)
-  return tuple(y if bias is None else y + bias for y, bias in zip(norm(x, kernels), biases))
+  matrices, biases = zip(*weights)
+  return tuple(y if bias is None else y + bias for y, bias in zip(norm(x, matrices), biases))
 
 
 class Attention(nn.Module):
   """Self-attention on norm(x): the block's Norm is applied here, fused with the q/k/v matmuls
-  (normalized_matmuls), so the backward pass recomputes the normalized input."""
+  (kernels.normalized_matmuls), so the tuned backward pass recomputes the normalized input."""
   cfg: ModelConfig
 
   @nn.compact
@@ -558,7 +304,7 @@ class Attention(nn.Module):
     bias = alibi_bias(c.n_heads, q.shape[1]) if c.position == "alibi" else None
     attend = ATTENTION_KERNELS[c.attention]
     if c.attention == "xla":
-      attend = functools.partial(attend, block=c.attention_block)
+      attend = functools.partial(attend, block=c.attention_block, impl=c.impl)
     if c.attention.startswith("pallas"):
       # One opaque kernel that XLA's partitioner cannot split: each device runs it on its shard.
       attend = sharding.per_shard(
@@ -574,113 +320,27 @@ class Attention(nn.Module):
                                   _init(c.init_std / math.sqrt(2 * c.n_layers),
                                         ("heads", "head_dim", "embed")),
                                   _zeros(("embed",)), name="out")()
-    # The "xla" attention keeps its output head-major, another array (causal_attention).
-    out = matmul("bshd,hde->bse", out, kernel, c.attention == "xla")
+    # The "xla" attention keeps its output head-major, another array (kernels.causal_attention).
+    out = kernels.IMPLEMENTATIONS[c.impl].matmul("bshd,hde->bse", out, kernel, c.attention == "xla")
     return out if out_bias is None else out + out_bias
 
 
-def _normal_cdf(x32):
-  return 0.5 * (1.0 + jax.lax.erf(x32 * (1.0 / math.sqrt(2.0))))
-
-
-@jax.custom_vjp
-def gelu(x):
-  """Exact GELU, x * Phi(x) with Phi from erf as PyTorch's nn.GELU computes it; its backward keeps
-  only x and computes the derivative from it in float32 (autodiff keeps four hidden-size tensors
-  per layer, this one). jax.nn.gelu(approximate=False) spells Phi with erfc, which XLA's CPU
-  backend expands into a branchy polynomial it split over three loops inside the layer scan."""
-  x32 = x.astype(jnp.float32)
-  return (x32 * _normal_cdf(x32)).astype(x.dtype)
-
-
-def _gelu_fwd(x):
-  return gelu(x), x
-
-
-def _gelu_bwd(x, g):
-  x32 = x.astype(jnp.float32)
-  cdf = _normal_cdf(x32)
-  pdf = jnp.exp(-0.5 * jnp.square(x32)) * (1.0 / math.sqrt(2.0 * math.pi))
-  return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(x.dtype),)
-
-
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
-
-
-@jax.custom_vjp
-def swiglu(gate, up):
-  """silu(gate) * up; its backward keeps only gate and up (autodiff keeps six hidden-size tensors
-  per layer) and forms the derivatives from them in float32."""
-  return nn.silu(gate) * up
-
-
-def _swiglu_fwd(gate, up):
-  return swiglu(gate, up), (gate, up)
-
-
-def _swiglu_bwd(residuals, g):
-  gate, up = residuals
-  gate32, g32 = gate.astype(jnp.float32), g.astype(jnp.float32)
-  sig = jax.nn.sigmoid(gate32)
-  dup = g32 * gate32 * sig
-  dgate = g32 * up.astype(jnp.float32) * sig * (1.0 + gate32 * (1.0 - sig))
-  return dgate.astype(gate.dtype), dup.astype(up.dtype)
-
-
-swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
-
-
-ACTIVATIONS = {"gelu": gelu, "swiglu": swiglu}
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def activated_matmul(activation: str, hs, kernel):
-  """ACTIVATIONS[activation](*hs) @ kernel, for pre-activations hs [T, F] and kernel [F, D].
-
-  Its backward recomputes the activation from hs instead of keeping it: autodiff kept the
-  activation's output for the kernel's gradient, one more [T, F] tensor per layer beside hs,
-  which a scan over layers also stacks and reads back."""
-  return _activated_matmul_fwd(activation, hs, kernel)[0]
-
-
-def _activated_matmul_fwd(activation, hs, kernel):
-  # Not activated_matmul(...), as in _matmul_fwd.
-  a = ACTIVATIONS[activation](*hs)
-  # The kernel in float32, as it came.
-  return _einsum("tf,fd->td", a, kernel.astype(a.dtype)), (tuple(map(_kept, hs)), kernel)
-
-
-def _activated_matmul_bwd(activation, residuals, g):
-  hs, kernel = residuals
-  hs = tuple(map(_restored, hs))
-  # As in the attention backward: without the barrier XLA merges this recomputation with the
-  # forward's activation when layers are unrolled, and keeps every layer's (deviceless for the
-  # H200, mpt-350m batch 32 with scan_layers=False needed 10.4 GiB more than scanned).
-  hs = jax.lax.optimization_barrier(hs)
-  a, activation_vjp = jax.vjp(ACTIVATIONS[activation], *hs)
-  (k,) = _recast((kernel,), a.dtype)
-  dkernel = _weight_grad(a, g, 1).astype(kernel.dtype)
-  da = _einsum("td,fd->tf", g, k)
-  return activation_vjp(da), dkernel
-
-
-activated_matmul.defvjp(_activated_matmul_fwd, _activated_matmul_bwd)
-
-
 class ActivatedDense(nn.Module):
-  """nn.Dense (same parameters, dtypes and result) applied to activation(*hs): activated_matmul."""
+  """nn.Dense (same parameters, dtypes and result) applied to activation(*hs):
+  kernels.activated_matmul."""
   features: int
   activation: str
   use_bias: bool
   dtype: Any
   kernel_init: Any
   bias_init: Any
+  impl: str = "tuned"  # model.impl: which activated_matmul (kernels.IMPLEMENTATIONS)
 
   @nn.compact
   def __call__(self, *hs):
     kernel = self.param("kernel", self.kernel_init, (hs[0].shape[-1], self.features), jnp.float32)
     hs = tuple(h.astype(self.dtype) for h in hs)
-    y = activated_matmul(self.activation, hs, kernel)
+    y = kernels.IMPLEMENTATIONS[self.impl].activated_matmul(self.activation, hs, kernel)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
@@ -701,129 +361,37 @@ class Mlp(nn.Module):
           for h in over_tokens(lambda rows: _project(norm, rows, weights), x)]
     down = ActivatedDense(c.d_model, c.mlp, c.bias, c.dtype,
                           _init(c.init_std / math.sqrt(2 * c.n_layers), ("mlp", "embed")),
-                          _zeros(("embed",)), name="down")
+                          _zeros(("embed",)), c.impl, name="down")
     return over_tokens(down, *hs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def normalize(x, scale, bias, epsilon: float, rms: bool, dtype):
-  """LayerNorm (rms=False) or RMSNorm of x over its last axis, computed in float32 as flax's
-  LayerNorm / RMSNorm compute it (fast variance: E[x^2] - E[x]^2), returned in `dtype`.
-
-  The backward pass keeps only x (in its own dtype) and the float32 mean and 1/std per position,
-  and recomputes the normalized values from them, as PyTorch's layer norm does. Left to autodiff,
-  XLA keeps three float32 copies of every normalized tensor for the backward pass: 24 bytes per
-  model dimension per token per layer, a third of what a bf16 block keeps (benchmarks/RESULTS.md,
-  goal 4)."""
-  return _normalize_fwd(x, scale, bias, epsilon, rms, dtype)[0]
-
-
-def _norm_stats(x32, epsilon: float, rms: bool):
-  mean_sq = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-  if rms:
-    mean = jnp.zeros_like(mean_sq)
-    var = mean_sq
-  else:
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
-  return mean, jax.lax.rsqrt(var + epsilon)
-
-
-def _normalized(x, mean, rstd, scale, bias, dtype):
-  y = (x.astype(jnp.float32) - mean) * (rstd * scale)
-  return (y if bias is None else y + bias).astype(dtype)
-
-
-def _normalize_fwd(x, scale, bias, epsilon, rms, dtype):
-  mean, rstd = _norm_stats(x.astype(jnp.float32), epsilon, rms)
-  return _normalized(x, mean, rstd, scale, bias, dtype), (_kept(x), mean, rstd, scale, bias)
-
-
-def _normalize_bwd(epsilon, rms, dtype, residuals, g):
-  x, mean, rstd, scale, bias = residuals
-  x = _restored(x)
-  xhat = (x.astype(jnp.float32) - mean) * rstd
-  g32 = g.astype(jnp.float32)
-  batch_axes = tuple(range(g.ndim - 1))
-  dscale = jnp.sum(g32 * xhat, axis=batch_axes)
-  dbias = None if bias is None else jnp.sum(g32, axis=batch_axes)
-  gx = g32 * scale
-  dxhat_term = xhat * jnp.mean(gx * xhat, axis=-1, keepdims=True)
-  if rms:
-    dx = rstd * (gx - dxhat_term)
-  else:
-    dx = rstd * (gx - jnp.mean(gx, axis=-1, keepdims=True) - dxhat_term)
-  return dx.astype(x.dtype), dscale, dbias
-
-
-normalize.defvjp(_normalize_fwd, _normalize_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def normalized_matmuls(x, scale, bias, kernels, epsilon: float, rms: bool, dtype):
-  """normalize(x, scale, bias, ...) contracted with each of `kernels` ([d, *out], float32, cast to
-  `dtype` inside and again in the backward: _recast) over its last axis: a pre-norm block's norm
-  and the matmuls it feeds (q/k/v; the MLP's up and gate), with autodiff's values and gradients.
-
-  The backward pass recomputes the normalized tensor from what normalize keeps anyway (x and two
-  float32 statistics per position) instead of keeping it for the kernels' gradients: one
-  [tokens, d] tensor less per norm per layer, which a scan over layers also stacks and reads back
-  (benchmarks/RESULTS.md)."""
-  return _normalized_matmuls_fwd(x, scale, bias, kernels, epsilon, rms, dtype)[0]
-
-
-def _normalized_matmuls_fwd(x, scale, bias, kernels, epsilon, rms, dtype):
-  y, residuals = _normalize_fwd(x, scale, bias, epsilon, rms, dtype)
-  outs = tuple(_dot_general(y, k.astype(dtype), (((y.ndim - 1,), (0,)), ((), ())))
-               for k in kernels)
-  return outs, (residuals, kernels)
-
-
-def _normalized_matmuls_bwd(epsilon, rms, dtype, residuals, gs):
-  (x, mean, rstd, scale, bias), kernels = residuals
-  x = _restored(x)
-  # As in activated_matmul: with unrolled layers XLA would otherwise merge the recomputation with
-  # the forward's normalized tensor and keep every layer's.
-  x, mean, rstd = jax.lax.optimization_barrier((x, mean, rstd))
-  y = _normalized(x, mean, rstd, scale, bias, dtype)
-  dkernels = tuple(_weight_grad(y, g, x.ndim - 1).astype(k.dtype) for g, k in zip(gs, kernels))
-  kernels = _recast(kernels, dtype)
-  # Each matmul's input gradient in the compute dtype, summed in it, as autodiff forms them.
-  dy = sum(_dot_general(g, k, ((tuple(range(x.ndim - 1, g.ndim)), tuple(range(1, k.ndim))),
-                                ((), ())))
-           for g, k in zip(gs, kernels))
-  dx, dscale, dbias = _normalize_bwd(epsilon, rms, dtype, (x, mean, rstd, scale, bias), dy)
-  return dx, dscale, dbias, dkernels
-
-
-normalized_matmuls.defvjp(_normalized_matmuls_fwd, _normalized_matmuls_bwd)
-
-
 class Norm(nn.Module):
-  """LayerNorm or RMSNorm with flax's parameter names (scale, bias) and math (see normalize)."""
+  """LayerNorm or RMSNorm with flax's parameter names (scale, bias) and math (kernels.normalize)."""
   rms: bool
   epsilon: float
   use_bias: bool
   dtype: Any
+  impl: str = "tuned"  # model.impl: which normalize (kernels.IMPLEMENTATIONS)
 
   @nn.compact
-  def __call__(self, x, kernels: tuple | None = None):
-    """norm(x); with kernels ([d, ...] each, float32), the tuple of norm(x) contracted with each,
-    by normalized_matmuls."""
+  def __call__(self, x, matrices: tuple | None = None):
+    """norm(x); with matrices ([d, ...] each, float32), the tuple of norm(x) contracted with each,
+    by kernels.normalized_matmuls."""
     d = x.shape[-1]
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                        (d,), jnp.float32)
     bias = None
     if not self.rms and self.use_bias:
       bias = self.param("bias", _zeros(("norm",)), (d,), jnp.float32)
-    if kernels is None:
-      return normalize(x, scale, bias, self.epsilon, self.rms, self.dtype)
-    return normalized_matmuls(x, scale, bias, kernels, self.epsilon, self.rms, self.dtype)
+    ops = kernels.IMPLEMENTATIONS[self.impl]
+    if matrices is None:
+      return ops.normalize(x, scale, bias, self.epsilon, self.rms, self.dtype)
+    return ops.normalized_matmuls(x, scale, bias, matrices, self.epsilon, self.rms, self.dtype)
 
 
 def norm(c: ModelConfig, name: str) -> nn.Module:
   return Norm(rms=c.norm == "rmsnorm", epsilon=c.norm_eps, use_bias=c.bias, dtype=c.dtype,
-              name=name)
+              impl=c.impl, name=name)
 
 
 class Block(nn.Module):
@@ -845,14 +413,14 @@ def block_class(c: ModelConfig):
   return nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
 
 
-def logits(x, head):
+def logits(x, head, impl: str = "tuned"):
   """Final hidden states [B, S, d] x output matrix [d, vocab] -> float32 logits [B, S, vocab].
   The matmul writes them in the compute dtype, as PyTorch's autocast does (the twin's
   `F.linear(x, head).float()`): in bfloat16 the output layer's matmul writes half the bytes, and
   each pass of the loss over them reads half, while the loss still computes in float32 (XLA fuses
   the widening into its reductions). The backward rounds the float32 gradient to the compute dtype
   before both of the layer's matmuls, as every other layer's does."""
-  out = matmul("bsd,dv->bsv", x, head, False).astype(jnp.float32)
+  out = kernels.IMPLEMENTATIONS[impl].matmul("bsd,dv->bsv", x, head, False).astype(jnp.float32)
   return sharding.constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
 
 
@@ -909,7 +477,7 @@ class Transformer(nn.Module):
                         (c.d_model, c.vocab_size), jnp.float32).astype(c.dtype)
     if return_hidden:
       return x, head
-    return logits(x, head)
+    return logits(x, head, c.impl)
 
 
 def init_params(model: Transformer, rng, seq_len: int, unbox: bool = True):

@@ -48,6 +48,8 @@ def test_help_keys_and_bare_jaxbench(capsys):
   out = capsys.readouterr().out
   assert "--config.model.remat='none'  [none | full | dots | dots_no_batch]" in out
   assert "Rematerialization" in out and "--config.steps" not in out
+  assert cli.main(["jaxbench", "help", "keys", "impl"]) == 0
+  assert "--config.model.impl='tuned'  [tuned | reference]" in capsys.readouterr().out
   assert cli.main(["jaxbench", "help", "keys", "no-such-key"]) == 2
   assert cli.main(["jaxbench"]) == 2
   assert "usage: jaxbench <command>" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbench import config, flops, model
+from jaxbench import config, flops, kernels, model
 
 
 
@@ -128,7 +128,7 @@ def test_remat_policies_same_gradients(scan, policies):
 
 @pytest.mark.parametrize("remat", ["dots", "dots_no_batch"])
 def test_dots_policies_keep_bf16_matmul_results_and_dots_recomputes_no_matmul(remat):
-  """The model's bf16 matmuls accumulate in float32 and round (model._rounded): the "dots"
+  """The model's bf16 matmuls accumulate in float32 and round (kernels._rounded): the "dots"
   policies keep the rounded results, as jax's policies kept bf16 dot results before (kept as
   float32 they took twice the bytes), as their bits (uint16, which a scan stacks in place), and
   "dots" recomputes no matmul in the backward pass."""
@@ -194,13 +194,14 @@ def test_xla_attention_matches_naive_reference():
 @pytest.mark.parametrize("alibi", [False, True])
 @pytest.mark.parametrize("block", [0, 5])
 def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alibi, block):
-  """model.causal_attention's own backward (probabilities recomputed from the saved
+  """kernels.causal_attention's own backward (probabilities recomputed from the saved
   log-normalizer) gives autodiff's gradients of jax.nn.dot_product_attention, bias included, and
   its pullback holds no [B, H, S, S] array; in one block of query rows (0: 16 rows here) and in
   blocks of 5, 5, 5 and 1 rows, each against the keys it sees."""
   rng = np.random.default_rng(5)
   b, s, h, k, d = 2, 16, 4, 2, 8
-  assert len(model.query_blocks(s, model.query_block_rows(s, block))) == (1 if block == 0 else 4)
+  blocks = kernels.query_blocks(s, kernels.query_block_rows(s, block))
+  assert len(blocks) == (1 if block == 0 else 4)
   q, kk, v, g = (rng.normal(size=shape).astype(np.float32)
                  for shape in [(b, s, h, d), (b, s, k, d), (b, s, k, d), (b, s, h, d)])
   bias = model.alibi_bias(h, s) if alibi else None
@@ -216,21 +217,6 @@ def test_xla_attention_backward_matches_autodiff_and_keeps_no_probabilities(alib
     return [x.shape for x in jax.tree.leaves(fn) if x.ndim >= 4 and x.shape[-2:] == (s, s)]
 
   assert not per_batch_square(pullback) and per_batch_square(ref_pullback)
-
-
-def test_query_blocks_tile_the_sequence():
-  """The causal attention's query blocks: `block` rows each (the last one shorter where they do not
-  divide the sequence), 64 by default, or an eighth of a longer sequence; one block where the rows
-  cover the sequence. The blocks' scores, each block against the keys it sees, are the share
-  scores_fraction gives of the [S, S] square."""
-  assert model.query_block_rows(48) == 48 and model.query_block_rows(256) == 64
-  assert model.query_block_rows(2048) == 256 and model.query_block_rows(2047) == 256
-  assert model.query_block_rows(256, 100) == 100 and model.query_block_rows(256, 999) == 256
-  assert model.query_blocks(256, 64) == [(0, 64), (64, 64), (128, 64), (192, 64)]
-  assert model.query_blocks(16, 5) == [(0, 5), (5, 5), (10, 5), (15, 1)]
-  assert model.query_blocks(48, 48) == [(0, 48)] and model.scores_fraction(48, 48) == 1.0
-  assert model.scores_fraction(256, 64) == (64 * (64 + 128 + 192 + 256)) / 256 ** 2 == 0.625
-  assert model.scores_fraction(16, 5) == (5 * 5 + 5 * 10 + 5 * 15 + 1 * 16) / 256
 
 
 def test_a_config_from_before_attention_block_builds_the_model():
@@ -261,40 +247,8 @@ def test_blocked_bf16_attention_is_the_unblocked_one_within_rounding():
     np.testing.assert_allclose(blocked, whole, rtol=0, atol=2 ** -7 * np.abs(whole).max())
 
 
-@pytest.mark.parametrize("rms", [False, True])
-def test_normalized_matmuls_match_autodiff_of_a_norm_then_its_matmuls(rms):
-  """The fused norm and matmuls (their backward recomputes the normalized tensor) give the values
-  and gradients of a plain layer norm / RMS norm followed by each matmul, as autodiff forms them."""
-  rng = np.random.default_rng(6)
-  b, s, d, h, hd, f = 2, 5, 16, 4, 8, 24
-  x, scale, bias = (jnp.asarray(rng.normal(size=shape), jnp.float32)
-                    for shape in [(b, s, d), (d,), (d,)])
-  bias = None if rms else bias
-  kernels = (jnp.asarray(rng.normal(size=(d, h, hd)), jnp.float32),
-             jnp.asarray(rng.normal(size=(d, f)), jnp.float32))
-
-  def reference(x, scale, bias, kernels):
-    mean = 0.0 if rms else jnp.mean(x, -1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), -1, keepdims=True) + 1e-5)
-    y = y * scale if bias is None else y * scale + bias
-    return jnp.einsum("bsd,dhk->bshk", y, kernels[0]), jnp.einsum("bsd,df->bsf", y, kernels[1])
-
-  def ours(x, scale, bias, kernels):
-    return model.normalized_matmuls(x, scale, bias, kernels, 1e-5, rms, jnp.float32)
-
-  def loss(fn):
-    return lambda *args: sum(jnp.sum(jnp.sin(y)) for y in fn(*args))
-
-  for got, want in zip(ours(x, scale, bias, kernels), reference(x, scale, bias, kernels)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  argnums = (0, 1, 3) if rms else (0, 1, 2, 3)
-  got = jax.grad(loss(ours), argnums)(x, scale, bias, kernels)
-  want = jax.grad(loss(reference), argnums)(x, scale, bias, kernels)
-  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4), got, want)
-
-
 def test_layers_keep_no_normalized_tensor_for_the_backward():
-  """A block's norms are fused with the matmuls they feed (model.normalized_matmuls), so the
+  """A block's norms are fused with the matmuls they feed (kernels.normalized_matmuls), so the
   backward pass keeps each norm's input, not its output: no saved tensor is the normalization of
   another by any of the model's norms (the output is one [tokens, d] tensor per norm per layer,
   which the scan over layers would also stack). Both families share Block; the norms' own math
@@ -311,7 +265,7 @@ def test_layers_keep_no_normalized_tensor_for_the_backward():
   norms = [params[f"layers_{i}"][name] for i in range(cfg.n_layers)
            for name in ("attention_norm", "mlp_norm")]
   assert len(saved) >= 2 * cfg.n_layers
-  normalize = jax.jit(model.normalize, static_argnums=(3, 4, 5))
+  normalize = jax.jit(kernels.normalize, static_argnums=(3, 4, 5))
   for x in saved:
     for n in norms:
       y = normalize(x, n["scale"], n.get("bias"), cfg.norm_eps, cfg.norm == "rmsnorm",
@@ -322,7 +276,7 @@ def test_layers_keep_no_normalized_tensor_for_the_backward():
 @pytest.mark.parametrize("family", ["mpt", "llama"])
 def test_scanned_layers_keep_no_bf16_copy_of_their_weights_for_the_backward(family):
   """The matmuls cast the float32 weights to bfloat16 inside their custom VJPs and again in the
-  backward (model._recast), so the scan over layers stacks no bf16 copy of any layer's weights for
+  backward (kernels._recast), so the scan over layers stacks no bf16 copy of any layer's weights for
   the backward pass (2 bytes a parameter; the float32 weights it reads anyway are not copied)."""
   cfg = make(family, scan_layers=True, n_layers=3, dtype="bfloat16")
   params = init(cfg)
@@ -333,7 +287,7 @@ def test_scanned_layers_keep_no_bf16_copy_of_their_weights_for_the_backward(fami
   kernels = [x.shape for path, x in jax.tree_util.tree_leaves_with_path(params["layers"])
              if "kernel" in jax.tree_util.keystr(path)]
   assert len(kernels) >= 5 and all(shape[0] == cfg.n_layers for shape in kernels)
-  copies = [jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.uint16)]  # uint16: as model._kept keeps them
+  copies = [jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.uint16)]  # uint16: as kernels._kept keeps them
   assert not [shape for shape in kernels for dtype in copies if (shape, dtype) in saved], saved
 
 
@@ -367,87 +321,6 @@ def test_projection_draws_the_parameters_dense_general_draws(in_shape, axes, fea
   assert jax.tree.structure(got) == jax.tree.structure(want)
   jax.tree.map(np.testing.assert_array_equal, nn.unbox(got), nn.unbox(want))
   assert nn.get_partition_spec(got) == nn.get_partition_spec(want)
-
-
-@pytest.mark.parametrize("spec,shapes", [
-    ("bshd,hde->bse", ((2, 8, 4, 16), (4, 16, 32))),  # the attention's output projection
-    ("bsd,dv->bsv", ((2, 8, 32), (32, 50))),  # the output layer
-])
-def test_matmul_matches_einsum_and_accumulates_bf16_in_float32(spec, shapes):
-  """`matmul` is jnp.einsum with autodiff's gradients in float32; in bfloat16 its result and
-  both gradients are float32 products of the bf16 operands, rounded once."""
-  keys = jax.random.split(jax.random.key(0), 3)
-  a, b = (jax.random.normal(k, s) for k, s in zip(keys, shapes))
-  out_shape = jnp.einsum(spec, a, b).shape
-  g = jax.random.normal(keys[2], out_shape)
-  y, vjp = jax.vjp(functools.partial(model.matmul, spec), a, b)
-  want, want_vjp = jax.vjp(functools.partial(jnp.einsum, spec), a, b)
-  np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
-  for got_grad, want_grad in zip(vjp(g), want_vjp(g)):
-    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
-
-  bf = [x.astype(jnp.bfloat16) for x in (a, b, g)]
-  y, vjp = jax.vjp(functools.partial(model.matmul, spec), bf[0], bf[1])
-  exact = [x.astype(jnp.float32) for x in bf]
-  want, want_vjp = jax.vjp(functools.partial(jnp.einsum, spec, precision="highest"), *exact[:2])
-  one_rounding = dict(rtol=2 ** -8, atol=1e-6)  # bf16 keeps 8 significant bits
-  assert y.dtype == jnp.bfloat16
-  np.testing.assert_allclose(y.astype(jnp.float32), want, **one_rounding)
-  for got_grad, want_grad in zip(vjp(bf[2]), want_vjp(exact[2])):
-    assert got_grad.dtype == jnp.bfloat16
-    np.testing.assert_allclose(got_grad.astype(jnp.float32), want_grad, **one_rounding)
-
-
-@pytest.mark.parametrize("x_shape, g_shape, rows", [
-    ((64, 12), (64, 40), 1),  # the MLP's up kernel: x has fewer features, x^T g
-    ((64, 40), (64, 12), 1),  # its down kernel: more, (g^T x)^T
-    ((63, 40), (63, 12), 1),  # split by 3
-    ((61, 40), (61, 12), 1),  # a prime number of tokens is not split (nor run on bf16 kernels)
-    ((4, 16, 12), (4, 16, 3, 4), 2),  # q: [batch, length] tokens, a [d, heads, head_dim] kernel
-    ((4, 16, 12), (4, 16, 2, 4), 2)])  # grouped-query k/v: fewer features than x, (g^T x)^T
-def test_weight_grad_contracts_the_tokens(x_shape, g_shape, rows):
-  """model._weight_grad, the kernels' gradients, is x^T g over the leading token dims, x's
-  features first; in bfloat16 a float32 product of the bf16 operands rounded once. Compiled for
-  the CPU, its matmul keeps the bf16 operands (XLA widened the form autodiff writes to float32)."""
-  from jaxbench import hlo
-
-  kx, kg = jax.random.split(jax.random.key(1))
-  x, g = jax.random.normal(kx, x_shape), jax.random.normal(kg, g_shape)
-  r = tuple(range(rows))
-  contract = functools.partial(jax.lax.dot_general, dimension_numbers=((r, r), ((), ())),
-                               precision="highest")
-  want = contract(x, g)
-  got = model._weight_grad(x, g, rows)
-  assert got.shape == want.shape and got.dtype == jnp.float32
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-  xb, gb = x.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
-  got = model._weight_grad(xb, gb, rows)
-  assert got.dtype == jnp.bfloat16
-  np.testing.assert_allclose(got.astype(jnp.float32),
-                             contract(xb.astype(jnp.float32), gb.astype(jnp.float32)),
-                             rtol=2 ** -8, atol=1e-6)
-  compiled = jax.jit(model._weight_grad, static_argnums=2).lower(xb, gb, rows).compile()
-  census = hlo.dots(compiled.as_text())
-  assert census
-  if x_shape[0] != 61:
-    assert all(key[3:5] == ("bfloat16", "bfloat16") for key in census), census
-
-
-def test_gelu_and_swiglu_match_autodiff_of_their_library_forms():
-  """The activations' own backward passes (they keep only their inputs) give autodiff's gradients
-  of jax.nn.gelu (exact) and silu(gate) * up; GELU's value is jax.nn.gelu's."""
-  x = jnp.linspace(-9.0, 9.0, 4001)
-  up = jnp.cos(x)
-  np.testing.assert_allclose(model.gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
-  for ours, reference, args in [
-      (model.gelu, lambda a: jax.nn.gelu(a, approximate=False), (x,)),
-      (model.swiglu, lambda a, b: nn.silu(a) * b, (x, up))]:
-    argnums = tuple(range(len(args)))
-    got = jax.grad(lambda *a: jnp.sum(jnp.sin(ours(*a))), argnums)(*args)
-    want = jax.grad(lambda *a: jnp.sum(jnp.sin(reference(*a))), argnums)(*args)
-    for g, w in zip(got, want):
-      np.testing.assert_allclose(g, w, atol=2e-5)
 
 
 def test_rotary_is_hugging_face_half_split():

@@ -133,9 +133,10 @@ def test_bf16_step_has_no_float32_matmul(chunk):
 def test_cpu_bf16_step_runs_bf16_matmul_kernels():
   """XLA's CPU backend runs a dot of bf16 operands that asks for a bf16 result as a float32 dot
   (both operands widened), at half the rate of its bf16 kernels on a CPU with AVX512-BF16; asked
-  for a float32 result it keeps the operands in bf16 (model.matmul), except where the lhs contracts
-  its one leading dim (model._weight_grad). Every matmul of the compiled step must take bf16
-  operands (6% of the FLOPs did before model.matmul, 84% before model._weight_grad)."""
+  for a float32 result it keeps the operands in bf16 (kernels.matmul), except where the lhs
+  contracts its one leading dim (kernels._weight_grad). Every matmul of the compiled step must
+  take bf16 operands (6% of the FLOPs did before kernels.matmul, 84% before
+  kernels._weight_grad)."""
   from jaxbench import hlo
 
   grad, args = _loss_grad(nano(seq_len=64, dtype="bfloat16"), 0)
@@ -153,8 +154,8 @@ def test_cpu_scan_stacks_bf16_residuals_in_place(family, remat):
   """A scan over layers stacks each layer's residuals for the backward. XLA's CPU backend ran a
   bf16 stack's dynamic-update-slice in float32, widening and rewriting the whole stack every layer
   (the cost grows with the square of the depth); the model keeps bf16 residuals as their bits
-  (model._kept), which it updates in place, and so do the remat policies that keep matmul results
-  (model._rounded names the bits). No dynamic-update-slice of the compiled bf16 step may update a
+  (kernels._kept), which it updates in place, and so do the remat policies that keep matmul results
+  (kernels._rounded names the bits). No dynamic-update-slice of the compiled bf16 step may update a
   widened stack (8 did for mpt:nano before; with remat=dots, 7), but under a remat policy the
   stack of the blocks' inputs: a rematerialized block keeps its input, the scan's carry, which
   autodiff cannot carry as integer bits (jax 0.10.2 widens that stack; 0.11.2 and 0.12.1 keep it
@@ -197,7 +198,7 @@ def test_cpu_step_does_not_transpose_the_mlp_gradient():
 def test_cpu_attention_matmuls_write_head_major_rows():
   """Every attention matmul of the CPU step writes [.., S, D] or [.., S, S] rows, none the
   transposed [.., D, S] the projections' [B, S, heads, D] layout led XLA to (which it then copied
-  back: those matmuls ran at half the rate; model.causal_attention)."""
+  back: those matmuls ran at half the rate; kernels.causal_attention)."""
   import re
 
   c = nano(seq_len=48)
@@ -255,7 +256,7 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch
   the diagonal that the blocks skip (the MFU count keeps the whole [S, S], as PaLM's convention
   does). Each, as hlo.einsum_spec writes it for PyTorch (benchmarks/matmul_shapes.py), is the
   same contraction under torch.einsum."""
-  from jaxbench import flops, hlo, model
+  from jaxbench import flops, hlo, kernels, model
 
   c = nano(seq_len=48)
   c.model.attention_block = block
@@ -264,7 +265,7 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch
   if block == 0:  # one block at seq 48
     assert sum(census.values()) == 25 * c.model.n_layers + 3  # a layer: 8 forward, 17 back; head 3
   # Unrolled, as many: XLA does not merge the attention backward's recomputed scores with the
-  # forward's (model.causal_attention's barrier). Merged, the step kept every layer's [B, H, S, S]
+  # forward's (kernels.causal_attention's barrier). Merged, the step kept every layer's [B, H, S, S]
   # float32 scores for the backward: deviceless for an H100, mpt-125m batch 8 unrolled needed
   # 27.7 GB of temporaries against 9.8 scanned (10.0 with the barrier).
   if block == 0:  # (XLA's CPU backend merges the blocks' slices: model._causal_attention_bwd)
@@ -276,7 +277,7 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch
   tokens = args[1].shape[0] * c.seq_len
   m = model.ModelConfig.from_config(c, "xla")
   counted = flops.flops_per_token(m, c.seq_len)["flops_per_token"] * tokens
-  share = model.scores_fraction(c.seq_len, model.query_block_rows(c.seq_len, block))
+  share = kernels.scores_fraction(c.seq_len, kernels.query_block_rows(c.seq_len, block))
   assert share == (1.0 if block == 0 else 2 / 3)
   attention = 12 * m.n_layers * m.d_model * c.seq_len * tokens  # in the MFU count
   recomputed = 2 * m.n_layers * m.d_model * c.seq_len * tokens * share
@@ -293,7 +294,7 @@ def test_step_matmuls_read_from_hlo_add_up_to_the_mfu_flops_and_rebuild_in_torch
 
 
 def test_unrolled_layers_recompute_the_activation_as_scanned_ones_do():
-  """The MLP's backward recomputes GELU from its input (model.activated_matmul). With unrolled
+  """The MLP's backward recomputes GELU from its input (kernels.activated_matmul). With unrolled
   layers XLA merged that with the forward's GELU and kept every layer's output: deviceless for the
   H200, mpt-350m batch 32 unrolled needed 50.9 GiB of temporaries against 40.5 scanned (38.9
   with the barrier). Each layer computes erf twice, forward and backward, either way."""

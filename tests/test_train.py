@@ -150,6 +150,7 @@ BAD_INPUTS = [
     (["--config.model.attention=flash"], "model.attention"),
     (["--config.model.attention=cudnn"], "model.attention"),
     (["--config.model.remat=sometimes"], "model.remat"),
+    (["--config.model.impl=fast"], "model.impl"),
     (["--config.model.attention_block=-64"], "model.attention_block"),
     (["--config.seq_len=4096"], "seq_len"),
     (["--config.dtype=float16"], "dtype"),

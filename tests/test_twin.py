@@ -30,10 +30,12 @@ PARITY_CASES = {
     "mpt-nano-alibi-bias-unrolled": ("mpt", "nano", {"model.position": "alibi", "model.bias": True,
                                                      "model.scan_layers": False}),
     "llama-nano-gqa": ("llama", "nano", {}),  # 4 query heads over 2 key/value heads
-    # The attention in blocks of 24, 24 and 16 query rows (model.causal_attention).
+    # The attention in blocks of 24, 24 and 16 query rows (kernels.causal_attention).
     "mpt-nano-alibi-blocks": ("mpt", "nano", {"model.position": "alibi",
                                               "model.attention_block": 24}),
     "llama-nano-gqa-blocks": ("llama", "nano", {"model.attention_block": 24}),
+    # The JAX model in plain jnp with autodiff: the twin, which has no custom kernels, is the same.
+    "mpt-nano-reference": ("mpt", "nano", {"model.impl": "reference"}),
 }
 
 
