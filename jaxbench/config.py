@@ -135,7 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Attention implementation: auto (best available on the backend), xla (einsum + softmax),
   # jax (jax.nn.dot_product_attention, XLA path), cudnn (cuDNN fused attention, CUDA only),
   # pallas (Pallas's Triton flash attention: one fused kernel for NVIDIA and AMD GPUs; interpreted,
-  # slowly, on the CPU).
+  # slowly, on the CPU; jax 0.12.0 or older: 0.12.1 removed it).
   m.attention = "auto"
   # Query rows per block of the xla attention, which skips the blocks above the causal diagonal:
   # 0 picks (64 rows, or seq_len / 8 where more); >= seq_len computes the whole [S, S] scores.

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbench import kernels, sharding
+from jaxbench import compat, kernels, sharding
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -175,7 +175,9 @@ def pallas_attention(q, k, v, bias=None, interpret: bool = False):
   Triton FlashAttention of MosaicML's MI250-against-A100 study ran on both. The scores stay in the
   kernel's blocks; the backward keeps the log-normalizer. Grouped-query heads are repeated to the
   query heads (the kernel takes one head count). `interpret`: Pallas's interpreter (the CPU)."""
-  from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+  pallas_gpu, missing = compat.pallas_triton_attention()
+  if missing:
+    raise ValueError(missing)  # pallas_problem said so before anything was built
   if bias is not None:
     raise ValueError("the Pallas attention takes no bias (ALiBi)")
   groups = q.shape[2] // k.shape[2]
@@ -195,7 +197,10 @@ PALLAS_BLOCK = 64
 
 
 def pallas_problem(seq_len: int, position: str) -> str | None:
-  """Why the Pallas attention cannot take this config (its blocks), or None."""
+  """Why the Pallas attention cannot take this config (its blocks) or this JAX, or None."""
+  _, missing = compat.pallas_triton_attention()
+  if missing:
+    return missing
   if position == "alibi":
     return "ALiBi's bias is not taken by the Pallas kernel"
   if seq_len % 32 or (seq_len > PALLAS_BLOCK and seq_len % PALLAS_BLOCK):
