@@ -15,7 +15,7 @@ import pytest
 from conftest import cli_env
 from jaxbench import compile as compile_lib
 from jaxbench import config as config_lib
-from jaxbench import model, rocm_aot, train
+from jaxbench import model, program, rocm_aot
 
 HAVE_BOTH = (compile_lib.plugin_problem("cuda") is None and compile_lib.plugin_problem("rocm") is None
              and rocm_aot.toolchain_problem() is None)
@@ -38,14 +38,14 @@ def test_pallas_attention_equals_the_xla_attention_forward_and_backward(heads, k
 
 def test_pallas_is_chosen_as_asked_and_refused_where_it_cannot_run():
   c, _ = config_lib.parse_flags(["t", "--config=configs/mpt.py:tiny", "--config.model.attention=pallas"])
-  implementation, reason = train.choose_attention(c, jax.devices("cpu")[0])
+  implementation, reason = program.choose_attention(c, jax.devices("cpu")[0])
   assert implementation == "pallas-interpret" and "interpreted on the CPU" in reason
   for override, needle in (("--config.seq_len=96", "multiple of 32, and of 64"),
                            ("--config.model.position=alibi", "ALiBi")):
     c, _ = config_lib.parse_flags(["t", "--config=configs/mpt.py:tiny",
                                    "--config.model.attention=pallas", override])
     with pytest.raises(config_lib.ConfigError, match=needle):
-      train.choose_attention(c, jax.devices("cpu")[0])
+      program.choose_attention(c, jax.devices("cpu")[0])
 
 
 @pytest.mark.skipif(not HAVE_BOTH, reason="needs the cuda-aot and rocm-aot extras")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import spawn, cli_env, read_json
 
-from jaxbench import config, data, model, optim, rundir, step, train
+from jaxbench import config, data, model, optim, program, rundir, step, train
 
 METRIC_FIELDS = {"step", "loss", "grad_norm", "lr", "step_time_s", "tokens_per_s",
                  "tokens_per_s_per_device", "tflops_per_s_per_device", "mfu"}
@@ -262,12 +262,12 @@ def test_the_next_step_is_queued_only_with_room_for_a_second_steps_temporaries()
   limit = int(105.3 * gib)
   batch8 = {"argument_size_in_bytes": int(14.7 * gib), "output_size_in_bytes": int(14.7 * gib),
             "alias_size_in_bytes": int(14.7 * gib), "temp_size_in_bytes": int(59.4 * gib)}
-  on, why = train.queue_ahead(batch8, limit)
+  on, why = program.queue_ahead(batch8, limit)
   assert not on and "one at a time" in why and "133.50 GiB" in why
-  assert train.queue_ahead({**batch8, "temp_size_in_bytes": int(33.3 * gib)}, limit) == (True, "on")
+  assert program.queue_ahead({**batch8, "temp_size_in_bytes": int(33.3 * gib)}, limit) == (True, "on")
   # No allocator limit (the CPU) or no analysis: queued, as before.
-  assert train.queue_ahead(batch8, None)[0] and train.queue_ahead({}, limit)[0]
-  assert not train.queue_ahead({}, None, runs_inline=True)[0]  # inline steps: never queued
+  assert program.queue_ahead(batch8, None)[0] and program.queue_ahead({}, limit)[0]
+  assert not program.queue_ahead({}, None, runs_inline=True)[0]  # inline steps: never queued
 
 
 def test_one_step_at_a_time_leaves_only_the_state_on_the_device_at_each_dispatch(
@@ -276,7 +276,7 @@ def test_one_step_at_a_time_leaves_only_the_state_on_the_device_at_each_dispatch
   batch staged while a step runs, or that step's outputs still held, sit past its temporaries and
   split the memory they free (an H200 step needing 60 of 105 GiB ran out in its second step)."""
   import gc
-  monkeypatch.setattr(train, "queue_ahead", lambda *a, **k: (False, "off: test"))
+  monkeypatch.setattr(program, "queue_ahead", lambda *a, **k: (False, "off: test"))
   real_loop, extras = train._loop, []
 
   def spy_loop(*args, **kwargs):
