@@ -245,7 +245,7 @@ def _compile(setup: program.Setup, p: runlog.Progress, run_info: dict, say) -> p
   checks that it fits (memory_check): ConfigError naming the figures when it does not."""
   c = setup.config
   say("  compiling the train step ...", flush=True)
-  p.status = "compiling"
+  p.status, p.phase = "compiling", "compile"
   step = program.compile_step(setup)
   p.lower_s, p.compile_s = step.lower_s, step.compile_s
   run_info["queue_ahead"] = step.queue_ahead_reason
@@ -276,7 +276,7 @@ def _check_fits(setup: program.Setup, memory_analysis: dict) -> None:
 def _initial_state(setup: program.Setup, p: runlog.Progress, checkpointer, start_step: int, say):
   """The train state: restored from the checkpoint of `start_step` (its arrays checked against
   the digest written when it was saved) when `checkpointer` is given, else initialized."""
-  p.status = "initializing"
+  p.status, p.phase = "initializing", "init"
   t0 = time.perf_counter()
   if checkpointer is not None:
     state, meta = checkpointer.restore(start_step, program.abstract_state(setup))
@@ -303,11 +303,11 @@ def _train(setup: program.Setup, peak, out, run_info, p: runlog.Progress, stop: 
     return jax.make_array_from_callback(batch.shape, setup.batch_sharding, lambda index: batch[index])
 
   if _any_process(stop.signal_name is not None):
-    p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
+    p.stopped(stop.signal_name, before_first_step=True)
     return
 
   batch = put(train_data.batch(start_step))
-  p.status = "training"
+  p.status, p.phase = "training", "train"
   saving = checkpointer is not None and checkpointer.enabled
   evaluate = _evaluator(setup, eval_data, put) if eval_data is not None else None
   ahead = step.queue_ahead
@@ -441,12 +441,12 @@ def _loop(setup: program.Setup, peak, out, p: runlog.Progress, stop, say, compil
       pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
       next_batch = None
     if stopping and not last:
-      p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
+      p.stopped(stop.signal_name)
       if checkpointer is not None:
         say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
       break
   else:
-    p.status = "finished"
+    p.finished()
   jax.block_until_ready(state)
 
 

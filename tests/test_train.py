@@ -181,6 +181,7 @@ def test_nonfinite_loss_exits_3_naming_the_step(tmp_path):
   assert "diverged at step 1" in proc.stderr
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"] == "diverged" and summary["steps"] == 1
+  assert summary["phase"] == "train" and summary["failure"] == "diverged"
   assert SUMMARY_FIELDS <= set(summary) and summary["compile_s"] > 0  # a failed run says what it can
   records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
   assert records[-1]["step"] == 1 and records[-1]["loss"] is None  # NaN is written as null
@@ -203,6 +204,7 @@ def test_sigterm_stops_cleanly_after_a_step(tmp_path):
   assert "SIGTERM received" in out
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"] == "stopped (SIGTERM)"
+  assert summary["phase"] == "train" and summary["failure"] == "stopped"
   records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
   assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
 

@@ -613,6 +613,7 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
     return torch.from_numpy(local_rows(batch, s.rank, s.mesh_shape)).to(s.device, torch.long)
 
   p.status = "compiling" if c.torch.compile else "warming up"
+  p.phase = "compile" if c.torch.compile else "init"
   batch = put(train_data.batch(start_step))
   say("  compiling (torch.compile) ..." if c.torch.compile else "  warming up (eager) ...", flush=True)
   t0 = time.perf_counter()
@@ -625,12 +626,12 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
   out.write("run.json", run_info)
   say(f"  warm-up done in {p.compile_s:.1f}s", flush=True)
   if _any_process(torch, s, stop.signal_name is not None):
-    p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
+    p.stopped(stop.signal_name, before_first_step=True)
     return
 
   eval_batches = ([put(eval_data.batch(j)) for j in range(c.eval.batches)]
                   if eval_data is not None else None)
-  p.status = "training"
+  p.status, p.phase = "training", "train"
   prefetch = data_lib.Prefetcher(lambda step: put(train_data.batch(step)), start_step + 1, c.steps)
   trace = twin_profiling.TorchStepTrace(torch, out.path, config_lib.profile_steps(c, start_step),
                                         s.rank, s.world, cuda=s.device.type == "cuda")
@@ -692,12 +693,12 @@ def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, 
         eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
         say(runlog.progress_line(record, c.steps, eta), flush=True)
       if stopping and not last:
-        p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
+        p.stopped(stop.signal_name)
         if saving:
           say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
         break
     else:
-      p.status = "finished"
+      p.finished()
   finally:
     prefetch.close()
     trace.stop()
