@@ -1,7 +1,8 @@
 """`jaxbench train`: one training run, timed honestly, written to a run directory.
 
 The path of a run, in order: config -> checks -> mesh -> sharded init -> compile (timed apart)
--> timed steps -> run directory. Usage:
+-> timed steps -> run directory. program.py builds and compiles the step; harness.py runs it, by
+the same rules as the PyTorch twin's run; JaxEngine is what JAX brings to it. Usage:
 
   jaxbench train [--config=configs/mpt.py:tiny] [--config.KEY=VALUE ...] [--workdir=DIR]
 """
@@ -9,8 +10,6 @@ The path of a run, in order: config -> checks -> mesh -> sharded init -> compile
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import math
 import os
 import sys
 import time
@@ -25,36 +24,19 @@ from jaxbench import config as config_lib
 from jaxbench import data as data_lib
 from jaxbench import distributed
 from jaxbench import errors
+from jaxbench import harness
 from jaxbench import hostalloc
 from jaxbench import memory as memory_lib
 from jaxbench import model as model_lib
 from jaxbench import peak as peak_lib
 from jaxbench import profiling
 from jaxbench import program
-from jaxbench.program import cudnn_problem  # noqa: F401 (benchmarks/gpu_suite.py reads it here)
-from jaxbench import rundir as rundir_lib
 from jaxbench import runlog
 from jaxbench import sharding
 from jaxbench import step as step_lib
 from jaxbench import sysinfo
 from jaxbench.errors import ConfigError, Diverged
-
-
-def default_workdir(c, platform: str) -> str:
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  return os.path.join("runs", f"{stamp}-{c.family}-{c.preset}-{platform}")
-
-
-
-
-def _default_workdir_all_processes(c, platform: str) -> str:
-  """The default run directory, the same on every process (process 0's clock decides)."""
-  if jax.process_count() == 1:
-    return default_workdir(c, platform)
-  from jax.experimental import multihost_utils
-  stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
-  name = datetime.datetime.fromtimestamp(stamp).strftime("%Y%m%d-%H%M%S")
-  return os.path.join("runs", f"{name}-{c.family}-{c.preset}-{platform}")
+from jaxbench.program import cudnn_problem  # noqa: F401 (benchmarks/gpu_suite.py reads it here)
 
 
 def run(c, workdir: str | None = None, cluster: str = "single process",
@@ -65,33 +47,129 @@ def run(c, workdir: str | None = None, cluster: str = "single process",
   setup = program.build(c)
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
-  workdir = workdir or _default_workdir_all_processes(c, setup.devices[0].platform)
-  # The run directory is this run's alone while it runs: checked and locked before it is read.
-  lock = errors.agreed(lambda: rundir_lib.claim(workdir, jax.process_index() == 0,
-                                                c.checkpoint.every > 0), _any_process)
-  try:
-    return _run(setup, workdir, train_data, eval_data, cluster, determinism)
-  finally:
-    if lock is not None:
-      lock.release()
+  engine = JaxEngine(setup, cluster, determinism or program.apply_determinism(c))
+  return harness.run(engine, workdir, train_data, eval_data)
 
 
-def _run(setup: program.Setup, workdir: str, train_data, eval_data, cluster, determinism) -> dict:
-  c = setup.config
+class JaxEngine:
+  """What JAX brings to the harness: the compiled step (program.py), a pure jitted function of
+  (state, batch) with the state donated, run on the mesh of every process's devices."""
+  banner = "jaxbench"
+  framework = "jax"
+
+  def __init__(self, setup: program.Setup, cluster: str, determinism: dict):
+    self.setup, self.config = setup, setup.config
+    self.cluster, self.determinism = cluster, determinism
+    self.is_writer = jax.process_index() == 0
+    self.n_devices = len(setup.devices)
+    self.backend = sysinfo.backend(setup.devices)
+    self.step: program.CompiledStep | None = None  # once compiled (prepare)
+
+  # How the loop runs the step: decided when it is compiled (program.compile_step).
+  @property
+  def queue_ahead(self) -> bool:
+    return self.step.queue_ahead
+
+  @property
+  def runs_inline(self) -> bool:
+    return self.step.runs_inline
+
+  @property
+  def transfer_ahead(self) -> bool:
+    return self.step.queue_ahead
+
+  def any_process(self, flag: bool) -> bool:
+    """True on every process when it is true on any: all processes must stop at the same step."""
+    if jax.process_count() == 1:
+      return flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+  def from_process_0(self, value: int) -> int:
+    """Process 0's `value` on every process: what it read or its clock decides for all."""
+    if jax.process_count() == 1:
+      return value
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+  def workdir_label(self) -> str:
+    return self.setup.devices[0].platform
+
+  def describe(self, workdir: str, train_data, say) -> tuple[dict, peak_lib.Peak]:
+    """Prints the run's header; returns (run.json's contents, the peak for MFU)."""
+    return _describe(self, workdir, train_data, say)
+
+  def checkpointer(self, workdir: str) -> checkpoint_lib.Checkpointer:
+    c = self.config
+    return checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
+                                       c.checkpoint.async_save)
+
+  def prepare(self, p: runlog.Progress, run_info: dict, say, restore, start_step: int,
+              train_data):
+    """The step compiled (and checked to fit) before anything is allocated, then the state."""
+    self.step = _compile(self, p, run_info, say)
+    state = _initial_state(self.setup, p, restore, start_step, say)
+    run_info["compile"]["init_s"] = p.init_s
+    return state
+
+  def begun(self, out, run_info: dict) -> None:
+    if self.config.dump_hlo and out.writer:
+      run_info["hlo"] = profiling.dump_hlo(out.path, self.step.lowered,
+                                           self.step.compiled.as_text())
+      out.write("run.json", run_info)
+
+  def put(self, batch: np.ndarray):
+    """The global batch onto the mesh; with several processes each transfers only the rows its
+    own devices hold (every process computes the same global batch: a cheap pure function)."""
+    sharding_ = self.setup.batch_sharding
+    if jax.process_count() == 1:
+      return jax.device_put(batch, sharding_)
+    return jax.make_array_from_callback(batch.shape, sharding_, lambda index: batch[index])
+
+  def dispatch(self, state, batch, step: int):
+    return self.step.compiled(state, batch)
+
+  def read(self, outputs) -> dict:
+    metrics = jax.device_get(outputs)
+    return {k: float(metrics[k]) for k in ("loss", "grad_norm", "lr")}
+
+  def evaluator(self, eval_data):
+    """A function of the state -> mean held-out loss over the same eval.batches batches each
+    time."""
+    s, c = self.setup, self.config
+    jitted = jax.jit(step_lib.make_eval_step(s.model, c.loss_chunk_size),
+                     in_shardings=(s.state_shardings.params, s.batch_sharding),
+                     out_shardings=sharding.replicated(s.mesh))
+    batches = [eval_data.batch(j) for j in range(c.eval.batches)]
+
+    def evaluate(state) -> float:
+      with sharding.activation_mesh(s.mesh):
+        losses = [jitted(state.params, self.put(b)) for b in batches]
+      return float(np.mean(jax.device_get(losses)))
+
+    return evaluate
+
+  def save(self, checkpointer, step: int, state, config_dict: dict) -> None:
+    checkpointer.save(step, state, config_dict)
+
+  def trace(self, workdir: str, steps) -> profiling.StepTrace:
+    return profiling.StepTrace(workdir, steps)
+
+  def finish(self, state) -> None:
+    jax.block_until_ready(state)
+
+  def summary_facts(self) -> dict:
+    devices = self.setup.devices
+    return {"peak_memory": sysinfo.peak_memory_per_device(devices),
+            "backend": self.backend["backend"], "device_kind": devices[0].device_kind}
+
+
+def _describe(engine: JaxEngine, workdir: str, train_data, say) -> tuple[dict, peak_lib.Peak]:
+  setup, c = engine.setup, engine.config
   devices, mesh_shape, attention = setup.devices, setup.mesh_shape, setup.attention
   platform = devices[0].platform
   n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
-  is_writer = jax.process_index() == 0
   m = c.model
-  say = print if is_writer else (lambda *a, **k: None)
-  # Read by every process once the lock is held; process 0's reading decides for all.
-  resuming, earlier = errors.agreed(lambda: rundir_lib.what_is_there(workdir, c.to_dict()),
-                                    _any_process)
-  resuming = _from_process_0(resuming)
-  if _from_process_0(bool(earlier and "finished" in earlier)):
-    say(f"jaxbench: the run in {workdir} already finished its {c.steps} steps (no checkpoints "
-        "kept): nothing to do")
-    return (earlier or {}).get("finished") or {"status": "finished", "steps": c.steps}
   say(f"jaxbench: {c.family}:{c.preset}  d_model={m.d_model} n_layers={m.n_layers} "
       f"n_heads={m.n_heads} n_kv_heads={m.n_kv_heads} d_ff={m.d_ff} vocab={m.vocab_size} "
       f"seq_len={c.seq_len}")
@@ -124,7 +202,7 @@ def _run(setup: program.Setup, workdir: str, train_data, eval_data, cluster, det
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
-      **sysinfo.backend(devices), "distributed": cluster, "mesh": mesh_shape,
+      **engine.backend, "distributed": engine.cluster, "mesh": mesh_shape,
       "tensor_groups_within_hosts": tensor_local,
       "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
       "param_partition_specs": sharding.describe_param_specs(setup.state_shardings.params),
@@ -134,116 +212,17 @@ def _run(setup: program.Setup, workdir: str, train_data, eval_data, cluster, det
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
       "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
       "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-      "deterministic": determinism or program.apply_determinism(c),
+      "deterministic": engine.determinism,
       "host_allocator": hostalloc.describe(c.host_allocator),
   }
-  if earlier:
-    run_info["restarted"] = earlier
-  run_info["data"] = (train_data.describe() if hasattr(train_data, "describe")
-                      else {"synthetic": c.data.synthetic, "seed": c.seed})
-  checkpointer = None
-  if c.checkpoint.every > 0 or resuming:
-    checkpointer = checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
-                                               c.checkpoint.async_save)
-  start_step = 0
-  if resuming:
-    start_step = checkpointer.latest_step()
-    # Checked and read before anything in the run directory changes.
-    done = rundir_lib.check_resume(workdir, start_step,
-                                   checkpointer.read_meta(start_step)["config"], c.to_dict())
-    if done is not None:  # e.g. a sweep stopped between the run's end and its record of it
-      checkpointer.close()
-      say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
-      return done
-    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
-  progress = runlog.Progress(steps=start_step)
-  out = None
-
-  def begin() -> rundir_lib.RunDir:
-    """The run directory becomes this start's: from here on, whatever happens, summary.json says
-    how it ended. Nothing in it changes before (a bad input, a step that does not fit or a corrupt
-    checkpoint leaves it as it was)."""
-    nonlocal out
-    out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
-    if earlier:  # an unfinished start without checkpoints: this one replaces its files
-      say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
-          f"({earlier['earlier_status']}) with no checkpoint to resume from: starting again from "
-          "step 0")
-      out.start_over()
-    if resuming:
-      runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
-    out.write("run.json", run_info)
-    return out
-
-  with runlog.StopRequest() as stop:
-    crash = None
-    try:
-      step_fn = _compile(setup, progress, run_info, say)
-      state = _initial_state(setup, progress, checkpointer if resuming else None, start_step, say)
-    except ConfigError:  # the step does not fit, a corrupt checkpoint: the directory is as it was
-      if checkpointer is not None:
-        checkpointer.close()
-      raise
-    except BaseException as e:  # a crash while compiling or allocating: the run directory says so
-      crash = e
-    begin()
-    save_error = None
-    try:
-      if crash is not None:
-        raise crash
-      if c.dump_hlo and out.writer:
-        run_info["hlo"] = profiling.dump_hlo(out.path, step_fn.lowered, step_fn.compiled.as_text())
-        out.write("run.json", run_info)
-      _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
-             start_step, state, step_fn)
-    except BaseException as e:
-      progress.fail(e)
-      raise
-    finally:
-      if checkpointer is not None:
-        try:
-          checkpointer.close()  # waits for a save in flight: the last good checkpoint is complete
-        except Exception as e:  # that save failed (e.g. a full disk): the summary still says so
-          save_error = e
-          if progress.error is None:
-            progress.fail(e)
-        # Only ever a complete checkpoint: a save that failed or was cut short is not one.
-        progress.last_checkpoint = (checkpointer.complete_steps() or [None])[-1]
-      summary = runlog.summary(
-          progress, tokens_per_step=c.batch_size * c.seq_len, n_devices=len(devices),
-          flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops,
-          peak_source=peak.source, peak_memory=sysinfo.peak_memory_per_device(devices),
-          backend=run_info["backend"], device_kind=devices[0].device_kind, n_params=n_params)
-      if resuming:
-        summary["resumed_from_step"] = start_step
-      rundir_lib.write_summary(out, summary, failing=progress.error is not None)
-    if save_error is not None:
-      raise save_error
-  say(runlog.done_line(summary))
-  say(f"run directory: {os.path.abspath(out.path)}")
-  return summary
+  return run_info, peak
 
 
-def _from_process_0(flag: bool) -> bool:
-  """Process 0's `flag` on every process: what it read in the run directory decides for all."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
-def _any_process(flag: bool) -> bool:
-  """True on every process when it is true on any: all processes must stop at the same step."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
-
-
-def _compile(setup: program.Setup, p: runlog.Progress, run_info: dict, say) -> program.CompiledStep:
+def _compile(engine: JaxEngine, p: runlog.Progress, run_info: dict,
+             say) -> program.CompiledStep:
   """Lowers and compiles the step for the run's abstract state, before anything is allocated, and
   checks that it fits (memory_check): ConfigError naming the figures when it does not."""
-  c = setup.config
+  setup, c = engine.setup, engine.config
   say("  compiling the train step ...", flush=True)
   p.status, p.phase = "compiling", "compile"
   step = program.compile_step(setup)
@@ -253,7 +232,7 @@ def _compile(setup: program.Setup, p: runlog.Progress, run_info: dict, say) -> p
   say(f"  compiled in {p.lower_s + p.compile_s:.1f}s (lower {p.lower_s:.1f}s + compile "
       f"{p.compile_s:.1f}s)", flush=True)
   if c.memory_check:
-    errors.agreed(lambda: _check_fits(setup, step.memory), _any_process)
+    errors.agreed(lambda: _check_fits(setup, step.memory), engine.any_process)
   if not step.queue_ahead:
     say(f"  queueing the next step {step.queue_ahead_reason}", flush=True)
   return step
@@ -287,184 +266,6 @@ def _initial_state(setup: program.Setup, p: runlog.Progress, checkpointer, start
   jax.block_until_ready(state)
   p.init_s = time.perf_counter() - t0
   return state
-
-
-def _train(setup: program.Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.StopRequest", say,
-           train_data, eval_data, checkpointer, start_step: int, state, step: program.CompiledStep) -> None:
-  c = setup.config
-  run_info["compile"]["init_s"] = p.init_s
-  out.write("run.json", run_info)
-
-  def put(batch: np.ndarray):
-    """The global batch onto the mesh; with several processes each transfers only the rows its
-    own devices hold (every process computes the same global batch: a cheap pure function)."""
-    if jax.process_count() == 1:
-      return jax.device_put(batch, setup.batch_sharding)
-    return jax.make_array_from_callback(batch.shape, setup.batch_sharding, lambda index: batch[index])
-
-  if _any_process(stop.signal_name is not None):
-    p.stopped(stop.signal_name, before_first_step=True)
-    return
-
-  batch = put(train_data.batch(start_step))
-  p.status, p.phase = "training", "train"
-  saving = checkpointer is not None and checkpointer.enabled
-  evaluate = _evaluator(setup, eval_data, put) if eval_data is not None else None
-  ahead = step.queue_ahead
-  # With steps queued ahead the prefetcher also transfers batches, overlapping the device's work.
-  # One step at a time, it makes them on the host and the loop transfers each once the step
-  # before is done: a batch put on the device while a step runs lands past that step's
-  # temporaries and, once they are freed, splits the free memory, so a step that fits alone
-  # finds no block for its temporaries (seen on an H200: benchmarks/RESULTS.md).
-  make = (lambda s: put(train_data.batch(s))) if ahead else train_data.batch
-  prefetch = data_lib.Prefetcher(make, start_step + 1, c.steps)
-  trace = profiling.StepTrace(out.path, config_lib.profile_steps(c, start_step))
-  try:
-    _loop(setup, peak, out, p, stop, say, step.compiled, state, batch, prefetch, evaluate,
-          checkpointer if saving else None, start_step, trace, ahead, put, inline=step.runs_inline)
-  finally:
-    prefetch.close()
-    trace.stop()
-    if trace.steps is not None:
-      run_info["profile"] = trace.describe(out.path)
-      out.write("run.json", run_info)
-
-
-def _evaluator(setup: program.Setup, eval_data, put):
-  """A function of params -> mean held-out loss over the same eval.batches batches each time."""
-  c = setup.config
-  params_shardings = setup.state_shardings.params
-  jitted = jax.jit(step_lib.make_eval_step(setup.model, c.loss_chunk_size),
-                   in_shardings=(params_shardings, setup.batch_sharding),
-                   out_shardings=sharding.replicated(setup.mesh))
-  batches = [eval_data.batch(j) for j in range(c.eval.batches)]
-
-  def evaluate(params) -> float:
-    with sharding.activation_mesh(setup.mesh):
-      losses = [jitted(params, put(b)) for b in batches]
-    return float(np.mean(jax.device_get(losses)))
-
-  return evaluate
-
-
-def _loop(setup: program.Setup, peak, out, p: runlog.Progress, stop, say, compiled, state, batch, prefetch,
-          evaluate, checkpointer, start_step: int, trace: profiling.StepTrace,
-          queue_next: bool = True, put=None, inline: bool = False) -> None:
-  """Runs steps start_step+1 .. c.steps. With `queue_next` the prefetcher hands over batches
-  already on the device; without it, host batches that `put` transfers just before their step,
-  when nothing of the step before is left on the device but the state. `inline` (one step at a
-  time only): a dispatch runs the step to its end (JAX's CPU steps under host_allocator), so the
-  loop writes a step down before it dispatches the next, not while it runs, and a step's time is
-  its transfer, its run and the read of its outputs only."""
-  assert queue_next or put is not None, "one step at a time, the loop transfers the batches"
-  assert not (inline and queue_next), "inline, a queued step would run in this step's time"
-  c, flops = setup.config, setup.flops
-  tokens_per_step = c.batch_size * c.seq_len
-  n_devices = len(setup.devices)
-  config_dict = c.to_dict()
-  transfer = None if queue_next else put  # queued, the prefetcher has transferred the batches
-  trace.before_dispatch(start_step + 1)
-  start = t_prev = time.perf_counter()
-  pending = compiled(state, batch)
-  for i in range(start_step, c.steps):
-    step = i + 1
-    state, metrics = pending
-    pending = None  # the device_get below then frees this step's outputs before the next dispatch
-    if inline:  # the step is done: it ends before the stop agreement and the next batch's wait
-      metrics, step_time, t_prev = _read_step(metrics, t_prev)
-    # A stop request is honoured between steps: the step in flight is finished, recorded and
-    # (with checkpoints on) saved. Every process must agree on it.
-    stopping = _any_process(stop.signal_name is not None)
-    last = step == c.steps
-    next_batch, data_wait_s = prefetch.get(step) if not last and not stopping else (None, 0.0)
-    eval_due = evaluate is not None and (step % c.eval.every == 0 or last)
-    save_due = checkpointer is not None and (checkpointer.due(step) or stopping or last)
-    # Most steps queue the next one before reading their own outputs, so the device never waits
-    # for the host's bookkeeping; a step is then timed from the end of the one before. Steps whose
-    # state an evaluation or a save needs (the next step takes it: donated), the first and last
-    # traced steps, and every step of a run with no room for two steps' temporaries (queue_ahead)
-    # wait instead and the next step is timed from its dispatch.
-    ahead = (queue_next and next_batch is not None and not eval_due and not save_due
-             and not trace.boundary(step))
-    if ahead:
-      pending = compiled(state, next_batch)
-    if not inline:
-      metrics, step_time, t_prev = _read_step(metrics, t_prev)
-    trace.after_step(step)
-    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    save_s = eval_loss = eval_s = None
-    if eval_due and finite:
-      # Its time is recorded apart and is in no step's time.
-      t_eval = time.perf_counter()
-      eval_loss = evaluate(state.params)
-      eval_s = time.perf_counter() - t_eval
-    if save_due and finite:
-      # The save's own time is recorded apart and left out of both steps' times.
-      t_save = time.perf_counter()
-      checkpointer.save(step, state, config_dict)
-      save_s = time.perf_counter() - t_save
-      p.checkpoint_s += save_s
-    record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
-                                tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
-    record["data_wait_s"] = data_wait_s
-    if eval_loss is not None:
-      record["eval_loss"], record["eval_s"] = eval_loss, eval_s
-    if save_s is not None:
-      record["checkpoint_save_s"] = save_s
-    if trace.traced(step):
-      record["profiled"] = True
-    # The first steps after each (re)start and the traced ones are left out of the summary.
-    record["timed"] = i - start_step >= c.warmup_steps_excluded and not trace.traced(step)
-    dispatch_next = not ahead and next_batch is not None and finite
-    if dispatch_next and not inline:
-      # The device works while we write this step down.
-      try:
-        pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
-      except BaseException:
-        # This step is done (and may be saved: a resume starts after it): its line is kept.
-        out.append_metrics(record)
-        p.steps, p.final_loss = step, loss
-        raise
-      next_batch = None  # the runtime holds the batch until its step is done, then frees it
-    out.append_metrics(record)
-    if record["timed"]:
-      p.step_times.append(step_time)
-    p.steps, p.final_loss = step, loss
-    if not finite:
-      say(runlog.progress_line(record, c.steps, None))
-      raise Diverged(step, loss, grad_norm)
-    if last or i == start_step or (c.log_every and step % c.log_every == 0) or stopping:
-      eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
-      say(runlog.progress_line(record, c.steps, eta), flush=True)
-    if dispatch_next and inline:
-      pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
-      next_batch = None
-    if stopping and not last:
-      p.stopped(stop.signal_name)
-      if checkpointer is not None:
-        say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
-      break
-  else:
-    p.finished()
-  jax.block_until_ready(state)
-
-
-def _read_step(metrics, t_prev: float):
-  """(the step's outputs on the host, its time since t_prev, now): waits for the step."""
-  metrics = jax.device_get(metrics)
-  t_now = time.perf_counter()
-  return metrics, t_now - t_prev, t_now
-
-
-def _dispatch(compiled, state, batch, put, trace: profiling.StepTrace, step: int):
-  """(the step's pending outputs, its start time): the step dispatched, its batch first
-  transferred by `put` when given (in the step's time: nothing overlaps the transfer then)."""
-  trace.before_dispatch(step)
-  t_start = time.perf_counter()
-  if put is not None:
-    batch = put(batch)
-  return compiled(state, batch), t_start
 
 
 # --- command line -------------------------------------------------------------------------------

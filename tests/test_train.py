@@ -279,22 +279,17 @@ def test_one_step_at_a_time_leaves_only_the_state_on_the_device_at_each_dispatch
   split the memory they free (an H200 step needing 60 of 105 GiB ran out in its second step)."""
   import gc
   monkeypatch.setattr(program, "queue_ahead", lambda *a, **k: (False, "off: test"))
-  real_loop, extras = train._loop, []
+  real_dispatch, extras, first = train.JaxEngine.dispatch, [], []
 
-  def spy_loop(*args, **kwargs):
-    args, compiled, first = list(args), args[6], args[8]
+  def dispatch(self, state, batch, step):
+    first[:] = first or [batch]  # the loop holds the first batch throughout
+    gc.collect()
+    ours = {id(a) for a in jax.tree.leaves((state, batch, first[0])) + before}
+    extras.append(sorted((a.shape, str(a.dtype)) for a in jax.live_arrays()
+                         if id(a) not in ours))
+    return real_dispatch(self, state, batch, step)
 
-    def dispatch(state, batch):
-      gc.collect()
-      ours = {id(a) for a in jax.tree.leaves((state, batch, first)) + before}
-      extras.append(sorted((a.shape, str(a.dtype)) for a in jax.live_arrays()
-                           if id(a) not in ours))
-      return compiled(state, batch)
-
-    args[6] = dispatch
-    return real_loop(*args, **kwargs)
-
-  monkeypatch.setattr(train, "_loop", spy_loop)
+  monkeypatch.setattr(train.JaxEngine, "dispatch", dispatch)
   gc.collect()
   before = list(jax.live_arrays())  # held, so that no new array takes one of their ids
   summary = train.run(nano(steps=6, log_every=0), str(tmp_path / "run"))
@@ -307,31 +302,25 @@ def test_inline_cpu_steps_are_written_down_before_the_next_dispatch(tmp_path, mo
   dispatches the next one: written after, while nothing ran, the bookkeeping fell in the next
   step's time (benchmarks/harness_overhead.py: 5.3% over a bare loop on mpt:tiny, 2.6% since)."""
   from jaxbench import hostalloc
-  real_loop, events, inline = train._loop, [], []
+  real_dispatch, real_append = train.JaxEngine.dispatch, rundir.RunDir.append_metrics
+  events, inline = [], set()
 
-  def spy_loop(*args, **kwargs):
-    args, compiled, out = list(args), args[6], args[2]
-    inline.append(kwargs.get("inline"))
-    real_append = out.append_metrics
+  def dispatch(self, state, batch, step):
+    events.append("dispatch")
+    inline.add(self.runs_inline)
+    return real_dispatch(self, state, batch, step)
 
-    def dispatch(state, batch):
-      events.append("dispatch")
-      return compiled(state, batch)
+  def append(self, record):
+    events.append(f"record {record['step']}")
+    real_append(self, record)
 
-    def append(record):
-      events.append(f"record {record['step']}")
-      real_append(record)
-
-    args[6] = dispatch
-    monkeypatch.setattr(out, "append_metrics", append)
-    return real_loop(*args, **kwargs)
-
-  monkeypatch.setattr(train, "_loop", spy_loop)
+  monkeypatch.setattr(train.JaxEngine, "dispatch", dispatch)
+  monkeypatch.setattr(rundir.RunDir, "append_metrics", append)
   # As `jaxbench train` sets it up (host_allocator "reuse"), not a run started in-process.
   monkeypatch.setattr(hostalloc, "cpu_dispatch_async", lambda: False)
   summary = train.run(nano(steps=4, log_every=0), str(tmp_path / "run"))
   assert summary["status"] == "finished"
   queue_ahead = read_json(str(tmp_path / "run" / "run.json"))["queue_ahead"]
-  assert queue_ahead.startswith("off: JAX runs CPU steps on the calling thread") and inline == [True]
+  assert queue_ahead.startswith("off: JAX runs CPU steps on the calling thread") and inline == {True}
   assert events == ["dispatch", "record 1", "dispatch", "record 2", "dispatch", "record 3",
                     "dispatch", "record 4"], events
