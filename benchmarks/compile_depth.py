@@ -15,18 +15,18 @@ import time
 import common
 import jax
 
-from jaxbench import train
+from jaxbench import program
 
 
 def compile_time(spec: str, n_layers: int, scan: bool) -> tuple[float, float]:
   """(lower seconds, compile seconds) of a fresh train step."""
   c = common.load(spec, model__n_layers=n_layers, model__scan_layers=scan)
-  s = train.build(c)
-  state = train.abstract_state(s)
+  s = program.build(c)
+  state = program.abstract_state(s)
   batch = jax.ShapeDtypeStruct((c.microbatches, c.batch_size // c.microbatches, c.seq_len + 1),
                                jax.numpy.int32, sharding=s.batch_sharding)
   t0 = time.perf_counter()
-  lowered = train.lower_step(s, state, batch)
+  lowered = program.lower_step(s, state, batch)
   t1 = time.perf_counter()
   lowered.compile()
   return t1 - t0, time.perf_counter() - t1

@@ -22,7 +22,7 @@ import jax
 
 from jaxbench import data as data_lib
 from jaxbench import peak as peak_lib
-from jaxbench import runlog, sharding, train
+from jaxbench import program, runlog, sharding
 
 CONFIG = "configs/mpt.py:small"
 SHAPE = {"n_layers": 6, "d_model": 384, "n_heads": 6, "vocab_size": 8192}
@@ -36,12 +36,12 @@ PEERS = {
 def prepare(dtype: str, remat: str, layers: str):
   c = common.load(CONFIG, dtype=dtype, model__remat=remat, model__scan_layers=layers == "scan")
   assert {k: c.model[k] for k in SHAPE} == SHAPE and (c.seq_len, c.batch_size) == (256, 8)
-  s = train.build(c)
-  state = train.init_state(s)
+  s = program.build(c)
+  state = program.init_state(s)
   batch = jax.device_put(data_lib.make(c, "train").batch(0), s.batch_sharding)
   t0 = time.perf_counter()
   with sharding.activation_mesh(s.mesh):
-    step = train.jit_step(s).lower(state, batch).compile()
+    step = program.jit_step(s).lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   state, metrics = step(state, batch)  # first run: allocations, thread pools
   jax.block_until_ready(metrics)

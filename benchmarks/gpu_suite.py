@@ -113,11 +113,11 @@ def _predicted(flags: tuple[str, ...], nvidia: bool) -> tuple[int, int]:
   """(predicted bytes per device, n_params) of the JAX run these flags describe, on one device
   (an NVIDIA GPU: the fused attention that `auto` picks there when the config allows it)."""
   from jaxbench import config as config_lib
-  from jaxbench import memory, train
+  from jaxbench import memory, program
   c, _ = config_lib.parse_flags(["gpu_suite", *flags])
   mesh = config_lib.validate(c, 1)
   attention = c.model.attention
-  if attention == "auto" and nvidia and train.cudnn_problem(c, True) is None:
+  if attention == "auto" and nvidia and program.cudnn_problem(c, True) is None:
     attention = "cudnn"
   p = memory.predict(c, mesh, attention=attention)
   from jaxbench import model as model_lib

@@ -24,17 +24,17 @@ import common
 import jax
 
 from jaxbench import data as data_lib
-from jaxbench import rundir, runlog, sharding, train
+from jaxbench import program, rundir, runlog, sharding, train
 
 
 def bare_loop(c, repeats_inner: int = 1):
   """A function that runs c.steps steps of the compiled train step and returns seconds per step."""
-  s = train.build(c)
-  state = train.init_state(s)
+  s = program.build(c)
+  state = program.init_state(s)
   data = data_lib.make(c, "train")
   batches = [jax.device_put(data.batch(i), s.batch_sharding) for i in range(c.steps)]
   with sharding.activation_mesh(s.mesh):
-    step = train.jit_step(s).lower(state, batches[0]).compile()
+    step = program.jit_step(s).lower(state, batches[0]).compile()
   holder = {"state": state}
 
   def run() -> float:

@@ -85,15 +85,15 @@ def main() -> None:
     parser.error(f"JAX runs on {jax.default_backend()}; PyTorch can only be timed on a CPU or GPU")
   inner = args.inner or (20 if device == "cuda" else 1)
 
-  from jaxbench import compile as compile_lib, data as data_lib, train
+  from jaxbench import compile as compile_lib, data as data_lib, program
 
   overrides = {"batch_size": args.batch_size} if args.batch_size else {}
   c = common.load(args.config, dtype=args.dtype, **overrides)
   if device == "cuda":  # float32 as the twin multiplies it (TF32 by default, as XLA's dots)
     torch.set_float32_matmul_precision(c.torch.float32_matmul_precision)
-  s = train.build(c)
+  s = program.build(c)
   batch = jax.device_put(data_lib.make(c, "train").batch(0), s.batch_sharding)
-  text = train.lower_step(s, train.abstract_state(s), batch).compile().as_text()
+  text = program.lower_step(s, program.abstract_state(s), batch).compile().as_text()
   census = hlo.dots(text)
   fused = sum(n for kind, n in compile_lib.kernel_report(text).items()
               if kind.startswith("cuDNN attention"))

@@ -25,7 +25,7 @@ import common
 import jax
 
 from jaxbench import config as config_lib
-from jaxbench import memory, train
+from jaxbench import memory, program
 
 # (label, config spec, overrides): a few shapes and every remat policy.
 COMPILE_CASES = [
@@ -66,13 +66,13 @@ RUN_CASES = [
 
 def compiled_memory(c) -> tuple[dict, float]:
   """XLA's memory analysis of the step compiled for this machine's devices (nothing allocated)."""
-  s = train.build(c)
-  state = train.abstract_state(s)
+  s = program.build(c)
+  state = program.abstract_state(s)
   batch = jax.ShapeDtypeStruct((c.microbatches, c.batch_size // c.microbatches, c.seq_len + 1),
                                jax.numpy.int32, sharding=s.batch_sharding)
   t0 = time.perf_counter()
-  compiled = train.lower_step(s, state, batch).compile()
-  return train._memory_analysis(compiled), time.perf_counter() - t0
+  compiled = program.lower_step(s, state, batch).compile()
+  return program.memory_analysis(compiled), time.perf_counter() - t0
 
 
 def compare_compiled(out: list) -> None:

@@ -5,7 +5,7 @@ step's temporaries, run for a few steps.
 
 On an H200 such steps (mpt-1b batch 8, mpt-350m batch 16) ran their first step and ran out of
 memory in the second while the loop queued the next step ahead; `jaxbench train` now runs them one
-at a time (train.queue_ahead, named in run.json). This reads a finished GPU suite's compiled batch
+at a time (program.queue_ahead, named in run.json). This reads a finished GPU suite's compiled batch
 search (benchmarks/gpu_suite.py --batch_search=compile: suite.json), takes the first size with a
 batch that XLA says fits once but not twice, trains it for --steps steps, and writes
 SUITE_OUT/tight/tight.md and tight.json: the figures, the loop's queue_ahead decision, the status.

@@ -24,12 +24,12 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {repo!r})
 import jax
-from jaxbench import config as config_lib, data as data_lib, sharding, train
+from jaxbench import config as config_lib, data as data_lib, program, sharding
 c = config_lib.load_config_file({config!r}); c.dtype = {dtype!r}
-s = train.build(c); state = train.init_state(s)
+s = program.build(c); state = program.init_state(s)
 batch = jax.device_put(data_lib.make(c, "train").batch(0), s.batch_sharding)
 with sharding.activation_mesh(s.mesh):
-  step = train.jit_step(s).lower(state, batch).compile()
+  step = program.jit_step(s).lower(state, batch).compile()
 state, m = step(state, batch); jax.block_until_ready(m)
 times = []
 for _ in range({steps}):

@@ -276,7 +276,7 @@ def memory_report(analysis, device_memory: int | None, mem_fraction: float) -> d
   # temporaries did not (mpt-1b batch 8, mpt-350m batch 16) ran its first step and ran out of
   # memory in the second, and every step within it ran: the queued step's temporaries needed a
   # second block (the likely reading; `jaxbench train` now runs such steps one at a time, see
-  # train.queue_ahead, which is not yet checked on a GPU).
+  # program.queue_ahead, which is not yet checked on a GPU).
   m["with_next_step_bytes"] = m["total_bytes"] + m["temp_bytes"]
   if device_memory:
     pool = int(device_memory * mem_fraction)
@@ -544,17 +544,17 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
   import jax
 
   from jaxbench import data as data_lib
-  from jaxbench import hlo, train
+  from jaxbench import hlo, program
   from jaxbench import peak as peak_lib
 
   topo, target = topology(target, topology_name, warn)
   devices = list(topo.devices)
-  setup = train.build(c, devices=devices)  # ConfigError: mesh vs topology, model checks
-  state = train.abstract_state(setup)
+  setup = program.build(c, devices=devices)  # ConfigError: mesh vs topology, model checks
+  state = program.abstract_state(setup)
   batch = jax.ShapeDtypeStruct(data_lib.SyntheticData(c).shape, jax.numpy.int32,
                                sharding=setup.batch_sharding)
   t0 = time.perf_counter()
-  lowered = train.lower_step(setup, state, batch)
+  lowered = program.lower_step(setup, state, batch)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   try:
@@ -584,7 +584,7 @@ def compile_report(c, target: Target, topology_name: str, dump: str | None, warn
                  "batch_size": c.batch_size, "microbatches": c.microbatches, "seq_len": c.seq_len,
                  "remat": c.model.remat, "scan_layers": c.model.scan_layers,
                  "mesh": setup.mesh_shape},
-      "attention": train.describe_attention(c, setup.attention, setup.attention_reason),
+      "attention": program.describe_attention(c, setup.attention, setup.attention_reason),
       "n_params": setup.n_params, "flops_per_token": setup.flops["flops_per_token"],
       "jax": jax.__version__, "lower_s": lower_s, "compile_s": compile_s,
       "compiled": error is None,

@@ -129,17 +129,17 @@ def load_params(workdir: str, step: int | None = None):
   jax = twin_train.cpu_only_jax()
   import ml_collections
   from jaxbench import checkpoint as checkpoint_lib
-  from jaxbench import train as train_lib
+  from jaxbench import program
   info = rundir_lib.read_json(os.path.join(workdir, "run.json"))
   c = ml_collections.ConfigDict(info["config"])
   c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
   c.model.attention = "xla"
-  setup = train_lib.build(c, devices=jax.devices("cpu")[:1])
+  setup = program.build(c, devices=jax.devices("cpu")[:1])
   checkpointer = checkpoint_lib.Checkpointer(workdir, every=0, keep=c.checkpoint.keep,
                                              async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step
-    state, _ = checkpointer.restore(step, train_lib.abstract_state(setup))
+    state, _ = checkpointer.restore(step, program.abstract_state(setup))
   finally:
     checkpointer.close()
   return info["config"], setup.model_cfg, jax.device_get(state.params), step

@@ -76,12 +76,12 @@ def lower_for(platform: str, setup, abstract_state, abstract_batch) -> dict:
   allowed on a second try and named in the row's note: they are what ties the step to a vendor."""
   from jax import export
 
-  from jaxbench import sharding, train
+  from jaxbench import program, sharding
 
   def exported(allowed):
     with sharding.activation_mesh(setup.mesh):
       return export.export(
-          train.jit_step(setup), platforms=(platform,),
+          program.jit_step(setup), platforms=(platform,),
           disabled_checks=[export.DisabledSafetyCheck.custom_call(t) for t in allowed])(
               abstract_state, abstract_batch)
 
@@ -179,7 +179,7 @@ def report(c, platforms) -> dict:
   import jax
 
   from jaxbench import data as data_lib
-  from jaxbench import hlo, train
+  from jaxbench import hlo, program
   from jaxbench.errors import ConfigError
 
   local = jax.devices()[0].platform
@@ -187,8 +187,8 @@ def report(c, platforms) -> dict:
   if attention_requested == "cudnn" and local != "gpu":
     # The check in train would reject it here; lower the XLA path and say why, per platform.
     c.model.attention = "auto"
-  setup = train.build(c)
-  abstract_state = train.abstract_state(setup)
+  setup = program.build(c)
+  abstract_state = program.abstract_state(setup)
   batch_shape = data_lib.SyntheticData(c).shape
   abstract_batch = jax.ShapeDtypeStruct(batch_shape, jax.numpy.int32, sharding=setup.batch_sharding)
   rows = []
@@ -208,7 +208,7 @@ def report(c, platforms) -> dict:
     rows.append(row)
   # The collectives exist only after SPMD partitioning: compile once, for this machine.
   try:
-    compiled = train.lower_step(setup, abstract_state, abstract_batch).compile()
+    compiled = program.lower_step(setup, abstract_state, abstract_batch).compile()
     collectives = hlo.collectives(compiled.as_text())
   except ConfigError:
     raise

@@ -43,6 +43,12 @@ class TraceWindow:
   def traced(self, step: int) -> bool:
     return self.steps is not None and self.steps[0] <= step <= self.steps[1]
 
+  def boundary(self, step: int) -> bool:
+    """True for the step before the first traced one and for the last traced one: the loop must
+    not queue the next step ahead of them (the trace starts before a dispatch and stops after a
+    step is done; its own time is kept out of every step's)."""
+    return self.steps is not None and step in (self.steps[0] - 1, self.steps[1])
+
 
 class StepTrace(TraceWindow):
   """Starts jax.profiler before step `first` is dispatched and stops it once step `last` is done.
@@ -51,12 +57,6 @@ class StepTrace(TraceWindow):
   def __init__(self, workdir: str, steps: tuple[int, int] | None):
     super().__init__(workdir, steps, jax.process_index(), jax.process_count())
     self.active = False
-
-  def boundary(self, step: int) -> bool:
-    """True for the step before the first traced one and for the last traced one: the loop must
-    not queue the next step ahead of them (the trace starts before a dispatch and stops after a
-    step is done; its own time is kept out of every step's)."""
-    return self.steps is not None and step in (self.steps[0] - 1, self.steps[1])
 
   def before_dispatch(self, step: int) -> None:
     """Call right before step `step` is dispatched."""

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 
+from jaxbench import outcome
 from jaxbench import rundir
 from jaxbench import timing
 from jaxbench.errors import Diverged
@@ -43,6 +44,8 @@ class StopRequest:
 class Progress:
   """What the run has done so far: enough for summary.json however the run ends."""
   status: str = "starting"
+  phase: str = "setup"  # how far the run got: outcome.PHASES
+  failure: str | None = None  # the kind of its failure: outcome.FAILURES
   steps: int = 0
   step_times: list = dataclasses.field(default_factory=list)  # the timed (post-warmup) steps
   # A resumed run: the summary's timing covers the timed steps after this one (0: all of them;
@@ -59,11 +62,21 @@ class Progress:
 
   def fail(self, e: BaseException) -> None:
     """How the run ended, for summary.json: diverged (a non-finite loss) or failed (anything else,
-    Ctrl-C included)."""
+    Ctrl-C included), and the kind of failure (outcome.failure_kind)."""
+    self.failure = outcome.failure_kind(e, self.phase)
     if isinstance(e, Diverged):
       self.status, self.error = "diverged", str(e)
     else:
       self.status, self.error = "failed", f"{type(e).__name__}: {e}"
+
+  def stopped(self, signal_name: str | None, before_first_step: bool = False) -> None:
+    """A clean stop on SIGTERM / SIGINT (here or on another process)."""
+    where = " before the first step" if before_first_step else ""
+    self.status = f"stopped ({signal_name or 'signal on another process'}){where}"
+    self.failure = "stopped"
+
+  def finished(self) -> None:
+    self.status, self.phase = "finished", "done"
 
 
 def mfu(tflops: float | None, peak_tflops: float | None) -> float | None:
@@ -100,7 +113,7 @@ def summary(p: Progress, *, tokens_per_step: int, n_devices: int, flops_per_toke
   per_device = tokens_per_step / median / n_devices if median else None
   tflops = flops_per_token * per_device / 1e12 if median else None
   s = {
-      "status": p.status, "steps": p.steps, "timed_steps": len(p.step_times),
+      "status": p.status, "phase": p.phase, "failure": p.failure, "steps": p.steps, "timed_steps": len(p.step_times),
       "compile_s": ((p.lower_s or 0.0) + p.compile_s) if p.compile_s is not None else None,
       "lower_s": p.lower_s, "init_s": p.init_s, **stats,
       "tokens_per_s_per_device_median": per_device,

@@ -1,7 +1,8 @@
 """`jaxbench train`: one training run, timed honestly, written to a run directory.
 
 The path of a run, in order: config -> checks -> mesh -> sharded init -> compile (timed apart)
--> timed steps -> run directory. Usage:
+-> timed steps -> run directory. program.py builds and compiles the step; harness.py runs it, by
+the same rules as the PyTorch twin's run; JaxEngine is what JAX brings to it. Usage:
 
   jaxbench train [--config=configs/mpt.py:tiny] [--config.KEY=VALUE ...] [--workdir=DIR]
 """
@@ -9,36 +10,27 @@ The path of a run, in order: config -> checks -> mesh -> sharded init -> compile
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import functools
-import math
 import os
 import sys
 import time
-from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
-import optax
 from absl import flags
 
 from jaxbench import cli
 from jaxbench import checkpoint as checkpoint_lib
-from jaxbench import compat
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
 from jaxbench import distributed
 from jaxbench import errors
-from jaxbench import flops as flops_lib
-from jaxbench import hlo
+from jaxbench import harness
 from jaxbench import hostalloc
 from jaxbench import memory as memory_lib
 from jaxbench import model as model_lib
-from jaxbench import optim
 from jaxbench import peak as peak_lib
 from jaxbench import profiling
-from jaxbench import rundir as rundir_lib
+from jaxbench import program
 from jaxbench import runlog
 from jaxbench import sharding
 from jaxbench import step as step_lib
@@ -46,295 +38,137 @@ from jaxbench import sysinfo
 from jaxbench.errors import ConfigError, Diverged
 
 
-def choose_attention(c, device) -> tuple[str, str]:
-  """The attention implementation that runs on `device`'s kind, and why (recorded in run.json).
-  `device` may be a compile-only device of a GPU that is not here (`jaxbench compile`)."""
-  requested = c.model.attention
-  head_dim = c.model.d_model // c.model.n_heads
-  platform = device.platform
-  if requested == "pallas":
-    problem = model_lib.pallas_problem(c.seq_len, c.model.position)
-    if platform not in ("gpu", "cuda", "rocm", "cpu"):
-      problem = f"Pallas's Triton attention runs on GPUs (and interpreted on the CPU), not {platform}"
-    if problem:
-      raise ConfigError("model.attention", f"pallas: {problem}; allowed here: auto, xla, jax")
-    if platform == "cpu":
-      return "pallas-interpret", "requested: Pallas's Triton flash attention, interpreted on the CPU"
-    return "pallas", "requested: Pallas's Triton flash attention (Triton, either GPU vendor)"
-  cuda = platform in ("gpu", "cuda") and "NVIDIA" in device.device_kind.upper()
-  problem = cudnn_problem(c, cuda, platform)
-  if requested == "cudnn" and problem:
-    raise ConfigError("model.attention", f"cudnn: {problem}; allowed here: auto, xla, jax")
-  if requested != "auto":
-    return requested, "requested"
-  if problem is None:
-    problem = _cudnn_probe(device, head_dim, c.model.n_heads, c.model.n_kv_heads)
-    if problem:
-      problem = "cuDNN attention did not lower here: " + problem
-  if problem:
-    return "xla", "auto: " + problem
-  return "cudnn", "auto: cuDNN fused attention lowered for this shape"
-
-
-def describe_attention(c, attention: str, reason: str) -> dict:
-  """run.json's (and `jaxbench compile`'s) `attention`: the implementation and why, and for the
-  xla attention its query blocks and the share of the scores they compute."""
-  blocks = (model_lib.attention_blocks(c.seq_len, c.model.attention_block)
-            if attention == "xla" else {})
-  return {"implementation": attention, "reason": reason, **blocks}
-
-
-def cudnn_problem(c, cuda: bool, platform: str = "this backend") -> str | None:
-  """Why the cuDNN fused attention cannot take config `c` (None: it may; the probe decides), from
-  the config alone: what jax.nn.dot_product_attention's cuDNN path accepts
-  (jax/_src/cudnn/fused_attention_stablehlo.py)."""
-  head_dim = c.model.d_model // c.model.n_heads
-  problem = None
-  if not cuda:
-    problem = f"cuDNN fused attention needs an NVIDIA GPU; this backend is {platform}"
-  elif c.dtype != "bfloat16":
-    problem = f"cuDNN fused attention needs bfloat16 (or float16), dtype is {c.dtype}"
-  elif head_dim > 128 or head_dim % 8:
-    problem = f"cuDNN fused attention needs head_dim <= 128 and a multiple of 8, got {head_dim}"
-  elif c.model.position == "alibi":
-    problem = "ALiBi runs on the XLA path (its float32 bias)"
-  return problem
-
-
-def _cudnn_probe(device, head_dim: int, n_heads: int, n_kv_heads: int) -> str | None:
-  on_device = jax.sharding.make_single_device_sharding(device)  # jax 0.12 deprecates the class
-  q = jax.ShapeDtypeStruct((1, 128, n_heads, head_dim), jax.numpy.bfloat16, sharding=on_device)
-  kv = jax.ShapeDtypeStruct((1, 128, n_kv_heads, head_dim), jax.numpy.bfloat16, sharding=on_device)
-  try:
-    jax.jit(functools.partial(model_lib.dot_product_attention, implementation="cudnn")).lower(q, kv, kv)
-    return None
-  except Exception as e:  # any failure means: not available here; the reason is recorded
-    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-
-
-def default_workdir(c, platform: str) -> str:
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  return os.path.join("runs", f"{stamp}-{c.family}-{c.preset}-{platform}")
-
-
-def _cost_analysis(compiled) -> dict:
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:
-    return {}
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return {k: float(v) for k, v in (cost or {}).items()
-          if k in ("flops", "bytes accessed", "transcendentals", "optimal_seconds")}
-
-
-def _memory_analysis(compiled) -> dict:
-  try:
-    mem = compiled.memory_analysis()
-  except Exception:
-    return {}
-  if mem is None:
-    return {}
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-            "alias_size_in_bytes", "generated_code_size_in_bytes")
-  return {f: int(getattr(mem, f)) for f in fields if hasattr(mem, f)}
-
-
-def queue_ahead(memory_analysis: dict, limit: int | None, runs_inline: bool = False
-                ) -> tuple[bool, str]:
-  """Whether the loop may queue the next step while one runs, and why. Where a dispatch runs the
-  step to its end (`runs_inline`: JAX CPU steps under host_allocator), queueing the next step
-  would finish it inside this step's time, so each step is timed from its own dispatch. A queued
-  step needs its temporaries while those of the step in flight may still be held (the runtime
-  releases them once that step is done), so with a step whose total plus a second set of
-  temporaries exceeds the allocator's limit the loop runs one step at a time. On an H200, such
-  steps (mpt-1b batch 8: 74 of 105 GiB, 59.6 GiB of temporaries) ran one step and ran out of
-  memory in the second with queueing on (benchmarks/RESULTS.md). One at a time, the loop also
-  transfers each batch only once the step before is done (see _train)."""
-  if runs_inline:
-    return False, ("off: JAX runs CPU steps on the calling thread (host_allocator), each step "
-                   "timed from its dispatch")
-  if not limit or "temp_size_in_bytes" not in memory_analysis:
-    return True, "on"
-  need = memory_lib.xla_total(memory_analysis) + memory_analysis["temp_size_in_bytes"]
-  if need <= limit:
-    return True, "on"
-  return False, (f"off: the step with a second step's temporaries needs {need / 2**30:.2f} GiB of "
-                 f"the device's {limit / 2**30:.2f} GiB, so steps run one at a time")
-
-
-def _state_shardings(model, optimizer, c, mesh):
-  """Shardings of the whole train state from the params' logical axis names, without allocating."""
-  boxed = jax.eval_shape(functools.partial(step_lib.init_state, model, optimizer, seq_len=c.seq_len,
-                                           unbox=False), jax.random.key(0))
-  params = sharding.param_shardings(boxed.params, mesh)
-  opt_state = optax.tree_map_params(
-      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, _unboxed(boxed.params)), params,
-      transform_non_params=lambda _: sharding.replicated(mesh))
-  return step_lib.TrainState(step=sharding.replicated(mesh), params=params, opt_state=opt_state), boxed
-
-
-def _unboxed(tree):
-  return nn.unbox(tree)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """Everything a run derives from its config before anything is allocated or compiled."""
-  config: Any
-  devices: list
-  mesh_shape: dict
-  mesh: Any
-  attention: str
-  attention_reason: str
-  model_cfg: model_lib.ModelConfig
-  model: model_lib.Transformer
-  optimizer: optax.GradientTransformation
-  lr_schedule: Any
-  state_shardings: step_lib.TrainState
-  batch_sharding: Any
-  n_params: int
-  param_counts: dict
-  flops: dict
-
-
-def build(c, devices=None) -> Setup:
-  """Config -> checks -> mesh -> model -> shardings. Raises ConfigError on bad input."""
-  devices = list(devices or jax.devices())
-  mesh_shape = config_lib.validate(c, len(devices))
-  attention, attention_reason = choose_attention(c, devices[0])
-  model_cfg = model_lib.ModelConfig.from_config(c, attention)
-  model = model_lib.Transformer(model_cfg)
-  counts = model_lib.param_count(model_cfg)
-  optimizer = optim.make_optimizer(c)
-  mesh = sharding.make_mesh(mesh_shape, devices)
-  state_shardings, boxed = _state_shardings(model, optimizer, c, mesh)
-  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(_unboxed(boxed.params)))
-  if n_params != counts["total"]:
-    raise RuntimeError(f"parameter tree has {n_params:,} params, the analytic count is "
-                       f"{counts['total']:,}: a bug in model.param_count or the model")
-  return Setup(config=c, devices=devices, mesh_shape=mesh_shape, mesh=mesh, attention=attention,
-               attention_reason=attention_reason, model_cfg=model_cfg, model=model,
-               optimizer=optimizer, lr_schedule=optim.schedule(c), state_shardings=state_shardings,
-               batch_sharding=sharding.batch_sharding(mesh), n_params=n_params,
-               param_counts=counts, flops=flops_lib.flops_per_token(model_cfg, c.seq_len))
-
-
-def init_state(s: Setup) -> step_lib.TrainState:
-  """The train state, created sharded: no parameter is ever whole on one device."""
-  init = jax.jit(functools.partial(step_lib.init_state, s.model, s.optimizer,
-                                   seq_len=s.config.seq_len), out_shardings=s.state_shardings)
-  with sharding.activation_mesh(s.mesh):
-    return init(jax.random.key(s.config.seed))
-
-
-def abstract_state(s: Setup):
-  """The train state as ShapeDtypeStructs carrying its shardings: enough to lower, compile or
-  restore a checkpoint into, with nothing allocated."""
-  shapes = jax.eval_shape(functools.partial(step_lib.init_state, s.model, s.optimizer,
-                                            seq_len=s.config.seq_len), jax.random.key(s.config.seed))
-  return jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                      shapes, s.state_shardings)
-
-
-def jit_step(s: Setup):
-  """The jitted train step with its shardings; the state is donated."""
-  train_step = step_lib.make_train_step(s.model, s.optimizer, s.lr_schedule,
-                                          s.config.loss_chunk_size)
-  return jax.jit(train_step, in_shardings=(s.state_shardings, s.batch_sharding),
-                 out_shardings=(s.state_shardings, sharding.replicated(s.mesh)), donate_argnums=0)
-
-
-def lower_step(s: Setup, state, batch):
-  """Traces and lowers the step (activation constraints need the mesh while tracing)."""
-  with sharding.activation_mesh(s.mesh):
-    return jit_step(s).lower(state, batch)
-
-
-# What `deterministic=True` sets, per backend, before JAX starts its backends.
-DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)  # GPU: no atomics, fixed reductions
-
-
-def apply_determinism(c) -> dict:
-  """Sets what `deterministic` needs and says what was done (for run.json). XLA reads XLA_FLAGS
-  once, when a backend starts, so this must run before anything touches a device."""
-  if not c.deterministic:
-    return {"requested": False}
-  started = compat.backends_started()  # and so has read XLA_FLAGS already
-  added = []
-  current = os.environ.get("XLA_FLAGS", "")
-  contrary = []
-  for flag in DETERMINISTIC_XLA_FLAGS:
-    name = flag.split("=")[0]
-    if flag in current.split():
-      continue
-    (contrary if name in current else added).append(flag)
-  if contrary:
-    return {"requested": True, "xla_flags_added": [], "applied": False,
-            "note": f"XLA_FLAGS sets {', '.join(f.split('=')[0] for f in contrary)} otherwise; "
-                    "left as the user set it"}
-  if added and not started:
-    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-  return {"requested": True, "xla_flags_added": added if not started else [],
-          "applied": not (added and started),
-          "note": ("XLA's GPU backend runs deterministic ops (no atomics in reductions or "
-                   "scatters); the CPU backend gives identical results run to run for the same "
-                   "program and thread count; TPU programs are deterministic by construction")
-          if not (added and started) else "the backend had already started: flags not applied"}
-
-
-def apply_host_allocator(c) -> dict:
-  """Sets the process's malloc per `host_allocator` (jaxbench/hostalloc.py), once, before any
-  backend starts; returns what was done (run.json's `host_allocator`)."""
-  config_lib.check_choice(c, "host_allocator", hostalloc.MODES)  # validate() runs after this
-  return hostalloc.configure(c.host_allocator, c.framework, jax.config.jax_platforms or "")
-
-
-def _default_workdir_all_processes(c, platform: str) -> str:
-  """The default run directory, the same on every process (process 0's clock decides)."""
-  if jax.process_count() == 1:
-    return default_workdir(c, platform)
-  from jax.experimental import multihost_utils
-  stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
-  name = datetime.datetime.fromtimestamp(stamp).strftime("%Y%m%d-%H%M%S")
-  return os.path.join("runs", f"{name}-{c.family}-{c.preset}-{platform}")
-
-
 def run(c, workdir: str | None = None, cluster: str = "single process",
         determinism: dict | None = None) -> dict:
   """Trains per config `c`; returns summary.json's contents. Raises ConfigError before compiling
   on bad input (and before allocating the state when the compiled step does not fit), Diverged on
   a non-finite loss."""
-  setup = build(c)
+  setup = program.build(c)
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
-  workdir = workdir or _default_workdir_all_processes(c, setup.devices[0].platform)
-  # The run directory is this run's alone while it runs: checked and locked before it is read.
-  lock = errors.agreed(lambda: rundir_lib.claim(workdir, jax.process_index() == 0,
-                                                c.checkpoint.every > 0), _any_process)
-  try:
-    return _run(setup, workdir, train_data, eval_data, cluster, determinism)
-  finally:
-    if lock is not None:
-      lock.release()
+  engine = JaxEngine(setup, cluster, determinism or program.apply_determinism(c))
+  return harness.run(engine, workdir, train_data, eval_data)
 
 
-def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism) -> dict:
-  c = setup.config
+class JaxEngine:
+  """What JAX brings to the harness: the compiled step (program.py), a pure jitted function of
+  (state, batch) with the state donated, run on the mesh of every process's devices."""
+  banner = "jaxbench"
+  framework = "jax"
+
+  def __init__(self, setup: program.Setup, cluster: str, determinism: dict):
+    self.setup, self.config = setup, setup.config
+    self.cluster, self.determinism = cluster, determinism
+    self.is_writer = jax.process_index() == 0
+    self.n_devices = len(setup.devices)
+    self.backend = sysinfo.backend(setup.devices)
+    self.step: program.CompiledStep | None = None  # once compiled (prepare)
+
+  # How the loop runs the step: decided when it is compiled (program.compile_step).
+  @property
+  def queue_ahead(self) -> bool:
+    return self.step.queue_ahead
+
+  @property
+  def runs_inline(self) -> bool:
+    return self.step.runs_inline
+
+  @property
+  def transfer_ahead(self) -> bool:
+    return self.step.queue_ahead
+
+  def any_process(self, flag: bool) -> bool:
+    """True on every process when it is true on any: all processes must stop at the same step."""
+    if jax.process_count() == 1:
+      return flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+  def from_process_0(self, value: int) -> int:
+    """Process 0's `value` on every process: what it read or its clock decides for all."""
+    if jax.process_count() == 1:
+      return value
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+  def workdir_label(self) -> str:
+    return self.setup.devices[0].platform
+
+  def describe(self, workdir: str, train_data, say) -> tuple[dict, peak_lib.Peak]:
+    """Prints the run's header; returns (run.json's contents, the peak for MFU)."""
+    return _describe(self, workdir, train_data, say)
+
+  def checkpointer(self, workdir: str) -> checkpoint_lib.Checkpointer:
+    c = self.config
+    return checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
+                                       c.checkpoint.async_save)
+
+  def prepare(self, p: runlog.Progress, run_info: dict, say, restore, start_step: int,
+              train_data):
+    """The step compiled (and checked to fit) before anything is allocated, then the state."""
+    self.step = _compile(self, p, run_info, say)
+    state = _initial_state(self.setup, p, restore, start_step, say)
+    run_info["compile"]["init_s"] = p.init_s
+    return state
+
+  def begun(self, out, run_info: dict) -> None:
+    if self.config.dump_hlo and out.writer:
+      run_info["hlo"] = profiling.dump_hlo(out.path, self.step.lowered,
+                                           self.step.compiled.as_text())
+      out.write("run.json", run_info)
+
+  def put(self, batch: np.ndarray):
+    """The global batch onto the mesh; with several processes each transfers only the rows its
+    own devices hold (every process computes the same global batch: a cheap pure function)."""
+    sharding_ = self.setup.batch_sharding
+    if jax.process_count() == 1:
+      return jax.device_put(batch, sharding_)
+    return jax.make_array_from_callback(batch.shape, sharding_, lambda index: batch[index])
+
+  def dispatch(self, state, batch, step: int):
+    return self.step.compiled(state, batch)
+
+  def read(self, outputs) -> dict:
+    metrics = jax.device_get(outputs)
+    return {k: float(metrics[k]) for k in ("loss", "grad_norm", "lr")}
+
+  def evaluator(self, eval_data):
+    """A function of the state -> mean held-out loss over the same eval.batches batches each
+    time."""
+    s, c = self.setup, self.config
+    jitted = jax.jit(step_lib.make_eval_step(s.model, c.loss_chunk_size),
+                     in_shardings=(s.state_shardings.params, s.batch_sharding),
+                     out_shardings=sharding.replicated(s.mesh))
+    batches = [eval_data.batch(j) for j in range(c.eval.batches)]
+
+    def evaluate(state) -> float:
+      with sharding.activation_mesh(s.mesh):
+        losses = [jitted(state.params, self.put(b)) for b in batches]
+      return float(np.mean(jax.device_get(losses)))
+
+    return evaluate
+
+  def save(self, checkpointer, step: int, state, config_dict: dict) -> None:
+    checkpointer.save(step, state, config_dict)
+
+  def trace(self, workdir: str, steps) -> profiling.StepTrace:
+    return profiling.StepTrace(workdir, steps)
+
+  def finish(self, state) -> None:
+    jax.block_until_ready(state)
+
+  def summary_facts(self) -> dict:
+    devices = self.setup.devices
+    return {"peak_memory": sysinfo.peak_memory_per_device(devices),
+            "backend": self.backend["backend"], "device_kind": devices[0].device_kind}
+
+
+def _describe(engine: JaxEngine, workdir: str, train_data, say) -> tuple[dict, peak_lib.Peak]:
+  setup, c = engine.setup, engine.config
   devices, mesh_shape, attention = setup.devices, setup.mesh_shape, setup.attention
   platform = devices[0].platform
   n_params, counts, flops = setup.n_params, setup.param_counts, setup.flops
-  is_writer = jax.process_index() == 0
   m = c.model
-  say = print if is_writer else (lambda *a, **k: None)
-  # Read by every process once the lock is held; process 0's reading decides for all.
-  resuming, earlier = errors.agreed(lambda: rundir_lib.what_is_there(workdir, c.to_dict()),
-                                    _any_process)
-  resuming = _from_process_0(resuming)
-  if _from_process_0(bool(earlier and "finished" in earlier)):
-    say(f"jaxbench: the run in {workdir} already finished its {c.steps} steps (no checkpoints "
-        "kept): nothing to do")
-    return (earlier or {}).get("finished") or {"status": "finished", "steps": c.steps}
   say(f"jaxbench: {c.family}:{c.preset}  d_model={m.d_model} n_layers={m.n_layers} "
       f"n_heads={m.n_heads} n_kv_heads={m.n_kv_heads} d_ff={m.d_ff} vocab={m.vocab_size} "
       f"seq_len={c.seq_len}")
@@ -342,8 +176,10 @@ def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism
       f"({flops['formula']})")
   say(f"  {len(devices)} x {devices[0].device_kind} ({platform}), mesh "
       + " x ".join(f"{a}={s}" for a, s in mesh_shape.items())
-      + f", dtype {c.dtype}, attention {attention}, remat {m.remat}, scan {m.scan_layers}")
-  attention_info = describe_attention(c, attention, setup.attention_reason)
+      + f", dtype {c.dtype}, attention {attention}, remat {m.remat}, scan {m.scan_layers}"
+      + (f", impl {m.impl} (plain autodiff, no hand-written backward passes)"
+         if m.impl != "tuned" else ""))
+  attention_info = program.describe_attention(c, attention, setup.attention_reason)
   if blocks := model_lib.attention_blocks_text(attention_info):
     say(f"  attention in {blocks} (the FLOPs count keeps them all)")
   say(f"  batch {c.batch_size} x {c.seq_len} tokens in {c.microbatches} microbatch(es), "
@@ -367,7 +203,7 @@ def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism
   say(f"  run directory: {os.path.abspath(workdir)}", flush=True)
   run_info = {
       "config": c.to_dict(), "started_at": sysinfo.now_iso(), "versions": sysinfo.versions(),
-      **sysinfo.backend(devices), "distributed": cluster, "mesh": mesh_shape,
+      **engine.backend, "distributed": engine.cluster, "mesh": mesh_shape,
       "tensor_groups_within_hosts": tensor_local,
       "logical_axis_rules": [list(r) for r in sharding.LOGICAL_AXIS_RULES],
       "param_partition_specs": sharding.describe_param_specs(setup.state_shardings.params),
@@ -377,167 +213,33 @@ def _run(setup: Setup, workdir: str, train_data, eval_data, cluster, determinism
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
       "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
       "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-      "deterministic": determinism or apply_determinism(c),
+      "deterministic": engine.determinism,
       "host_allocator": hostalloc.describe(c.host_allocator),
   }
-  if earlier:
-    run_info["restarted"] = earlier
-  run_info["data"] = (train_data.describe() if hasattr(train_data, "describe")
-                      else {"synthetic": c.data.synthetic, "seed": c.seed})
-  checkpointer = None
-  if c.checkpoint.every > 0 or resuming:
-    checkpointer = checkpoint_lib.Checkpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
-                                               c.checkpoint.async_save)
-  start_step = 0
-  if resuming:
-    start_step = checkpointer.latest_step()
-    # Checked and read before anything in the run directory changes.
-    done = rundir_lib.check_resume(workdir, start_step,
-                                   checkpointer.read_meta(start_step)["config"], c.to_dict())
-    if done is not None:  # e.g. a sweep stopped between the run's end and its record of it
-      checkpointer.close()
-      say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
-      return done
-    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
-  progress = runlog.Progress(steps=start_step)
-  out = None
-
-  def begin() -> rundir_lib.RunDir:
-    """The run directory becomes this start's: from here on, whatever happens, summary.json says
-    how it ended. Nothing in it changes before (a bad input, a step that does not fit or a corrupt
-    checkpoint leaves it as it was)."""
-    nonlocal out
-    out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
-    if earlier:  # an unfinished start without checkpoints: this one replaces its files
-      say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
-          f"({earlier['earlier_status']}) with no checkpoint to resume from: starting again from "
-          "step 0")
-      out.start_over()
-    if resuming:
-      runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
-    out.write("run.json", run_info)
-    return out
-
-  with runlog.StopRequest() as stop:
-    crash = None
-    try:
-      step_fn = _compile(setup, progress, run_info, say)
-      state = _initial_state(setup, progress, checkpointer if resuming else None, start_step, say)
-    except ConfigError:  # the step does not fit, a corrupt checkpoint: the directory is as it was
-      if checkpointer is not None:
-        checkpointer.close()
-      raise
-    except BaseException as e:  # a crash while compiling or allocating: the run directory says so
-      crash = e
-    begin()
-    save_error = None
-    try:
-      if crash is not None:
-        raise crash
-      if c.dump_hlo and out.writer:
-        run_info["hlo"] = profiling.dump_hlo(out.path, step_fn.lowered, step_fn.compiled.as_text())
-        out.write("run.json", run_info)
-      _train(setup, peak, out, run_info, progress, stop, say, train_data, eval_data, checkpointer,
-             start_step, state, step_fn)
-    except BaseException as e:
-      progress.fail(e)
-      raise
-    finally:
-      if checkpointer is not None:
-        try:
-          checkpointer.close()  # waits for a save in flight: the last good checkpoint is complete
-        except Exception as e:  # that save failed (e.g. a full disk): the summary still says so
-          save_error = e
-          if progress.error is None:
-            progress.fail(e)
-        # Only ever a complete checkpoint: a save that failed or was cut short is not one.
-        progress.last_checkpoint = (checkpointer.complete_steps() or [None])[-1]
-      summary = runlog.summary(
-          progress, tokens_per_step=c.batch_size * c.seq_len, n_devices=len(devices),
-          flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops,
-          peak_source=peak.source, peak_memory=sysinfo.peak_memory_per_device(devices),
-          backend=run_info["backend"], device_kind=devices[0].device_kind, n_params=n_params)
-      if resuming:
-        summary["resumed_from_step"] = start_step
-      rundir_lib.write_summary(out, summary, failing=progress.error is not None)
-    if save_error is not None:
-      raise save_error
-  say(runlog.done_line(summary))
-  say(f"run directory: {os.path.abspath(out.path)}")
-  return summary
+  return run_info, peak
 
 
-def _from_process_0(flag: bool) -> bool:
-  """Process 0's `flag` on every process: what it read in the run directory decides for all."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
-def _any_process(flag: bool) -> bool:
-  """True on every process when it is true on any: all processes must stop at the same step."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
-
-
-@dataclasses.dataclass(frozen=True)
-class CompiledStep:
-  """The compiled train step and how the loop runs it."""
-  compiled: Any
-  lowered: Any
-  queue_ahead: bool  # the next step may be queued while one runs (queue_ahead)
-  runs_inline: bool  # a dispatch runs the step to its end (JAX's CPU steps under host_allocator)
-
-
-def _compile(setup: Setup, p: runlog.Progress, run_info: dict, say) -> CompiledStep:
+def _compile(engine: JaxEngine, p: runlog.Progress, run_info: dict,
+             say) -> program.CompiledStep:
   """Lowers and compiles the step for the run's abstract state, before anything is allocated, and
   checks that it fits (memory_check): ConfigError naming the figures when it does not."""
-  c, flops = setup.config, setup.flops
+  setup, c = engine.setup, engine.config
   say("  compiling the train step ...", flush=True)
-  p.status = "compiling"
-  batch = jax.ShapeDtypeStruct((c.microbatches, c.batch_size // c.microbatches, c.seq_len + 1),
-                               jax.numpy.int32, sharding=setup.batch_sharding)
-  t0 = time.perf_counter()
-  lowered = lower_step(setup, abstract_state(setup), batch)
-  p.lower_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  compiled = lowered.compile()
-  p.compile_s = time.perf_counter() - t0
-  cost = _cost_analysis(compiled)
-  loops_note = None
-  if c.model.scan_layers or c.microbatches > 1:
-    # XLA's cost analysis counts a while-loop body once, not once per trip.
-    loops_note = ("xla_flops_per_step_per_device is null: the step has loops (scan_layers or "
-                  "microbatches) and XLA counts a loop body once, so its flops cover one layer / "
-                  "one microbatch; use scan_layers=False, microbatches=1 to compare")
-  memory = _memory_analysis(compiled)
-  try:
-    collectives = hlo.collectives(compiled.as_text())
-  except Exception as e:  # a backend without HLO text: say so rather than report no traffic
-    collectives = {"unavailable": f"{type(e).__name__}: {e}"}
-  runs_inline = setup.devices[0].platform == "cpu" and not hostalloc.cpu_dispatch_async()
-  ahead, ahead_reason = queue_ahead(memory, sysinfo.memory_limit_per_device(setup.devices),
-                                    runs_inline)
-  run_info["queue_ahead"] = ahead_reason
-  run_info["compile"] = {"lower_s": p.lower_s, "compile_s": p.compile_s,
-                         "xla_cost_analysis": cost, "xla_memory_analysis": memory,
-                         "xla_cost_analysis_note": loops_note,
-                         "collectives": collectives,
-                         "xla_flops_per_step_per_device": None if loops_note else cost.get("flops"),
-                         "model_flops_per_step": flops["flops_per_token"] * c.batch_size * c.seq_len}
+  p.status, p.phase = "compiling", "compile"
+  step = program.compile_step(setup)
+  p.lower_s, p.compile_s = step.lower_s, step.compile_s
+  run_info["queue_ahead"] = step.queue_ahead_reason
+  run_info["compile"] = step.describe(c, setup.flops)
   say(f"  compiled in {p.lower_s + p.compile_s:.1f}s (lower {p.lower_s:.1f}s + compile "
       f"{p.compile_s:.1f}s)", flush=True)
   if c.memory_check:
-    errors.agreed(lambda: _check_fits(setup, memory), _any_process)
-  if not ahead:
-    say(f"  queueing the next step {ahead_reason}", flush=True)
-  return CompiledStep(compiled=compiled, lowered=lowered, queue_ahead=ahead, runs_inline=runs_inline)
+    errors.agreed(lambda: _check_fits(setup, step.memory), engine.any_process)
+  if not step.queue_ahead:
+    say(f"  queueing the next step {step.queue_ahead_reason}", flush=True)
+  return step
 
 
-def _check_fits(setup: Setup, memory_analysis: dict) -> None:
+def _check_fits(setup: program.Setup, memory_analysis: dict) -> None:
   """ConfigError('memory_check') when the compiled step needs more than the device's allocator
   pool, or, on a CPU, than the host has free for all its devices and the run's processes on it."""
   if setup.devices[0].platform == "cpu":
@@ -551,206 +253,23 @@ def _check_fits(setup: Setup, memory_analysis: dict) -> None:
     raise ConfigError("memory_check", problem)
 
 
-def _initial_state(setup: Setup, p: runlog.Progress, checkpointer, start_step: int, say):
+def _initial_state(setup: program.Setup, p: runlog.Progress, checkpointer, start_step: int, say):
   """The train state: restored from the checkpoint of `start_step` (its arrays checked against
   the digest written when it was saved) when `checkpointer` is given, else initialized."""
-  p.status = "initializing"
+  p.status, p.phase = "initializing", "init"
   t0 = time.perf_counter()
   if checkpointer is not None:
-    state, meta = checkpointer.restore(start_step, abstract_state(setup))
+    state, meta = checkpointer.restore(start_step, program.abstract_state(setup))
     if not meta["verified"]:
       say("  (saved before checkpoints had digests: its arrays could not be verified)")
   else:
-    state = init_state(setup)
+    state = program.init_state(setup)
   jax.block_until_ready(state)
   p.init_s = time.perf_counter() - t0
   return state
 
 
-def _train(setup: Setup, peak, out, run_info, p: runlog.Progress, stop: "runlog.StopRequest", say,
-           train_data, eval_data, checkpointer, start_step: int, state, step: CompiledStep) -> None:
-  c = setup.config
-  run_info["compile"]["init_s"] = p.init_s
-  out.write("run.json", run_info)
-
-  def put(batch: np.ndarray):
-    """The global batch onto the mesh; with several processes each transfers only the rows its
-    own devices hold (every process computes the same global batch: a cheap pure function)."""
-    if jax.process_count() == 1:
-      return jax.device_put(batch, setup.batch_sharding)
-    return jax.make_array_from_callback(batch.shape, setup.batch_sharding, lambda index: batch[index])
-
-  if _any_process(stop.signal_name is not None):
-    p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
-    return
-
-  batch = put(train_data.batch(start_step))
-  p.status = "training"
-  saving = checkpointer is not None and checkpointer.enabled
-  evaluate = _evaluator(setup, eval_data, put) if eval_data is not None else None
-  ahead = step.queue_ahead
-  # With steps queued ahead the prefetcher also transfers batches, overlapping the device's work.
-  # One step at a time, it makes them on the host and the loop transfers each once the step
-  # before is done: a batch put on the device while a step runs lands past that step's
-  # temporaries and, once they are freed, splits the free memory, so a step that fits alone
-  # finds no block for its temporaries (seen on an H200: benchmarks/RESULTS.md).
-  make = (lambda s: put(train_data.batch(s))) if ahead else train_data.batch
-  prefetch = data_lib.Prefetcher(make, start_step + 1, c.steps)
-  trace = profiling.StepTrace(out.path, config_lib.profile_steps(c, start_step))
-  try:
-    _loop(setup, peak, out, p, stop, say, step.compiled, state, batch, prefetch, evaluate,
-          checkpointer if saving else None, start_step, trace, ahead, put, inline=step.runs_inline)
-  finally:
-    prefetch.close()
-    trace.stop()
-    if trace.steps is not None:
-      run_info["profile"] = trace.describe(out.path)
-      out.write("run.json", run_info)
-
-
-def _evaluator(setup: Setup, eval_data, put):
-  """A function of params -> mean held-out loss over the same eval.batches batches each time."""
-  c = setup.config
-  params_shardings = setup.state_shardings.params
-  jitted = jax.jit(step_lib.make_eval_step(setup.model, c.loss_chunk_size),
-                   in_shardings=(params_shardings, setup.batch_sharding),
-                   out_shardings=sharding.replicated(setup.mesh))
-  batches = [eval_data.batch(j) for j in range(c.eval.batches)]
-
-  def evaluate(params) -> float:
-    with sharding.activation_mesh(setup.mesh):
-      losses = [jitted(params, put(b)) for b in batches]
-    return float(np.mean(jax.device_get(losses)))
-
-  return evaluate
-
-
-def _loop(setup: Setup, peak, out, p: runlog.Progress, stop, say, compiled, state, batch, prefetch,
-          evaluate, checkpointer, start_step: int, trace: profiling.StepTrace,
-          queue_next: bool = True, put=None, inline: bool = False) -> None:
-  """Runs steps start_step+1 .. c.steps. With `queue_next` the prefetcher hands over batches
-  already on the device; without it, host batches that `put` transfers just before their step,
-  when nothing of the step before is left on the device but the state. `inline` (one step at a
-  time only): a dispatch runs the step to its end (JAX's CPU steps under host_allocator), so the
-  loop writes a step down before it dispatches the next, not while it runs, and a step's time is
-  its transfer, its run and the read of its outputs only."""
-  assert queue_next or put is not None, "one step at a time, the loop transfers the batches"
-  assert not (inline and queue_next), "inline, a queued step would run in this step's time"
-  c, flops = setup.config, setup.flops
-  tokens_per_step = c.batch_size * c.seq_len
-  n_devices = len(setup.devices)
-  config_dict = c.to_dict()
-  transfer = None if queue_next else put  # queued, the prefetcher has transferred the batches
-  trace.before_dispatch(start_step + 1)
-  start = t_prev = time.perf_counter()
-  pending = compiled(state, batch)
-  for i in range(start_step, c.steps):
-    step = i + 1
-    state, metrics = pending
-    pending = None  # the device_get below then frees this step's outputs before the next dispatch
-    if inline:  # the step is done: it ends before the stop agreement and the next batch's wait
-      metrics, step_time, t_prev = _read_step(metrics, t_prev)
-    # A stop request is honoured between steps: the step in flight is finished, recorded and
-    # (with checkpoints on) saved. Every process must agree on it.
-    stopping = _any_process(stop.signal_name is not None)
-    last = step == c.steps
-    next_batch, data_wait_s = prefetch.get(step) if not last and not stopping else (None, 0.0)
-    eval_due = evaluate is not None and (step % c.eval.every == 0 or last)
-    save_due = checkpointer is not None and (checkpointer.due(step) or stopping or last)
-    # Most steps queue the next one before reading their own outputs, so the device never waits
-    # for the host's bookkeeping; a step is then timed from the end of the one before. Steps whose
-    # state an evaluation or a save needs (the next step takes it: donated), the first and last
-    # traced steps, and every step of a run with no room for two steps' temporaries (queue_ahead)
-    # wait instead and the next step is timed from its dispatch.
-    ahead = (queue_next and next_batch is not None and not eval_due and not save_due
-             and not trace.boundary(step))
-    if ahead:
-      pending = compiled(state, next_batch)
-    if not inline:
-      metrics, step_time, t_prev = _read_step(metrics, t_prev)
-    trace.after_step(step)
-    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    save_s = eval_loss = eval_s = None
-    if eval_due and finite:
-      # Its time is recorded apart and is in no step's time.
-      t_eval = time.perf_counter()
-      eval_loss = evaluate(state.params)
-      eval_s = time.perf_counter() - t_eval
-    if save_due and finite:
-      # The save's own time is recorded apart and left out of both steps' times.
-      t_save = time.perf_counter()
-      checkpointer.save(step, state, config_dict)
-      save_s = time.perf_counter() - t_save
-      p.checkpoint_s += save_s
-    record = runlog.step_record(step, loss, grad_norm, float(metrics["lr"]), step_time,
-                                tokens_per_step, n_devices, flops["flops_per_token"], peak.tflops)
-    record["data_wait_s"] = data_wait_s
-    if eval_loss is not None:
-      record["eval_loss"], record["eval_s"] = eval_loss, eval_s
-    if save_s is not None:
-      record["checkpoint_save_s"] = save_s
-    if trace.traced(step):
-      record["profiled"] = True
-    # The first steps after each (re)start and the traced ones are left out of the summary.
-    record["timed"] = i - start_step >= c.warmup_steps_excluded and not trace.traced(step)
-    dispatch_next = not ahead and next_batch is not None and finite
-    if dispatch_next and not inline:
-      # The device works while we write this step down.
-      try:
-        pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
-      except BaseException:
-        # This step is done (and may be saved: a resume starts after it): its line is kept.
-        out.append_metrics(record)
-        p.steps, p.final_loss = step, loss
-        raise
-      next_batch = None  # the runtime holds the batch until its step is done, then frees it
-    out.append_metrics(record)
-    if record["timed"]:
-      p.step_times.append(step_time)
-    p.steps, p.final_loss = step, loss
-    if not finite:
-      say(runlog.progress_line(record, c.steps, None))
-      raise Diverged(step, loss, grad_norm)
-    if last or i == start_step or (c.log_every and step % c.log_every == 0) or stopping:
-      eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
-      say(runlog.progress_line(record, c.steps, eta), flush=True)
-    if dispatch_next and inline:
-      pending, t_prev = _dispatch(compiled, state, next_batch, transfer, trace, step + 1)
-      next_batch = None
-    if stopping and not last:
-      p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
-      if checkpointer is not None:
-        say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
-      break
-  else:
-    p.status = "finished"
-  jax.block_until_ready(state)
-
-
-def _read_step(metrics, t_prev: float):
-  """(the step's outputs on the host, its time since t_prev, now): waits for the step."""
-  metrics = jax.device_get(metrics)
-  t_now = time.perf_counter()
-  return metrics, t_now - t_prev, t_now
-
-
-def _dispatch(compiled, state, batch, put, trace: profiling.StepTrace, step: int):
-  """(the step's pending outputs, its start time): the step dispatched, its batch first
-  transferred by `put` when given (in the step's time: nothing overlaps the transfer then)."""
-  trace.before_dispatch(step)
-  t_start = time.perf_counter()
-  if put is not None:
-    batch = put(batch)
-  return compiled(state, batch), t_start
-
-
 # --- command line -------------------------------------------------------------------------------
-
-def _bad_input(message: str) -> int:
-  print(f"jaxbench train: bad input: {message}", file=sys.stderr)
-  return 2
-
 
 FLAGS_HELP = (
     ("--config=FILE[:PRESET]", "config file and preset (default configs/mpt.py:tiny); presets: "
@@ -797,15 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     c, workdir, cluster = parse_args(argv)
-    apply_host_allocator(c)  # before any backend or framework starts its threads
+    program.apply_host_allocator(c)  # before any backend or framework starts its threads
     if c.framework == "torch":  # the PyTorch twin: same config, run directory and exit codes
       from jaxbench.twin import train as twin_train
       return twin_train.main(c, workdir, cluster)
-    determinism = apply_determinism(c)  # before any backend starts
+    determinism = program.apply_determinism(c)  # before any backend starts
     run_info_cluster = distributed.initialize(*cluster)
     run(c, workdir, cluster=run_info_cluster, determinism=determinism)
   except ConfigError as e:
-    return _bad_input(str(e))
+    return errors.bad_input("jaxbench train", e)
   except Diverged as e:
     print(f"jaxbench train: {e}", file=sys.stderr)
     return 3

@@ -286,20 +286,20 @@ def test_a_failed_dispatch_after_a_save_keeps_the_saved_step_and_tensorboard_rep
       "steps": 8, "checkpoint.every": 4, "peak_tflops": 1.0, "log_every": 0,
       "warmup_steps_excluded": 0, "tensorboard": True})
   monkeypatch.setattr(hostalloc, "cpu_dispatch_async", lambda: True)
-  real_dispatch = train_lib._dispatch
+  real_dispatch = train_lib.JaxEngine.dispatch
 
-  def dispatch(compiled, state, batch, put, trace, step):
+  def dispatch(self, state, batch, step):
     if step == 5:
       raise RuntimeError("device lost")
-    return real_dispatch(compiled, state, batch, put, trace, step)
+    return real_dispatch(self, state, batch, step)
 
-  monkeypatch.setattr(train_lib, "_dispatch", dispatch)
+  monkeypatch.setattr(train_lib.JaxEngine, "dispatch", dispatch)
   with pytest.raises(RuntimeError, match="device lost"):
     train_lib.run(c, str(tmp_path / "run"))
   assert losses(tmp_path / "run")[0] == [1, 2, 3, 4] and steps_saved(tmp_path / "run") == [4]
   failed = read_json(tmp_path / "run" / "summary.json")
   assert failed["status"] == "failed" and failed["steps"] == 4 and "device lost" in failed["error"]
-  monkeypatch.setattr(train_lib, "_dispatch", real_dispatch)
+  monkeypatch.setattr(train_lib.JaxEngine, "dispatch", real_dispatch)
   summary = train_lib.run(c, str(tmp_path / "run"))
   assert summary["status"] == "finished" and summary["timed_steps"] == 8
   records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))

@@ -63,7 +63,7 @@ def test_the_public_apis_used_directly_are_where_they_were():
 
 def test_no_jaxbench_code_uses_what_the_installed_jax_deprecates():
   """Each JAX module lists the names it deprecates in its `_deprecations` table; none may be used
-  (jax 0.12 deprecated jax.sharding.SingleDeviceSharding, which train._cudnn_probe built on every
+  (jax 0.12 deprecated jax.sharding.SingleDeviceSharding, which program._cudnn_probe built on every
   NVIDIA GPU; it warned once there and would break when removed)."""
   import importlib
   import pathlib

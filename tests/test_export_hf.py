@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import NO_TORCH
 
-from jaxbench import config, export_hf, model, rundir, train
+from jaxbench import config, export_hf, model, program, rundir
 
 pytest.importorskip("safetensors", reason=NO_TORCH)
 transformers = pytest.importorskip("transformers", reason=NO_TORCH)
@@ -25,10 +25,10 @@ def checkpointed_run(tmp_path, family, **model_overrides):
   for key, value in model_overrides.items():
     c.model[key] = value
   workdir = str(tmp_path / family)
-  setup = train.build(c)
+  setup = program.build(c)
   rundir.RunDir(workdir).write("run.json", {"config": c.to_dict()})
   saver = checkpoint.Checkpointer(workdir, every=1, keep=1, async_save=False)
-  saver.save(2, train.init_state(setup), c.to_dict())
+  saver.save(2, program.init_state(setup), c.to_dict())
   saver.close()
   return workdir
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import cli_env
 from jaxbench import compile as compile_lib
 from jaxbench import config as config_lib
-from jaxbench import compat, model, rocm_aot, train
+from jaxbench import compat, model, program, rocm_aot
 
 # jax 0.12.1 removed Pallas's Triton attention: there the key is refused (the last test), and the
 # kernel's tests skip.
@@ -44,14 +44,14 @@ def test_pallas_attention_equals_the_xla_attention_forward_and_backward(heads, k
 @needs_pallas
 def test_pallas_is_chosen_as_asked_and_refused_where_it_cannot_run():
   c, _ = config_lib.parse_flags(["t", "--config=configs/mpt.py:tiny", "--config.model.attention=pallas"])
-  implementation, reason = train.choose_attention(c, jax.devices("cpu")[0])
+  implementation, reason = program.choose_attention(c, jax.devices("cpu")[0])
   assert implementation == "pallas-interpret" and "interpreted on the CPU" in reason
   for override, needle in (("--config.seq_len=96", "multiple of 32, and of 64"),
                            ("--config.model.position=alibi", "ALiBi")):
     c, _ = config_lib.parse_flags(["t", "--config=configs/mpt.py:tiny",
                                    "--config.model.attention=pallas", override])
     with pytest.raises(config_lib.ConfigError, match=needle):
-      train.choose_attention(c, jax.devices("cpu")[0])
+      program.choose_attention(c, jax.devices("cpu")[0])
 
 
 @needs_pallas
@@ -95,7 +95,7 @@ def test_pallas_is_refused_before_anything_compiles_where_jax_has_none(tmp_path)
   # CI's newest environment (jax 0.12.1) met an ImportError inside the traced model instead.
   c, _ = config_lib.parse_flags(["t", "--config=configs/mpt.py:tiny", "--config.model.attention=pallas"])
   with pytest.raises(config_lib.ConfigError, match="needs jax 0.12.0 or older"):
-    train.choose_attention(c, jax.devices("cpu")[0])
+    program.choose_attention(c, jax.devices("cpu")[0])
   proc = subprocess.run([sys.executable, "-m", "jaxbench", "train", "--config=configs/mpt.py:nano",
                          "--config.model.attention=pallas", f"--workdir={tmp_path / 'run'}"],
                         cwd=str(tmp_path), env=cli_env(tmp_path), capture_output=True, text=True,

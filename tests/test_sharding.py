@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
-    from jaxbench import config, data, hlo, train
+    from jaxbench import config, data, hlo, program
 
     def nano(mesh, steps=5):
       c = config.load_config_file("configs/mpt.py:nano")
@@ -34,11 +34,11 @@ SCRIPT = textwrap.dedent("""
     for mesh in [(1, 1, 1)] + [tuple(m) for m in json.loads(sys.argv[1])]:
       devices = jax.devices()[:1] if mesh == (1, 1, 1) else None
       c = nano(mesh)
-      s = train.build(c, devices)
-      state = train.init_state(s)
+      s = program.build(c, devices)
+      state = program.init_state(s)
       batch = jax.device_put(data.SyntheticData(c).batch(0), s.batch_sharding)
-      compiled = train.lower_step(s, state, batch).compile()
-      step = train.jit_step(s)
+      compiled = program.lower_step(s, state, batch).compile()
+      step = program.jit_step(s)
       losses = []
       for i in range(c.steps):
         batch = jax.device_put(data.SyntheticData(c).batch(i), s.batch_sharding)

@@ -237,6 +237,44 @@ def test_classify(rc, log, timed_out, summary, status):
   assert reason
 
 
+@pytest.mark.parametrize("rc, log, failure, phase, status", [
+    # The kind the run recorded decides, whatever the log says (a traceback's text is not read).
+    (1, "  compiling the train step ...\n  compiled in 1.0s\nValueError: x", "compile_error",
+     "compile", "compile_error"),
+    (1, "  compiling the train step ...\nValueError: x", "crash", "init", "crash"),
+    (1, "step 1/8\nValueError: RESOURCE_EXHAUSTED in a message", "crash", "train", "crash"),
+    (1, "", "oom", "train", "oom"),
+    (2, "jaxbench train: bad input: --workdir: the checkpoint of step 4 could not be written",
+     "bad_input", "train", "bad_config"),
+    (3, "", "diverged", "train", "diverged"),
+    # A summary whose failure does not go with the exit is an earlier start's: the log decides.
+    (1, "XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory", "diverged", "train", "oom"),
+    (3, "", "oom", "train", "diverged"),
+    # Killed: no summary of its own; an earlier start's is not read.
+    (-9, "step 1/10", "crash", "train", "oom"),
+    (-11, "  compiled in 1.0s", "oom", "train", "crash"),
+    # The memory check leaves the run directory as it was: its one line decides.
+    (2, "jaxbench train: bad input: memory_check: the train state alone needs 99.20 GiB (float32",
+     "bad_input", "train", "oom"),
+])
+def test_classify_reads_the_failure_the_run_recorded(rc, log, failure, phase, status):
+  summary = {"status": "failed", "phase": phase, "failure": failure, "error": "ValueError: x"}
+  got, reason = outcome_lib.classify(rc, log, False, summary)
+  assert got == status, reason
+
+
+def test_failure_kind_from_the_exception_and_the_phase():
+  from jaxbench.errors import ConfigError, Diverged
+  kind = outcome_lib.failure_kind
+  assert kind(Diverged(3, float("nan"), 1.0), "train") == "diverged"
+  assert kind(ConfigError("--workdir", "full"), "train") == "bad_input"
+  assert kind(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 bytes"), "init") == "oom"
+  assert kind(MemoryError(), "train") == "oom"
+  assert kind(ValueError("x"), "compile") == "compile_error"
+  assert kind(ValueError("x"), "train") == "crash"
+  assert kind(KeyboardInterrupt(), "train") == "stopped"
+
+
 @pytest.mark.parametrize("capacity, limit, found, probes", [
     (13, 64, 13, [1, 2, 4, 8, 16, 12, 14, 13]),
     (1, 64, 1, [1, 2]),

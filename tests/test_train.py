@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import spawn, cli_env, read_json
 
-from jaxbench import config, data, model, optim, rundir, step, train
+from jaxbench import config, data, model, optim, program, rundir, step, train
 
 METRIC_FIELDS = {"step", "loss", "grad_norm", "lr", "step_time_s", "tokens_per_s",
                  "tokens_per_s_per_device", "tflops_per_s_per_device", "mfu"}
@@ -188,6 +188,7 @@ def test_nonfinite_loss_exits_3_naming_the_step(tmp_path):
   assert "diverged at step 1" in proc.stderr
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"] == "diverged" and summary["steps"] == 1
+  assert summary["phase"] == "train" and summary["failure"] == "diverged"
   assert SUMMARY_FIELDS <= set(summary) and summary["compile_s"] > 0  # a failed run says what it can
   records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
   assert records[-1]["step"] == 1 and records[-1]["loss"] is None  # NaN is written as null
@@ -210,6 +211,7 @@ def test_sigterm_stops_cleanly_after_a_step(tmp_path):
   assert "SIGTERM received" in out
   summary = read_json(tmp_path / "run" / "summary.json")
   assert summary["status"] == "stopped (SIGTERM)"
+  assert summary["phase"] == "train" and summary["failure"] == "stopped"
   records = rundir.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
   assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
 
@@ -269,12 +271,12 @@ def test_the_next_step_is_queued_only_with_room_for_a_second_steps_temporaries()
   limit = int(105.3 * gib)
   batch8 = {"argument_size_in_bytes": int(14.7 * gib), "output_size_in_bytes": int(14.7 * gib),
             "alias_size_in_bytes": int(14.7 * gib), "temp_size_in_bytes": int(59.4 * gib)}
-  on, why = train.queue_ahead(batch8, limit)
+  on, why = program.queue_ahead(batch8, limit)
   assert not on and "one at a time" in why and "133.50 GiB" in why
-  assert train.queue_ahead({**batch8, "temp_size_in_bytes": int(33.3 * gib)}, limit) == (True, "on")
+  assert program.queue_ahead({**batch8, "temp_size_in_bytes": int(33.3 * gib)}, limit) == (True, "on")
   # No allocator limit (the CPU) or no analysis: queued, as before.
-  assert train.queue_ahead(batch8, None)[0] and train.queue_ahead({}, limit)[0]
-  assert not train.queue_ahead({}, None, runs_inline=True)[0]  # inline steps: never queued
+  assert program.queue_ahead(batch8, None)[0] and program.queue_ahead({}, limit)[0]
+  assert not program.queue_ahead({}, None, runs_inline=True)[0]  # inline steps: never queued
 
 
 def test_one_step_at_a_time_leaves_only_the_state_on_the_device_at_each_dispatch(
@@ -283,23 +285,18 @@ def test_one_step_at_a_time_leaves_only_the_state_on_the_device_at_each_dispatch
   batch staged while a step runs, or that step's outputs still held, sit past its temporaries and
   split the memory they free (an H200 step needing 60 of 105 GiB ran out in its second step)."""
   import gc
-  monkeypatch.setattr(train, "queue_ahead", lambda *a, **k: (False, "off: test"))
-  real_loop, extras = train._loop, []
+  monkeypatch.setattr(program, "queue_ahead", lambda *a, **k: (False, "off: test"))
+  real_dispatch, extras, first = train.JaxEngine.dispatch, [], []
 
-  def spy_loop(*args, **kwargs):
-    args, compiled, first = list(args), args[6], args[8]
+  def dispatch(self, state, batch, step):
+    first[:] = first or [batch]  # the loop holds the first batch throughout
+    gc.collect()
+    ours = {id(a) for a in jax.tree.leaves((state, batch, first[0])) + before}
+    extras.append(sorted((a.shape, str(a.dtype)) for a in jax.live_arrays()
+                         if id(a) not in ours))
+    return real_dispatch(self, state, batch, step)
 
-    def dispatch(state, batch):
-      gc.collect()
-      ours = {id(a) for a in jax.tree.leaves((state, batch, first)) + before}
-      extras.append(sorted((a.shape, str(a.dtype)) for a in jax.live_arrays()
-                           if id(a) not in ours))
-      return compiled(state, batch)
-
-    args[6] = dispatch
-    return real_loop(*args, **kwargs)
-
-  monkeypatch.setattr(train, "_loop", spy_loop)
+  monkeypatch.setattr(train.JaxEngine, "dispatch", dispatch)
   gc.collect()
   before = list(jax.live_arrays())  # held, so that no new array takes one of their ids
   summary = train.run(nano(steps=6, log_every=0), str(tmp_path / "run"))
@@ -312,31 +309,25 @@ def test_inline_cpu_steps_are_written_down_before_the_next_dispatch(tmp_path, mo
   dispatches the next one: written after, while nothing ran, the bookkeeping fell in the next
   step's time (benchmarks/harness_overhead.py: 5.3% over a bare loop on mpt:tiny, 2.6% since)."""
   from jaxbench import hostalloc
-  real_loop, events, inline = train._loop, [], []
+  real_dispatch, real_append = train.JaxEngine.dispatch, rundir.RunDir.append_metrics
+  events, inline = [], set()
 
-  def spy_loop(*args, **kwargs):
-    args, compiled, out = list(args), args[6], args[2]
-    inline.append(kwargs.get("inline"))
-    real_append = out.append_metrics
+  def dispatch(self, state, batch, step):
+    events.append("dispatch")
+    inline.add(self.runs_inline)
+    return real_dispatch(self, state, batch, step)
 
-    def dispatch(state, batch):
-      events.append("dispatch")
-      return compiled(state, batch)
+  def append(self, record):
+    events.append(f"record {record['step']}")
+    real_append(self, record)
 
-    def append(record):
-      events.append(f"record {record['step']}")
-      real_append(record)
-
-    args[6] = dispatch
-    monkeypatch.setattr(out, "append_metrics", append)
-    return real_loop(*args, **kwargs)
-
-  monkeypatch.setattr(train, "_loop", spy_loop)
+  monkeypatch.setattr(train.JaxEngine, "dispatch", dispatch)
+  monkeypatch.setattr(rundir.RunDir, "append_metrics", append)
   # As `jaxbench train` sets it up (host_allocator "reuse"), not a run started in-process.
   monkeypatch.setattr(hostalloc, "cpu_dispatch_async", lambda: False)
   summary = train.run(nano(steps=4, log_every=0), str(tmp_path / "run"))
   assert summary["status"] == "finished"
   queue_ahead = read_json(str(tmp_path / "run" / "run.json"))["queue_ahead"]
-  assert queue_ahead.startswith("off: JAX runs CPU steps on the calling thread") and inline == [True]
+  assert queue_ahead.startswith("off: JAX runs CPU steps on the calling thread") and inline == {True}
   assert events == ["dispatch", "record 1", "dispatch", "record 2", "dispatch", "record 3",
                     "dispatch", "record 4"], events

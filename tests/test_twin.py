@@ -203,7 +203,8 @@ def test_the_twin_writes_tensorboard_and_starts_an_unfinished_run_again(runs, tm
                   framework="torch", tensorboard=True)
   again = twin_train.run(c, str(run_dir))
   out = capsys.readouterr().out
-  assert "got to step 4 (stopped (SIGTERM)): starting again from step 0" in out
+  assert ("got to step 4 (stopped (SIGTERM)) with no checkpoint to resume from: starting again "
+          "from step 0") in out
   assert again["status"] == "finished" and losses(run_dir) == pytest.approx(losses(tmp / "torch"))
   assert read_json(run_dir / "run.json")["restarted"]["earlier_steps"] == 4
   events = [e for path in run_dir.glob("events.out.tfevents.*") for e in read_events(path)]

@@ -108,6 +108,13 @@ class TwinCheckpointer:
     steps = self.steps()
     return steps[-1] if steps else None
 
+  def complete_steps(self) -> list[int]:
+    """The steps of the checkpoints on disk (a save is synchronous: each is complete)."""
+    return self.steps()
+
+  def close(self) -> None:
+    """Nothing in flight to wait for: saves are synchronous."""
+
   def _barrier(self) -> None:
     if self.world > 1:
       import torch

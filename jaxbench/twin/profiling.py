@@ -28,7 +28,7 @@ class TorchStepTrace(profiling.TraceWindow):
     self.torch, self.cuda = torch, cuda
     self.profiler = None
 
-  def before_step(self, step: int) -> None:
+  def before_dispatch(self, step: int) -> None:
     if self.steps is None or step != self.steps[0] or self.profiler is not None:
       return
     activities = [self.torch.profiler.ProfilerActivity.CPU]

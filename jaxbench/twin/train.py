@@ -3,8 +3,9 @@
 The path of a run, in order (as jaxbench/train.py): config -> checks -> process group -> model
 with the JAX run's initial weights (converted) -> parallelize (DDP / FSDP2, compile) -> warm-up
 (torch.compile's compilation, timed apart as compile_s) -> timed steps -> the same run directory
-files (run.json, metrics.jsonl, summary.json) through runlog.py and rundir.py. With
-`checkpoint.every`, checkpoints (twin/checkpoint.py) from which the same command resumes.
+files (run.json, metrics.jsonl, summary.json), run by the JAX run's harness (harness.py: the same
+timing rules by construction) with TorchEngine. With `checkpoint.every`, checkpoints
+(twin/checkpoint.py) from which the same command resumes.
 
 Same semantics as the JAX step: the framework-neutral numpy batches of data.py; the mean
 next-token loss over microbatches; the global gradient norm before clipping; Optax's
@@ -24,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import functools
 import importlib.util
-import math
 import os
 import sys
 import time
@@ -35,10 +34,8 @@ from typing import Any
 from jaxbench import compat
 from jaxbench import config as config_lib
 from jaxbench import data as data_lib
-from jaxbench import errors
+from jaxbench import harness
 from jaxbench import hostalloc
-from jaxbench import rundir as rundir_lib
-from jaxbench import runlog
 from jaxbench.errors import ConfigError, Diverged
 from jaxbench.twin import profiling as twin_profiling
 
@@ -466,14 +463,6 @@ def _backend(torch, s: Setup) -> dict:
           "process_count": s.world, "process_index": s.rank}
 
 
-def _default_workdir(torch, c, platform: str, world: int) -> str:
-  stamp = [int(time.time())]
-  if world > 1:  # every process names the same directory: process 0's clock decides
-    torch.distributed.broadcast_object_list(stamp, src=0)
-  name = datetime.datetime.fromtimestamp(stamp[0]).strftime("%Y%m%d-%H%M%S")
-  return os.path.join("runs", f"{name}-{c.family}-{c.preset}-torch-{platform}")
-
-
 def run(c, workdir: str | None = None) -> dict:
   """Trains per config `c` with the twin; returns summary.json's contents. ConfigError before
   anything runs on bad input, Diverged on a non-finite loss."""
@@ -481,34 +470,125 @@ def run(c, workdir: str | None = None) -> dict:
   train_data = data_lib.make(c, "train")  # bad data fails here, before anything is written
   eval_data = data_lib.make(c, "val") if c.eval.every else None
   s = build(c)
-  torch = import_torch()
-  backend = _backend(torch, s)
-  workdir = workdir or _default_workdir(torch, c, backend["platform"], s.world)
-  any_process = functools.partial(_any_process, torch, s)
-  # The run directory is this run's alone while it runs: checked and locked before it is read.
-  lock = errors.agreed(lambda: rundir_lib.claim(workdir, s.rank == 0, c.checkpoint.every > 0),
-                       any_process)
-  try:
-    # With a checkpoint in the run directory, the run resumes; without, an unfinished run there
-    # starts over and a finished one has nothing to do (as jaxbench/train.py).
-    resuming, earlier = errors.agreed(lambda: rundir_lib.what_is_there(workdir, c.to_dict()),
-                                      any_process)
-    return _run(s, torch, workdir, backend, resuming, earlier, train_data, eval_data)
-  finally:
-    if lock is not None:
-      lock.release()
+  return harness.run(TorchEngine(s, import_torch()), workdir, train_data, eval_data)
 
 
-def _run(s: Setup, torch, workdir: str, backend: dict, resuming: bool, earlier: dict | None,
-         train_data, eval_data) -> dict:
+class TorchEngine:
+  """What the twin brings to the harness (harness.py, the JAX run's rules): eager or compiled
+  modules whose state lives in place, one process per device. A step is dispatched and then read
+  (its loss and norm, the device synchronized); on a CPU the dispatch runs it to its end."""
+  banner = "jaxbench (torch twin)"
+  framework = "torch"
+  queue_ahead = False  # the next step's weights are this step's: nothing to queue ahead
+  transfer_ahead = True  # the prefetcher makes each batch this process's tensor on its device
+
+  def __init__(self, s: Setup, torch):
+    self.s, self.torch, self.config = s, torch, s.config
+    self.is_writer, self.n_devices = s.rank == 0, s.world
+    self.runs_inline = s.device.type != "cuda"
+    self.backend = _backend(torch, s)
+    self.first_step = 1  # of this start: its collectives are counted (several processes)
+    self.run_info, self.out = None, None
+
+  def any_process(self, flag: bool) -> bool:
+    if self.s.world == 1:
+      return flag
+    # On the run's device: NCCL, the GPU backend, reduces no host tensor.
+    t = self.torch.tensor([1.0 if flag else 0.0], device=self.s.device)
+    self.torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+  def from_process_0(self, value: int) -> int:
+    shared = [value]
+    if self.s.world > 1:
+      self.torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+  def workdir_label(self) -> str:
+    return f"torch-{self.backend['platform']}"
+
+  def describe(self, workdir: str, train_data, say) -> tuple[dict, Any]:
+    self.run_info, peak = _describe(self, workdir, train_data, say)
+    return self.run_info, peak
+
+  def checkpointer(self, workdir: str):
+    from jaxbench.twin import checkpoint as twin_checkpoint
+    c = self.config
+    return twin_checkpoint.TwinCheckpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
+                                            self.s.rank, self.s.world)
+
+  def prepare(self, p, run_info: dict, say, restore, start_step: int, train_data) -> Setup:
+    """The state restored (ConfigError when corrupt), then the warm-up: torch.compile's
+    compilation (or eager mode's first allocations), timed apart as compile_s."""
+    s, c = self.s, self.config
+    if restore is not None:
+      p.status, p.phase = "restoring", "init"
+      restore.restore(start_step, s.module, s.optimizer)
+    p.status = "compiling" if c.torch.compile else "warming up"
+    p.phase = "compile" if c.torch.compile else "init"
+    batch = self.put(train_data.batch(start_step))
+    say("  compiling (torch.compile) ..." if c.torch.compile else "  warming up (eager) ...",
+        flush=True)
+    t0 = time.perf_counter()
+    warm_up(s, batch)
+    p.compile_s = time.perf_counter() - t0
+    run_info["compile"] = {"compile_s": p.compile_s, "mode": s.info["compile"],
+                           "what": "one forward and backward of the first microbatch, gradients "
+                                   "dropped (torch.compile compiles both graphs here)",
+                           "model_flops_per_step": (s.flops["flops_per_token"] * c.batch_size
+                                                    * c.seq_len)}
+    say(f"  warm-up done in {p.compile_s:.1f}s", flush=True)
+    self.first_step = start_step + 1
+    return s  # the modules and the optimizer hold the state
+
+  def begun(self, out, run_info: dict) -> None:
+    self.out = out
+
+  def put(self, batch):
+    s = self.s
+    return self.torch.from_numpy(local_rows(batch, s.rank, s.mesh_shape)).to(s.device,
+                                                                              self.torch.long)
+
+  def dispatch(self, state: Setup, batch, step: int):
+    counting = step == self.first_step and state.world > 1  # the first step of each start
+    with _collectives_counted(state, self.run_info, step, on=counting):
+      loss, norm = train_step(state, batch, step - 1)
+    return state, (loss, norm, step, counting)
+
+  def read(self, outputs) -> dict:
+    loss, norm, step, counting = outputs
+    metrics = {"loss": float(loss), "grad_norm": float(norm),  # waits for the loss and norm
+               "lr": self.s.lr_values[step - 1]}
+    _synchronize(self.torch, self.s.device)  # and for the optimizer's update
+    if counting:
+      self.out.write("run.json", self.run_info)
+      metrics["notes"] = {"collectives_counted": True}
+    return metrics
+
+  def evaluator(self, eval_data):
+    batches = [self.put(eval_data.batch(j)) for j in range(self.config.eval.batches)]
+    return lambda state: evaluate(state, batches)
+
+  def save(self, checkpointer, step: int, state: Setup, config_dict: dict) -> None:
+    checkpointer.save(step, state.module, state.optimizer, config_dict)
+
+  def trace(self, workdir: str, steps):
+    s = self.s
+    return twin_profiling.TorchStepTrace(self.torch, workdir, steps, s.rank, s.world,
+                                         cuda=s.device.type == "cuda")
+
+  def finish(self, state) -> None:
+    pass  # each step was read, the device synchronized
+
+  def summary_facts(self) -> dict:
+    return {"peak_memory": _peak_memory(self.torch, self.s.device),
+            "backend": self.backend["backend"], "device_kind": self.backend["device_kind"]}
+
+
+def _describe(engine: TorchEngine, workdir: str, train_data, say) -> tuple[dict, Any]:
+  """Prints the run's header; returns (run.json's contents, the peak for MFU)."""
   from jaxbench import sysinfo
-  c = s.config
-  is_writer = s.rank == 0
-  say = print if is_writer else (lambda *a, **k: None)
-  if _any_process(torch, s, bool(earlier and "finished" in earlier)):
-    say(f"jaxbench (torch twin): the run in {workdir} already finished its {c.steps} steps: "
-        "nothing to do")
-    return (earlier or {}).get("finished") or {"status": "finished", "steps": c.steps}
+  s, c, torch, backend = engine.s, engine.config, engine.torch, engine.backend
   m, flops = c.model, s.flops
   say(f"jaxbench (torch twin): {c.family}:{c.preset}  d_model={m.d_model} n_layers={m.n_layers} "
       f"n_heads={m.n_heads} n_kv_heads={m.n_kv_heads} d_ff={m.d_ff} vocab={m.vocab_size} "
@@ -536,174 +616,11 @@ def _run(s: Setup, torch, workdir: str, backend: dict, resuming: bool, earlier: 
       "peak": dataclasses.asdict(peak),
       "mfu_note": None if peak.tflops else "no peak known for this device: " + peak.detail,
       "env": sysinfo.relevant_env(), "git": sysinfo.git_commit(), "host": sysinfo.host(),
-      "data": (train_data.describe() if hasattr(train_data, "describe")
-               else {"synthetic": c.data.synthetic, "seed": c.seed}),
       "deterministic": {"requested": bool(c.deterministic),
                         "note": "the twin does not set torch's deterministic algorithms"},
       "host_allocator": hostalloc.describe(c.host_allocator),
   }
-  if earlier:
-    run_info["restarted"] = earlier
-  checkpointer = None
-  if c.checkpoint.every > 0 or resuming:
-    from jaxbench.twin import checkpoint as twin_checkpoint
-    checkpointer = twin_checkpoint.TwinCheckpointer(workdir, c.checkpoint.every, c.checkpoint.keep,
-                                                    s.rank, s.world)
-  start_step = 0
-  if resuming:
-    start_step = checkpointer.latest_step()
-    # Checked and read before anything in the run directory changes.
-    done = rundir_lib.check_resume(workdir, start_step,
-                                   checkpointer.read_meta(start_step)["config"], c.to_dict())
-    if done is not None:
-      say(f"  the run in {workdir} already finished its {c.steps} steps: nothing to do")
-      return done
-    say(f"  resuming from the checkpoint of step {start_step} in {checkpointer.directory}")
-    checkpointer.restore(start_step, s.module, s.optimizer)  # ConfigError when corrupt
-  # Nothing in the run directory changes before this point.
-  out = rundir_lib.RunDir(workdir, writer=is_writer, tensorboard=c.tensorboard)
-  if earlier:  # an unfinished start without checkpoints: this one replaces its files
-    say(f"  the earlier start of this run got to step {earlier['earlier_steps']} "
-        f"({earlier['earlier_status']}): starting again from step 0")
-    out.start_over()
-  progress = runlog.Progress(steps=start_step)
-  if resuming:
-    runlog.resume(out, run_info, start_step, progress, out.truncate_metrics(start_step))
-  out.write("run.json", run_info)
-
-  with runlog.StopRequest() as stop:
-    try:
-      _train(s, torch, peak, out, run_info, progress, stop, say, train_data, eval_data,
-             checkpointer, start_step)
-    except BaseException as e:
-      progress.fail(e)
-      raise
-    finally:
-      summary = runlog.summary(
-          progress, tokens_per_step=c.batch_size * c.seq_len, n_devices=s.world,
-          flops_per_token=flops["flops_per_token"], peak_tflops=peak.tflops,
-          peak_source=peak.source, peak_memory=_peak_memory(torch, s.device),
-          backend=backend["backend"], device_kind=backend["device_kind"], n_params=s.n_params)
-      summary["framework"] = "torch"
-      if resuming:
-        summary["resumed_from_step"] = start_step
-      rundir_lib.write_summary(out, summary, failing=progress.error is not None)
-  say(runlog.done_line(summary))
-  say(f"run directory: {os.path.abspath(out.path)}")
-  return summary
-
-
-def _any_process(torch, s: Setup, flag: bool) -> bool:
-  if s.world == 1:
-    return flag
-  # On the run's device: NCCL, the GPU backend, reduces no host tensor.
-  t = torch.tensor([1.0 if flag else 0.0], device=s.device)
-  torch.distributed.all_reduce(t)
-  return bool(t.item() > 0)
-
-
-def _train(s: Setup, torch, peak, out, run_info, p: runlog.Progress, stop, say, train_data,
-           eval_data, checkpointer=None, start_step: int = 0) -> None:
-  c = s.config
-  tokens_per_step = c.batch_size * c.seq_len
-  saving = checkpointer is not None and checkpointer.enabled
-  config_dict = c.to_dict()
-
-  def put(batch):
-    return torch.from_numpy(local_rows(batch, s.rank, s.mesh_shape)).to(s.device, torch.long)
-
-  p.status = "compiling" if c.torch.compile else "warming up"
-  batch = put(train_data.batch(start_step))
-  say("  compiling (torch.compile) ..." if c.torch.compile else "  warming up (eager) ...", flush=True)
-  t0 = time.perf_counter()
-  warm_up(s, batch)
-  p.compile_s = time.perf_counter() - t0
-  run_info["compile"] = {"compile_s": p.compile_s, "mode": s.info["compile"],
-                         "what": "one forward and backward of the first microbatch, gradients "
-                                 "dropped (torch.compile compiles both graphs here)",
-                         "model_flops_per_step": s.flops["flops_per_token"] * tokens_per_step}
-  out.write("run.json", run_info)
-  say(f"  warm-up done in {p.compile_s:.1f}s", flush=True)
-  if _any_process(torch, s, stop.signal_name is not None):
-    p.status = f"stopped ({stop.signal_name or 'signal on another process'}) before the first step"
-    return
-
-  eval_batches = ([put(eval_data.batch(j)) for j in range(c.eval.batches)]
-                  if eval_data is not None else None)
-  p.status = "training"
-  prefetch = data_lib.Prefetcher(lambda step: put(train_data.batch(step)), start_step + 1, c.steps)
-  trace = twin_profiling.TorchStepTrace(torch, out.path, config_lib.profile_steps(c, start_step),
-                                        s.rank, s.world, cuda=s.device.type == "cuda")
-  try:
-    data_wait_s = 0.0  # the first batch was fetched before the warm-up
-    start = t_prev = time.perf_counter()
-    for i in range(start_step, c.steps):
-      step = i + 1
-      last = step == c.steps
-      trace.before_step(step)
-      counting = i == start_step and s.world > 1  # the first step of each start
-      with _collectives_counted(s, run_info, step, on=counting):
-        loss_t, norm_t = train_step(s, batch, i)
-      loss, grad_norm = float(loss_t), float(norm_t)  # waits for this step's loss and norm
-      _synchronize(torch, s.device)  # and for the optimizer's update
-      step_time = time.perf_counter() - t_prev
-      trace.after_step(step)  # a trace's writing is in no step's time: t_prev is taken below
-      if counting:
-        out.write("run.json", run_info)
-      finite = math.isfinite(loss) and math.isfinite(grad_norm)
-      stopping = _any_process(torch, s, stop.signal_name is not None)
-      eval_loss = eval_s = None
-      if eval_batches is not None and finite and (step % c.eval.every == 0 or last):
-        t_eval = time.perf_counter()  # recorded apart, in no step's time
-        eval_loss = evaluate(s, eval_batches)
-        eval_s = time.perf_counter() - t_eval
-      save_s = None
-      if saving and finite and (checkpointer.due(step) or stopping or last):
-        t_save = time.perf_counter()  # recorded apart, in no step's time
-        checkpointer.save(step, s.module, s.optimizer, config_dict)
-        save_s = time.perf_counter() - t_save
-        p.last_checkpoint, p.checkpoint_s = step, p.checkpoint_s + save_s  # synchronous: complete
-      # The next step's time starts here: fetching its batch and writing this record are in it,
-      # as in the JAX loop.
-      t_prev = time.perf_counter()
-      record = runlog.step_record(step, loss, grad_norm, s.lr_values[i], step_time,
-                                  tokens_per_step, s.world, s.flops["flops_per_token"], peak.tflops)
-      record["data_wait_s"] = data_wait_s
-      if eval_loss is not None:
-        record["eval_loss"], record["eval_s"] = eval_loss, eval_s
-      if save_s is not None:
-        record["checkpoint_save_s"] = save_s
-      if trace.traced(step):
-        record["profiled"] = True
-      if counting:
-        record["collectives_counted"] = True
-      record["timed"] = (i - start_step >= c.warmup_steps_excluded and not trace.traced(step)
-                         and not counting)
-      out.append_metrics(record)
-      if record["timed"]:
-        p.step_times.append(step_time)
-      p.steps, p.final_loss = step, loss
-      if not last and not stopping and finite:  # after the record: a failure here keeps it
-        batch, data_wait_s = prefetch.get(step)
-      if not finite:
-        say(runlog.progress_line(record, c.steps, None))
-        raise Diverged(step, loss, grad_norm)
-      if last or i == start_step or (c.log_every and step % c.log_every == 0) or stopping:
-        eta = (time.perf_counter() - start) / (i + 1 - start_step) * (c.steps - step)
-        say(runlog.progress_line(record, c.steps, eta), flush=True)
-      if stopping and not last:
-        p.status = f"stopped ({stop.signal_name or 'signal on another process'})"
-        if saving:
-          say(f"  saved a checkpoint of step {step}: rerun the same command to resume")
-        break
-    else:
-      p.status = "finished"
-  finally:
-    prefetch.close()
-    trace.stop()
-    if trace.steps is not None:
-      run_info["profile"] = trace.describe(out.path)
-      out.write("run.json", run_info)
+  return run_info, peak
 
 
 @contextlib.contextmanager
