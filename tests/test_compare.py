@@ -83,9 +83,15 @@ def test_throughput_ratio_report_and_plots(real_runs, tmp_path, capsys):
     return {**m, "step_time_s": m["step_time_s"] * 2,
             "tokens_per_s_per_device": m["tokens_per_s_per_device"] / 2}
 
-  slow = copy_run(real_runs[0], tmp_path / "slow", summary=halve, metric=slower)
+  def steady(m):  # step times 1% apart, not the loaded machine's (a noisy run is not distinguishable)
+    t = 0.1 * (1 + 0.01 * (m["step"] % 3))
+    return {**m, "step_time_s": t, "tokens_per_s_per_device": m["tokens_per_s_per_device"]
+            * m["step_time_s"] / t}
+
+  base = copy_run(real_runs[0], tmp_path / "a", metric=steady)
+  slow = copy_run(real_runs[0], tmp_path / "slow", summary=halve, metric=lambda m: slower(steady(m)))
   out_dir = tmp_path / "report"
-  code, out, err = run_main(capsys, real_runs[0], slow, f"--out={out_dir}")
+  code, out, err = run_main(capsys, base, slow, f"--out={out_dir}")
   assert code == 0, err
   base_tps = read_json(os.path.join(real_runs[0], "summary.json"))["tokens_per_s_per_device_median"]
   result = read_json(out_dir / "compare.json")
