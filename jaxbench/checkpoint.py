@@ -88,6 +88,25 @@ class _OrbaxErrors(logging.Filter):
 _ORBAX_ERRORS = _OrbaxErrors()
 
 
+class _OrbaxTaskErrors(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for Orbax's own writes: on a full disk
+  several of its write tasks fail together and asyncio logged each with a traceback (CI's newest
+  environment, once), where the save's one exception is the run's one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not record.getMessage().startswith("Task exception was never retrieved"):
+      return True
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        return False
+      tb = tb.tb_next
+    return True
+
+
+_ORBAX_TASK_ERRORS = _OrbaxTaskErrors()
+
+
 @contextlib.contextmanager
 def _quiet_orbax():
   """Orbax logs an ERROR for each unreadable file it meets; jaxbench reports the failure once,
@@ -178,6 +197,7 @@ class Checkpointer:
     with _quiet_orbax():
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     logging.getLogger("absl").addFilter(_ORBAX_ERRORS)
+    logging.getLogger("asyncio").addFilter(_ORBAX_TASK_ERRORS)
     _quiet_closed_loop_callbacks()
     self._in_flight = None  # the step of the save being written in the background
     self._failed = False
